@@ -1,0 +1,1 @@
+"""ChestX-ray14 data: the label table, splits, preparation, input pipelines."""
