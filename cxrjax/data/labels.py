@@ -131,7 +131,8 @@ def parse_data_entry(lines: Iterable[str], source: str = "Data_Entry") -> LabelT
             sexes.append(row[col["Patient Gender"]].strip())
             views.append(row[col["View Position"]].strip())
         except IndexError:
-            raise LabelError(f"{where}: expected at least {len(header)} fields, got {len(row)}")
+            raise LabelError(
+                f"{where}: expected at least {len(header)} fields, got {len(row)}") from None
         except ValueError as e:
             if isinstance(e, LabelError):
                 raise
@@ -170,7 +171,7 @@ class BoundingBox:
 
 
 def load_bboxes(path: str | os.PathLike | None = None) -> list[BoundingBox]:
-    """The 984 hand-drawn NIH boxes (1024-px coordinates); ``Infiltrate`` maps to ``Infiltration``."""
+    """The 984 hand-drawn NIH boxes (1024-px coordinates); ``Infiltrate`` -> ``Infiltration``."""
     if path is None:
         with resources.as_file(_RESOURCES / "BBox_List_2017.csv.gz") as p, _open_text(p) as f:
             return _parse_bboxes(f)
