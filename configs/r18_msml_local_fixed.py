@@ -1,0 +1,12 @@
+"""R18 + R18-F-MSML, Local-Fixed (Table 2): as Local, but stage 2 freezes both trunks.
+
+Frozen means: no optimizer update (masked) and BatchNorm running statistics kept as they were.
+"""
+
+from configs import base, r18_msml_local
+
+
+def get_config():
+    c = r18_msml_local.get_config()
+    c.train.stages[1] = base.stage("bilinear", 3, trainable="^(?!trunk_).*", fce=1.0)
+    return c

@@ -1,0 +1,12 @@
+"""Paper row R18 + VGG-F-MSML: stream A ResNet18 (CE), stream B VGG16 (MSML), bilinear FCE.
+
+VGG16's trunk gives 14x14 at 224 px; it is average-pooled to ResNet's 7x7 before pooling.
+"""
+
+from configs import r18_msml
+
+
+def get_config():
+    c = r18_msml.get_config()
+    c.model.trunk_b = "vgg16"
+    return c
