@@ -1,0 +1,200 @@
+"""The TFDS builder ``chest_xray14``: NIH PNGs -> ArrayRecord shards of uint8 grayscale records.
+
+One split, ``images``, holds every image; train/val/test are chosen at load time
+(``cxrjax.data.splits``), so changing scheme never re-decodes. Records are written in sorted
+image-name order (``disable_shuffling``) and ``metadata.json`` lists that order, so an image
+name maps to its record index without reading the records.
+
+Images are stored raw (``Tensor`` uint8, 64 KiB at 256²), not PNG: X-rays compress poorly
+(``scripts/bench_data.py`` measures the size ratio and decode cost), and raw records cost the
+input pipeline a copy instead of a decode, which is what keeps an accelerator fed.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import multiprocessing
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+import tqdm
+
+from cxrjax.data import labels as labels_lib
+from cxrjax.data import prepare as prepare_lib
+
+SPLIT = "images"
+MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+Download ChestX-ray14 from https://nihcc.app.box.com/v/ChestXray-NIHCC (12 image archives,
+~42 GB, and Data_Entry_2017_v2020.csv; optionally train_val_list.txt and test_list.txt).
+Unpack the archives into one folder (images_001/images/... or images/) next to the CSV,
+then run: python -m cxrjax.data.prepare --manual_dir THAT_FOLDER --data_dir OUT
+"""
+
+
+@dataclasses.dataclass
+class ChestXray14Config(tfds.core.BuilderConfig):
+    """One stored resolution; the config name is e.g. ``256px``."""
+
+    resolution: int = prepare_lib.DEFAULT_RESOLUTION
+
+
+_CONFIGS: dict[int, ChestXray14Config] = {}
+
+
+def config_for(resolution: int) -> ChestXray14Config:
+    """The (one, shared) config object for a resolution; TFDS compares configs by identity."""
+    if not 8 <= resolution <= 1024:
+        raise ValueError(f"resolution must be in [8, 1024], got {resolution}")
+    if resolution not in _CONFIGS:
+        _CONFIGS[resolution] = ChestXray14Config(
+            name=f"{resolution}px", resolution=resolution,
+            description=f"grayscale uint8 {resolution}x{resolution}")
+    return _CONFIGS[resolution]
+
+
+class ChestXray14(tfds.core.GeneratorBasedBuilder):
+    """NIH ChestX-ray14: 112,120 frontal chest X-rays, 14 findings (multi-label)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Raw uint8 grayscale, one split; splits chosen at load time."}
+    MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+    BUILDER_CONFIGS = [config_for(256), config_for(512), config_for(128)]
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def _checksums_path(cls):
+        """No download checksums: the data is a manual download. (TFDS's default would look
+        next to this module through ``importlib_resources``, which is not installed.)"""
+        return None
+
+    def __init__(self, *, workers: int | None = None, skip_bad: bool = False, **kwargs):
+        kwargs.setdefault("file_format", "array_record")
+        super().__init__(**kwargs)
+        self._workers = len(os.sched_getaffinity(0)) if workers is None else workers
+        self._skip_bad = skip_bad
+
+    @property
+    def resolution(self) -> int:
+        return self.builder_config.resolution
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        r = self.builder_config.resolution
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="NIH ChestX-ray14, decoded once and resized with an antialiasing filter.",
+            features=tfds.features.FeaturesDict({
+                "image": tfds.features.Tensor(shape=(r, r), dtype=np.uint8),
+                "labels": tfds.features.Tensor(shape=(labels_lib.NUM_CLASSES,), dtype=np.uint8),
+                "image_id": tfds.features.Text(),
+                "patient_id": tfds.features.Scalar(dtype=np.int64),
+                "follow_up": tfds.features.Scalar(dtype=np.int64),
+                "age": tfds.features.Scalar(dtype=np.int32),
+                "sex": tfds.features.Text(),
+                "view": tfds.features.Text(),
+            }),
+            homepage="https://nihcc.app.box.com/v/ChestXray-NIHCC",
+            disable_shuffling=True,
+            metadata=tfds.core.MetadataDict(),
+        )
+
+    def _split_generators(self, dl_manager):
+        manual_dir = os.fspath(dl_manager.manual_dir)
+        rows, problems = scan(manual_dir)
+        if problems and not self._skip_bad:
+            raise prepare_lib.PrepareError(
+                f"{len(problems)} problem(s) in {manual_dir}; nothing was written (pass "
+                f"--skip_bad to write the rest):\n{prepare_lib.format_problems(problems)}")
+        if not rows:
+            raise prepare_lib.PrepareError(f"no usable images in {manual_dir}")
+        return {SPLIT: self._generate_examples(rows, problems)}
+
+    def _generate_examples(self, rows: list[prepare_lib.Row],
+                           skipped: list[prepare_lib.Problem]):
+        """Decodes on all cores (in row order) and records what was converted or skipped."""
+        tasks = [(i, row.path, self.resolution) for i, row in enumerate(rows)]
+        converted: collections.Counter[str] = collections.Counter()
+        bad: list[prepare_lib.Problem] = []
+        written: list[str] = []
+        results = _imap(tasks, self._workers)
+        for i, image, note in tqdm.tqdm(results, total=len(tasks), desc="decoding PNGs",
+                                        unit="img", smoothing=0.05):
+            row = rows[i]
+            if image is None:
+                bad.append(prepare_lib.Problem(row.image_id, note))
+                continue
+            if note != "L":
+                converted[note] += 1
+            if bad and not self._skip_bad:
+                continue  # keep decoding only to list every problem; nothing is kept
+            written.append(row.image_id)
+            yield i, {"image": image, "labels": row.labels, "image_id": row.image_id,
+                      "patient_id": row.patient_id, "follow_up": row.follow_up,
+                      "age": row.age, "sex": row.sex, "view": row.view}
+        if bad and not self._skip_bad:
+            raise prepare_lib.PrepareError(
+                f"{len(bad)} image(s) could not be decoded; no dataset was written (pass "
+                f"--skip_bad to write the rest):\n{prepare_lib.format_problems(bad)}")
+        meta = self.info.metadata
+        meta["image_ids"] = written
+        meta["num_images"] = len(written)
+        meta["resolution"] = self.resolution
+        meta["converted"] = dict(sorted(converted.items()))
+        meta["skipped"] = [dataclasses.asdict(p) for p in [*skipped, *bad]]
+
+
+def _imap(tasks, workers: int):
+    """``decode_task`` over tasks, in order; ``workers=0`` decodes in this process."""
+    if workers <= 0:
+        yield from map(prepare_lib.decode_task, tasks)
+        return
+    # spawn, not fork: the parent may hold JAX/grain threads, which fork can deadlock.
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers) as pool:
+        yield from pool.imap(prepare_lib.decode_task, tasks, chunksize=8)
+
+
+def scan(manual_dir: str) -> tuple[list[prepare_lib.Row], list[prepare_lib.Problem]]:
+    """Every problem that is visible without decoding, and the rows that are fine so far."""
+    if not os.path.isdir(manual_dir):
+        raise FileNotFoundError(f"manual_dir not found: {manual_dir}")
+    csv_path = prepare_lib.find_data_entry(manual_dir)
+    paths, problems = prepare_lib.find_images(manual_dir)
+    if not paths:
+        raise FileNotFoundError(f"no PNG images in {manual_dir}/images/ or "
+                                f"{manual_dir}/images_*/images/")
+    rows, row_problems = prepare_lib.read_rows(csv_path, paths)
+    return rows, problems + row_problems
+
+
+def load(data_dir: str, resolution: int = prepare_lib.DEFAULT_RESOLUTION) -> ChestXray14:
+    """The prepared builder; a missing or unfinished build is a FileNotFoundError."""
+    b = ChestXray14(data_dir=data_dir, config=config_for(resolution))
+    if not b.is_prepared() or "image_ids" not in b.info.metadata:
+        raise FileNotFoundError(
+            f"no complete chest_xray14 dataset at {resolution}px in {data_dir} (looked for "
+            f"{b.data_dir}); prepare it with: python -m cxrjax.data.prepare --manual_dir NIH_DIR "
+            f"--data_dir {data_dir} --resolution {resolution}")
+    return b
+
+
+def build(manual_dir: str, data_dir: str, resolution: int = prepare_lib.DEFAULT_RESOLUTION,
+          workers: int | None = None, skip_bad: bool = False) -> ChestXray14:
+    """Prepares the dataset unless a complete one exists; writes the skip manifest if any."""
+    manual_dir = os.fspath(manual_dir)
+    b = ChestXray14(data_dir=data_dir, config=config_for(resolution), workers=workers,
+                    skip_bad=skip_bad)
+    if not b.is_prepared():
+        _, problems = scan(manual_dir)  # fail fast, before TFDS creates any folder
+        if problems and not skip_bad:
+            raise prepare_lib.PrepareError(
+                f"{len(problems)} problem(s) in {manual_dir}; nothing was written (pass "
+                f"--skip_bad to write the rest):\n{prepare_lib.format_problems(problems)}")
+        b.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            manual_dir=manual_dir))
+    skipped = b.info.metadata.get("skipped", [])
+    if skipped:
+        prepare_lib.write_manifest(os.path.join(os.fspath(b.data_dir), prepare_lib.MANIFEST_NAME),
+                                   [prepare_lib.Problem(**p) for p in skipped])
+    return b

@@ -1,0 +1,161 @@
+"""The TFDS builder ``chest_xray14`` on the real NIH sample, and every kind of bad input."""
+
+import numpy as np
+import pytest
+
+from cxrjax.data import builder, labels, prepare
+
+
+def _rows(n, label="No Finding"):
+    return [(f"{i:08d}_000.png", label, i) for i in range(1, n + 1)]
+
+
+def test_sample_dataset_has_every_image_with_its_labels(prepared_sample, nih_sample_dir):
+    b = builder.load(str(prepared_sample), 256)
+    src = b.as_data_source(split=builder.SPLIT)
+    assert len(src) == 207
+    ids = b.info.metadata["image_ids"]
+    assert ids == sorted(ids) and len(ids) == 207
+    table = labels.load_label_table()
+    for i in (0, 100, 206):
+        rec = src[i]
+        assert rec["image"].shape == (256, 256) and rec["image"].dtype == np.uint8
+        name = rec["image_id"].decode()
+        assert name == ids[i]
+        np.testing.assert_array_equal(rec["labels"], table.labels[table.index[name]])
+        assert rec["patient_id"] == table.patient_ids[table.index[name]]
+    expected, _ = prepare.decode_image(str(nih_sample_dir / "images" / ids[5]), 256)
+    np.testing.assert_array_equal(src[5]["image"], expected)
+    assert b.info.metadata["converted"] == {"RGBA": 2}
+    assert b.info.metadata["skipped"] == []
+
+
+def test_rgba_image_is_converted_to_its_gray_content(nih_sample_dir):
+    from PIL import Image
+    rgba = [p for p in sorted((nih_sample_dir / "images").iterdir())
+            if Image.open(p).mode == "RGBA"]
+    assert len(rgba) == 2
+    got, mode = prepare.decode_image(str(rgba[0]), 64)
+    ref = np.asarray(Image.open(rgba[0]).convert("RGB"))[..., 0]
+    ref = np.asarray(Image.fromarray(ref).resize((64, 64), Image.Resampling.BILINEAR))
+    assert mode == "RGBA" and np.abs(got.astype(int) - ref).max() <= 1
+
+
+def test_rgba_16bit_and_palette_images_are_converted_and_counted(tmp_path, nih_layout):
+    rows = _rows(4)
+    modes = ["L", "RGBA", "I;16", "P"]
+    files = {r[0]: (200, m) for r, m in zip(rows, modes, strict=True)}
+    manual = nih_layout.make_nih_dir(tmp_path / "nih", rows, files)
+    b = builder.build(str(manual), str(tmp_path / "out"), resolution=16, workers=0)
+    src = b.as_data_source(split=builder.SPLIT)
+    for i in range(4):
+        assert np.all(src[i]["image"] == 200), modes[i]
+    assert b.info.metadata["converted"] == {"I;16": 1, "P": 1, "RGBA": 1}
+
+
+def test_nested_archive_layout_is_found(tmp_path, nih_layout):
+    rows = _rows(3)
+    manual = nih_layout.make_nih_dir(tmp_path / "nih", rows, subdir="images_001/images")
+    b = builder.build(str(manual), str(tmp_path / "out"), resolution=16, workers=0)
+    assert b.info.metadata["num_images"] == 3
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing_file", "00000002_000.png: .*image file not found"),
+    ("extra_file", "00000099_000.png: image file has no row in the label table"),
+    ("unknown_label", "unknown label 'Pneumonitis'"),
+    ("duplicate_row", "00000002_000.png: duplicate row: .* line 4 repeats line 3"),
+])
+def test_bad_table_or_files_fail_before_writing_anything(tmp_path, case, message, nih_layout):
+    rows, files = _rows(3), None
+    if case == "missing_file":
+        files = {rows[0][0]: (1, "L"), rows[2][0]: (1, "L")}
+    elif case == "extra_file":
+        files = {**{r[0]: (1, "L") for r in rows}, "00000099_000.png": (1, "L")}
+    elif case == "unknown_label":
+        rows[1] = (rows[1][0], "Mass|Pneumonitis", 2)
+    elif case == "duplicate_row":
+        rows.insert(2, rows[1])
+        files = {r[0]: (1, "L") for r in rows}
+    manual = nih_layout.make_nih_dir(tmp_path / "nih", rows, files)
+    out = tmp_path / "out"
+    with pytest.raises(prepare.PrepareError, match=message):
+        builder.build(str(manual), str(out), resolution=16, workers=0)
+    assert not out.exists()
+
+
+def test_every_problem_is_listed_and_cli_exits_nonzero(tmp_path, capsys, nih_layout):
+    rows = _rows(4)
+    rows[0] = (rows[0][0], "Flu", 1)
+    files = {r[0]: (1, "L") for r in rows[:3]}
+    manual = nih_layout.make_nih_dir(tmp_path / "nih", rows, files)
+    rc = prepare.main(["--manual_dir", str(manual), "--data_dir", str(tmp_path / "o"),
+                       "--resolution", "16", "--workers", "0"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "2 problem(s)" in err
+    assert "unknown label 'Flu'" in err and "00000004_000.png" in err
+
+
+def test_truncated_png_fails_and_leaves_no_dataset(tmp_path, nih_layout):
+    rows = _rows(3)
+    manual = nih_layout.make_nih_dir(tmp_path / "nih", rows)
+    png = manual / "images" / rows[1][0]
+    nih_layout.write_png(png, 7, size=300)
+    data = png.read_bytes()
+    png.write_bytes(data[: len(data) // 2])
+    (manual / "images" / rows[2][0]).write_bytes(b"not a png at all")
+    with pytest.raises(prepare.PrepareError, match="2 image\\(s\\) could not be decoded"):
+        builder.build(str(manual), str(tmp_path / "out"), resolution=16, workers=0)
+    with pytest.raises(FileNotFoundError, match="no complete chest_xray14 dataset"):
+        builder.load(str(tmp_path / "out"), 16)
+
+
+def test_skip_bad_writes_the_rest_and_a_manifest(tmp_path, nih_layout):
+    rows = _rows(5)
+    rows[0] = (rows[0][0], "Flu", 1)
+    files = {r[0]: (50, "L") for r in rows if r[2] != 2}
+    files["00000077_000.png"] = (1, "L")
+    manual = nih_layout.make_nih_dir(tmp_path / "nih", rows, files)
+    (manual / "images" / rows[3][0]).write_bytes(b"\x89PNG broken")
+    rc = prepare.main(["--manual_dir", str(manual), "--data_dir", str(tmp_path / "o"),
+                       "--resolution", "16", "--workers", "0", "--skip_bad"])
+    assert rc == 0
+    b = builder.load(str(tmp_path / "o"), 16)
+    assert b.info.metadata["image_ids"] == [rows[2][0], rows[4][0]]
+    manifest = (tmp_path / "o" / "chest_xray14" / "16px" / "1.0.0" / prepare.MANIFEST_NAME)
+    lines = manifest.read_text().splitlines()[1:]
+    skipped = {line.split("\t")[0]: line.split("\t")[1] for line in lines}
+    assert set(skipped) == {rows[0][0], rows[1][0], rows[3][0], "00000077_000.png"}
+    assert "unknown label" in skipped[rows[0][0]]
+    assert "not found" in skipped[rows[1][0]]
+    assert "cannot decode" in skipped[rows[3][0]]
+    assert "no row" in skipped["00000077_000.png"]
+
+
+def test_interrupted_build_does_not_look_complete(tmp_path, monkeypatch, nih_layout):
+    manual = nih_layout.make_nih_dir(tmp_path / "nih", _rows(6))
+    real = prepare.decode_task
+    calls = []
+
+    def dying(task):
+        calls.append(task)
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C mid-build
+        return real(task)
+
+    monkeypatch.setattr(prepare, "decode_task", dying)
+    with pytest.raises(KeyboardInterrupt):
+        builder.build(str(manual), str(tmp_path / "out"), resolution=16, workers=0)
+    with pytest.raises(FileNotFoundError, match="prepare it with"):
+        builder.load(str(tmp_path / "out"), 16)
+    monkeypatch.setattr(prepare, "decode_task", real)
+    b = builder.build(str(manual), str(tmp_path / "out"), resolution=16, workers=0)
+    assert len(b.as_data_source(split=builder.SPLIT)) == 6
+
+
+def test_missing_manual_dir_and_table_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="manual_dir not found"):
+        builder.build(str(tmp_path / "nope"), str(tmp_path / "out"), resolution=16)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no Data_Entry_2017"):
+        builder.build(str(tmp_path / "empty"), str(tmp_path / "out"), resolution=16)
