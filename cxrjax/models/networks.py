@@ -1,0 +1,181 @@
+"""The paper's model family (Ge et al., Tables 1-2), built from a config, and its pretrained init.
+
+One module covers every row: one or two trunks, an optional CE head on stream A, an optional CE
+or MSML head on stream B and an optional (self-)bilinear FCE head. Output keys:
+`"ce"` (head on A), `"ce_b"` / `"msml"` (head on B), `"fce"` (bilinear head).
+Parameter tree: `trunk_a`, `trunk_b`, `head_a`, `head_b`, `bilinear`, `head_fce`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cxrjax.models.common import ARCHS, get_spec, preprocess
+from cxrjax.models.heads import Bilinear, GapDense
+
+HEAD_KEYS = {"a": {"ce": "ce"}, "b": {"ce": "ce_b", "msml": "msml"}}
+
+
+class PaperNet(nn.Module):
+    """uint8 gray images (B,H,W,1) -> {head name: logits (B, num_classes) float32}."""
+
+    trunk_a: str
+    trunk_b: str | None = None
+    head_a: str | None = "ce"
+    head_b: str | None = None
+    bilinear: bool = False
+    bilinear_dim: int = 512
+    bilinear_reduce: int | None = None
+    num_classes: int = 14
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
+        x = preprocess(images, self.dtype)
+        fa = get_spec(self.trunk_a).trunk(dtype=self.dtype, name="trunk_a")(x, train)
+        fb = None
+        if self.trunk_b is not None:
+            fb = get_spec(self.trunk_b).trunk(dtype=self.dtype, name="trunk_b")(x, train)
+        out = {}
+        if self.head_a is not None:
+            out[HEAD_KEYS["a"][self.head_a]] = GapDense(self.num_classes, self.dtype,
+                                                        name="head_a")(fa)
+        if self.head_b is not None:
+            out[HEAD_KEYS["b"][self.head_b]] = GapDense(self.num_classes, self.dtype,
+                                                        name="head_b")(fb)
+        if self.bilinear:
+            z = Bilinear(self.bilinear_dim, self.bilinear_reduce, self.dtype,
+                         name="bilinear")(fa, fb)
+            out["fce"] = nn.Dense(self.num_classes, dtype=self.dtype,
+                                  name="head_fce")(z).astype(jnp.float32)
+        return out
+
+
+def _field(cfg: Any, name: str, default: Any) -> Any:
+    try:
+        value = getattr(cfg, name)
+    except (AttributeError, KeyError):
+        return default
+    return default if value is None and default is not None else value
+
+
+def build_model(model_cfg: Any, dtype: Any = jnp.float32) -> PaperNet:
+    """The paper network described by `model_cfg` (ConfigDict or any attribute object).
+
+    Fields: trunk_a, trunk_b (None: one stream), head_a ("ce"|None), head_b ("ce"|"msml"|None),
+    bilinear (self-bilinear of A without trunk_b), bilinear_dim (512), bilinear_reduce (None),
+    num_classes (14). Inconsistent fields raise a ValueError naming them.
+    """
+    trunk_a = _field(model_cfg, "trunk_a", None)
+    trunk_b = _field(model_cfg, "trunk_b", None)
+    head_a = _field(model_cfg, "head_a", None)
+    head_b = _field(model_cfg, "head_b", None)
+    bilinear = bool(_field(model_cfg, "bilinear", False))
+    dim = int(_field(model_cfg, "bilinear_dim", 512))
+    reduce = _field(model_cfg, "bilinear_reduce", None)
+    num_classes = int(_field(model_cfg, "num_classes", 14))
+    for name, arch in (("trunk_a", trunk_a), ("trunk_b", trunk_b)):
+        if (arch is not None or name == "trunk_a") and arch not in ARCHS:
+            raise ValueError(f"model.{name}={arch!r}: unknown; known: {', '.join(sorted(ARCHS))}")
+    if head_a not in (None, "ce"):
+        raise ValueError(f"model.head_a={head_a!r}: expected 'ce' or None")
+    if head_b not in (None, "ce", "msml"):
+        raise ValueError(f"model.head_b={head_b!r}: expected 'ce', 'msml' or None")
+    if head_b is not None and trunk_b is None:
+        raise ValueError(f"model.head_b={head_b!r} needs a second stream: model.trunk_b is None")
+    if trunk_b is not None and head_b is None and not bilinear:
+        raise ValueError("model.trunk_b is set but nothing uses it: set head_b or bilinear")
+    if head_a is None and head_b is None and not bilinear:
+        raise ValueError("model has no head: set head_a, head_b or bilinear")
+    if dim < 1 or (reduce is not None and int(reduce) < 1):
+        raise ValueError(f"model.bilinear_dim={dim} / bilinear_reduce={reduce}: must be positive")
+    if num_classes < 1:
+        raise ValueError(f"model.num_classes={num_classes}: must be positive")
+    return PaperNet(trunk_a, trunk_b, head_a, head_b, bilinear, dim,
+                    None if reduce is None else int(reduce), num_classes, jnp.dtype(dtype))
+
+
+def probabilities(logits: Mapping[str, jnp.ndarray],
+                  fusion: Sequence[str] = ("ce", "fce")) -> dict[str, jnp.ndarray]:
+    """Sigmoid of every head's logits, plus `"fused"`: the mean over the `fusion` heads present.
+
+    The paper reports the fusion of the CE baseline and the FCE head (Table 1). Heads in `fusion`
+    that the model lacks are skipped; with none present the first head is used. NOTE: the MSML
+    head is trained with a ranking loss: sigmoid("msml") orders findings within an image but is
+    NOT a calibrated probability - read it as a score, and keep it out of `fusion` for that reason.
+    """
+    if not logits:
+        raise ValueError("probabilities: no logits given")
+    probs = {k: jax.nn.sigmoid(v.astype(jnp.float32)) for k, v in logits.items()}
+    present = [h for h in fusion if h in probs] or [next(iter(probs))]
+    probs["fused"] = sum(probs[h] for h in present) / len(present)
+    return probs
+
+
+def _flat(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            out.update(_flat(v, f"{prefix}{k}/"))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _copy_checked(dst: Mapping, src: Mapping, what: str) -> dict:
+    """`src` as arrays in `dst`'s dtypes, after checking both trees have the same leaves/shapes."""
+    fd, fs = _flat(dst), _flat(src)
+    missing = sorted(set(fd) - set(fs))
+    extra = sorted(set(fs) - set(fd))
+    shapes = [f"{k}: {tuple(fs[k].shape)} vs {tuple(fd[k].shape)}"
+              for k in sorted(set(fd) & set(fs)) if tuple(fs[k].shape) != tuple(fd[k].shape)]
+    if missing or extra or shapes:
+        raise ValueError(f"{what}: trunk weights do not fit; missing {missing[:8]}, "
+                         f"unexpected {extra[:8]}, wrong shape {shapes[:8]}")
+    # jnp.array copies: the two streams must not share buffers (jit donation would reject that).
+    return jax.tree.map(lambda d, s: jnp.array(s, dtype=d.dtype, copy=True),
+                        flax.core.unfreeze(dst), flax.core.unfreeze(src))
+
+
+def load_pretrained_trunks(variables: Mapping, model_cfg: Any,
+                           weights: Mapping[str, str]) -> dict:
+    """Copy the trunk of ported classifier files (`weights`: arch -> .npz) into trunk_a/trunk_b.
+
+    Both streams of a two-trunk model with the same arch start from identical weights (paper
+    2.3), as separate arrays. A missing file raises FileNotFoundError naming the command that
+    makes it.
+    """
+    from cxrjax.models import port
+
+    out = {k: dict(v) for k, v in flax.core.unfreeze(variables).items()}
+    for stream in ("trunk_a", "trunk_b"):
+        arch = _field(model_cfg, stream, None)
+        if arch is None:
+            continue
+        if arch not in weights:
+            raise ValueError(f"no pretrained weights file given for {stream} ({arch}); "
+                             f"given: {sorted(weights)}")
+        path = os.fspath(weights[arch])
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"pretrained {arch} weights not found: {path}; make them with: "
+                f"python scripts/port_torchvision.py --arch {arch} --out {path}")
+        recorded = port.variables_arch(path)
+        if recorded is not None and recorded != arch:
+            raise ValueError(f"{path} holds {recorded} weights, but model.{stream} is {arch}")
+        src = port.load_variables(path)
+        for col in ("params", "batch_stats"):
+            if stream not in out.get(col, {}):
+                continue
+            if "trunk" not in src.get(col, {}):
+                raise ValueError(f"{path}: no {col}/trunk in this file (not a ported classifier?)")
+            out[col][stream] = _copy_checked(out[col][stream], src[col]["trunk"],
+                                             f"{path} -> {col}/{stream}")
+    return out
