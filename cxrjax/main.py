@@ -1,0 +1,62 @@
+"""Entry point: ``python -m cxrjax.main --config configs/r18_msml.py --workdir runs/r18_msml``.
+
+Flags, distributed initialisation, one call into train.py (or evaluation of a finished run).
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+
+# Configs import `configs.base`: make the repository root importable wherever we run from.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isdir(os.path.join(_ROOT, "configs")) and _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config (a .py file).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and reports.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
+                          "train: train (resuming if possible), then test; eval: test only.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "yes", "no"],
+    "Call jax.distributed.initialize(): auto = when a cluster environment is detected.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+# Variables by which a multi-host launcher announces itself (TPU pod, SLURM, explicit).
+_CLUSTER_ENV = ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "SLURM_NTASKS",
+                "MEGASCALE_COORDINATOR_ADDRESS")
+
+
+def _maybe_initialize_distributed() -> None:
+    import jax
+
+    mode = _DISTRIBUTED.value
+    detected = any(os.environ.get(k) for k in _CLUSTER_ENV) and not (
+        os.environ.get("SLURM_NTASKS") == "1")
+    if mode == "yes" or (mode == "auto" and detected):
+        jax.distributed.initialize()
+        logging.info("process %d of %d", jax.process_index(), jax.process_count())
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    _maybe_initialize_distributed()
+    from cxrjax import train
+
+    try:
+        if _MODE.value == "train":
+            train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        else:
+            train.evaluate_run(_CONFIG.value, _WORKDIR.value)
+    except (train.ConfigError, FileNotFoundError, FloatingPointError, OSError) as e:
+        logging.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)

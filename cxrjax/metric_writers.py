@@ -1,0 +1,56 @@
+"""Where training metrics go: a JSONL log, TensorBoard event files (no TensorFlow), a progress bar.
+
+Only process 0 writes, so a multi-host run leaves one log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import jax
+from tqdm import tqdm
+
+
+class MetricWriter:
+    """Appends ``{"step", "stage", name: value, ...}`` lines to WORKDIR/metrics.jsonl and TB."""
+
+    def __init__(self, workdir: str):
+        self._active = jax.process_index() == 0
+        self._jsonl = None
+        self._tb = None
+        if self._active:
+            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, values: dict[str, float], stage: str = "") -> None:
+        if not self._active:
+            return
+        self._jsonl.write(json.dumps({"step": int(step), "stage": stage, **values}) + "\n")
+        self._jsonl.flush()
+        for name, value in values.items():
+            self._tb.add_scalar(f"{stage}/{name}" if stage else name, value, int(step))
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self._active:
+            self._jsonl.close()
+            self._tb.close()
+
+
+def progress(**kwargs: Any) -> tqdm:
+    """A per-epoch progress bar on process 0 (silent elsewhere)."""
+    return tqdm(unit="step", dynamic_ncols=True, file=sys.stderr, leave=True,
+                disable=jax.process_index() != 0, **kwargs)
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """The JSONL log as a list of dicts (for plots and reports)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,503 @@
+"""The training loop: mesh, state, one jitted step, validation, checkpoints, the final test.
+
+Stages (``config.train.stages``) run in order; each has its own checkpoint directory, and a
+stage after the first starts from the previous stage's best checkpoint (the paper's Local and
+Local-Fixed strategies). Re-running the same command resumes where the run stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from cxrjax import checkpoint, evaluate, losses, metrics, models, report, runs
+from cxrjax.data import labels as labels_lib
+from cxrjax.data import pipeline
+from cxrjax.metric_writers import MetricWriter, progress
+
+# ---------------------------------------------------------------------------------------------
+# Config checks: one clear line per bad field, before anything is built.
+# ---------------------------------------------------------------------------------------------
+
+
+class ConfigError(ValueError):
+    """A config field with a bad value; the message names the field."""
+
+
+def model_heads(model_cfg: Any) -> tuple[str, ...]:
+    """Output heads of the configured model (the keys of its logits dict)."""
+    heads = []
+    if model_cfg.head_a:
+        heads.append("ce")
+    if model_cfg.head_b:
+        heads.append({"ce": "ce_b", "msml": "msml"}[model_cfg.head_b])
+    if model_cfg.bilinear:
+        heads.append("fce")
+    return tuple(heads)
+
+
+def check_config(config: mlc.ConfigDict) -> None:
+    """Raises ConfigError naming the first bad field."""
+    m, d, t = config.model, config.data, config.train
+    for field, arch in (("model.trunk_a", m.trunk_a), ("model.trunk_b", m.trunk_b)):
+        if arch is not None and arch not in models.ARCHS:
+            raise ConfigError(f"{field}={arch!r}: unknown architecture; known: "
+                              f"{', '.join(sorted(models.ARCHS))}")
+    if m.head_b is not None and m.head_b not in ("ce", "msml"):
+        raise ConfigError(f"model.head_b={m.head_b!r}: expected 'ce', 'msml' or None")
+    if m.head_b is not None and m.trunk_b is None:
+        raise ConfigError("model.head_b is set but model.trunk_b is None")
+    heads = model_heads(m)
+    if not heads:
+        raise ConfigError("model: no head (set head_a, head_b or bilinear)")
+    if d.crop > d.resolution:
+        raise ConfigError(f"data.crop={d.crop} is larger than data.resolution={d.resolution}")
+    n_dev = jax.device_count()
+    for field in ("batch_size", "eval_batch_size"):
+        value = t[field]
+        if value <= 0 or value % n_dev:
+            raise ConfigError(f"train.{field}={value} must be a positive multiple of the "
+                              f"device count ({n_dev})")
+    if t.lr <= 0:
+        raise ConfigError(f"train.lr={t.lr} must be positive")
+    if not t.stages:
+        raise ConfigError("train.stages is empty")
+    for i, stage in enumerate(t.stages):
+        where = f"train.stages[{i}]"
+        if stage.epochs <= 0:
+            raise ConfigError(f"{where}.epochs={stage.epochs} must be positive")
+        for head, w in stage.loss_weights.items():
+            if head not in heads:
+                raise ConfigError(f"{where}.loss_weights has {head!r}, not a head of this model "
+                                  f"({', '.join(heads)})")
+            if w < 0:
+                raise ConfigError(f"{where}.loss_weights.{head}={w} is negative")
+        if not any(stage.loss_weights.get(h, 0) > 0 for h in heads):
+            raise ConfigError(f"{where}.loss_weights: every weight is zero")
+        try:
+            re.compile(stage.trainable)
+        except re.error as e:
+            raise ConfigError(f"{where}.trainable={stage.trainable!r}: bad regex ({e})") from None
+
+
+def compute_dtype(config: mlc.ConfigDict) -> jnp.dtype:
+    """bfloat16 on accelerators and float32 on CPU for "auto"; else the named dtype."""
+    name = config.dtype
+    if name == "auto":
+        name = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+    if name not in ("float32", "bfloat16"):
+        raise ConfigError(f"dtype={config.dtype!r}: expected 'auto', 'float32' or 'bfloat16'")
+    return jnp.dtype(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# State, optimizer and the frozen-parameter mask.
+# ---------------------------------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def path_names(tree: Any) -> Any:
+    """The same tree with each leaf replaced by its '/'-joined path ('trunk_a/conv1/kernel')."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "/".join(str(getattr(k, "key", k)) for k in path), tree)
+
+
+def trainable_mask(tree: Any, pattern: str, field: str = "trainable") -> Any:
+    """Bool tree: True where the leaf's path matches ``pattern`` (re.search)."""
+    regex = re.compile(pattern)
+    return jax.tree.map(lambda name: bool(regex.search(name)), path_names(tree))
+
+
+def learning_rate_schedule(train_cfg: Any, steps_per_epoch: int) -> optax.Schedule:
+    """The paper's schedule: lr, times ``lr_decay_factor`` every ``lr_decay_epochs`` epochs."""
+    return optax.exponential_decay(
+        train_cfg.lr, transition_steps=train_cfg.lr_decay_epochs * steps_per_epoch,
+        decay_rate=train_cfg.lr_decay_factor, staircase=True)
+
+
+def make_optimizer(train_cfg: Any, schedule: optax.Schedule, mask: Any
+                   ) -> optax.GradientTransformation:
+    """Adam(W) on the trainable leaves; frozen leaves get no update at all."""
+    if train_cfg.weight_decay:
+        tx = optax.adamw(schedule, b1=train_cfg.b1, b2=train_cfg.b2,
+                         weight_decay=train_cfg.weight_decay)
+    else:
+        tx = optax.adam(schedule, b1=train_cfg.b1, b2=train_cfg.b2)
+    if all(jax.tree.leaves(mask)):
+        return tx
+    labels = jax.tree.map(lambda m: "train" if m else "frozen", mask)
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+# ---------------------------------------------------------------------------------------------
+# The jitted steps.
+# ---------------------------------------------------------------------------------------------
+
+
+def make_train_step(model: Any, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    loss_weights: Mapping[str, float], stats_mask: Any) -> Callable:
+    """(state, batch) -> (state, metrics). A non-finite loss or gradient leaves state unchanged.
+
+    ``stats_mask`` marks the BatchNorm statistics that may change: frozen trunks keep theirs
+    (they still normalise with batch statistics in the forward pass, as a PyTorch module in
+    train() mode would, but their running averages are not updated).
+    """
+    def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        def loss_fn(params):
+            variables = {"params": params, "batch_stats": state.batch_stats}
+            logits, updates = model.apply(variables, batch["image"], train=True,
+                                          mutable=["batch_stats"])
+            per_head = losses.head_losses(logits, batch["labels"])
+            total = losses.weighted_total(per_head, loss_weights)
+            return total, (per_head, updates.get("batch_stats", state.batch_stats))
+
+        (total, (per_head, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_stats = jax.tree.map(lambda keep_new, old, new: new if keep_new else old,
+                                 stats_mask, state.batch_stats, new_stats)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
+        new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
+                                  opt_state=opt_state)
+        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+        out = {"loss": total, "grad_norm": grad_norm, "lr": schedule(state.step),
+               "finite": finite, **{f"loss_{h}": v for h, v in per_head.items()}}
+        return new_state, out
+
+    return step
+
+
+def create_stage(config: mlc.ConfigDict, index: int, model: Any, variables: dict,
+                 steps_per_epoch: int, mesh: Mesh) -> tuple[TrainState, Callable]:
+    """The replicated initial state of stage ``index`` and its jitted, donating train step."""
+    stage, t = config.train.stages[index], config.train
+    heads = model_heads(config.model)
+    weights = {h: float(stage.loss_weights.get(h, 0.0)) for h in heads}
+    mask = trainable_mask(variables["params"], stage.trainable)
+    if not any(jax.tree.leaves(mask)):
+        raise ConfigError(f"train.stages[{index}].trainable={stage.trainable!r} matches no "
+                          "parameter")
+    stats_mask = trainable_mask(variables["batch_stats"], stage.trainable)
+    schedule = learning_rate_schedule(t, steps_per_epoch)
+    tx = make_optimizer(t, schedule, mask)
+    repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                       batch_stats=variables["batch_stats"],
+                       opt_state=tx.init(variables["params"]),
+                       rng=jax.random.PRNGKey(config.seed))
+    step = jax.jit(make_train_step(model, tx, schedule, weights, stats_mask),
+                   in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
+    return jax.device_put(state, repl), step
+
+
+# ---------------------------------------------------------------------------------------------
+# Host batches -> global arrays, prefetched on a thread so the device never waits for the host.
+# ---------------------------------------------------------------------------------------------
+
+
+def prefetch_to_mesh(iterator: Iterator[dict], sharding: NamedSharding, size: int = 2,
+                     ) -> Iterator[tuple[dict, Any]]:
+    """Yields (global batch, iterator state after that batch), ``size`` batches ahead."""
+    q: queue.Queue = queue.Queue(maxsize=max(size, 1))
+    done = object()
+
+    def producer():
+        try:
+            for host_batch in iterator:
+                state = iterator.get_state() if hasattr(iterator, "get_state") else None
+                arrays = {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+                          for k, v in host_batch.items()}
+                q.put((arrays, state))
+            q.put(done)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            q.put(e)
+
+    threading.Thread(target=producer, daemon=True).start()
+    while True:
+        item = q.get()
+        if item is done:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+# ---------------------------------------------------------------------------------------------
+# Building everything for a run.
+# ---------------------------------------------------------------------------------------------
+
+
+def create_mesh() -> Mesh:
+    """One data-parallel axis over every device of every process."""
+    return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def initialise(variables: dict, config: mlc.ConfigDict) -> dict:
+    """Applies ``model.init`` to random variables: keep them, ImageNet trunks, or a run's."""
+    init = config.model.init
+    if init == "scratch":
+        return variables
+    if init == "imagenet":
+        weights_dir = os.path.expanduser(config.model.weights_dir)
+        archs = {config.model.trunk_a, config.model.trunk_b} - {None}
+        weights = {a: os.path.join(weights_dir, f"{a}_imagenet.npz") for a in archs}
+        return models.networks.load_pretrained_trunks(variables, config.model, weights)
+    path = os.path.expanduser(init)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model.init={init!r}: neither 'imagenet', 'scratch' nor an "
+                                "existing cxrjax workdir or checkpoint directory")
+    return runs.restore_variables(runs.final_stage_dir(path), variables)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation: padded + masked batches, every image of the split scored exactly once.
+# ---------------------------------------------------------------------------------------------
+
+
+def make_predict_fn(model: Any, fusion: tuple[str, ...], mesh: Mesh) -> Callable:
+    """Jitted (variables, images) -> {head: probabilities, "fused": ...}, batch-sharded."""
+    repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+    def predict(variables, images):
+        logits = model.apply(variables, images, train=False)
+        return models.networks.probabilities(logits, fusion)
+
+    return jax.jit(predict, in_shardings=(repl, data), out_shardings=data)
+
+
+def predict_split(predict_fn: Callable, variables: dict, ds: Any, split: str, mesh: Mesh,
+                  ) -> tuple[list[str], dict[str, np.ndarray], np.ndarray]:
+    """(image ids, {head: (N, 14) probabilities}, labels (N, 14)) for one split."""
+    data = NamedSharding(mesh, P("data"))
+    n = ds.num_examples(split)
+    probs: dict[str, np.ndarray] = {}
+    labels = np.zeros((n, labels_lib.NUM_CLASSES), np.uint8)
+    seen = np.zeros(n, np.int64)
+    for host_batch in ds.eval_batches(split):
+        images = jax.make_array_from_process_local_data(data, np.asarray(host_batch["image"]))
+        out = predict_fn(variables, images)
+        gathered = _gather({**out, "labels": host_batch["labels"], "mask": host_batch["mask"],
+                            "index": host_batch["index"]}, data)
+        keep = gathered["mask"].astype(bool)
+        index = gathered["index"][keep]
+        np.add.at(seen, index, 1)
+        labels[index] = gathered["labels"][keep]
+        for head in out:
+            probs.setdefault(head, np.zeros((n, labels_lib.NUM_CLASSES), np.float32))
+            probs[head][index] = gathered[head][keep]
+    if not np.all(seen == 1):
+        raise RuntimeError(f"evaluation of {split!r} scored {int((seen == 0).sum())} images "
+                           f"never and {int((seen > 1).sum())} more than once")
+    return ds.image_ids(split), probs, labels
+
+
+def _gather(tree: dict, data: NamedSharding) -> dict:
+    """Every process's rows of a batch-sharded tree, as NumPy on every process."""
+    if jax.process_count() == 1:
+        return {k: np.asarray(v) for k, v in tree.items()}
+    from jax.experimental import multihost_utils
+    global_tree = {k: v if isinstance(v, jax.Array) else
+                   jax.make_array_from_process_local_data(data, np.asarray(v))
+                   for k, v in tree.items()}
+    return {k: np.asarray(v) for k, v in
+            multihost_utils.process_allgather(global_tree, tiled=True).items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# One stage: resume or initialise, train with validation every epoch, keep checkpoints.
+# ---------------------------------------------------------------------------------------------
+
+
+def run_stage(config: mlc.ConfigDict, workdir: str, index: int, model: Any, ds: Any,
+              mesh: Mesh, initial_variables: Callable[[], dict], writer: MetricWriter,
+              predict_fn: Callable) -> int:
+    """Trains stage ``index`` to completion (resuming if possible); returns its best step."""
+    stage, t = config.train.stages[index], config.train
+    steps_per_epoch = ds.steps_per_epoch
+    total_steps = stage.epochs * steps_per_epoch
+    data = NamedSharding(mesh, P("data"))
+    manager = checkpoint.open_manager(runs.stage_dir(workdir, index, stage), t.keep_checkpoints)
+    state, train_step = create_stage(config, index, model, initial_variables(),
+                                     steps_per_epoch, mesh)
+
+    train_iter = ds.train_iter()
+    restored = checkpoint.restore(manager, state)
+    if restored is not None:
+        step, state, data_state, _ = restored
+        state = jax.device_put(state, NamedSharding(mesh, P()))
+        train_iter.set_state(data_state)
+        logging.info("stage %s: resumed at step %d of %d", stage.name, step, total_steps)
+    step = int(state.step)
+    if step >= total_steps:
+        manager.wait_until_finished()
+        return manager.best_step() or manager.latest_step()
+
+    batches = prefetch_to_mesh(train_iter, data, size=max(config.data.prefetch, 1))
+    pending: tuple[int, dict] | None = None  # metrics of the previous step, checked one behind
+    last_log, last_log_step = time.perf_counter(), step
+    bar = progress(total=steps_per_epoch, initial=step % steps_per_epoch,
+                   desc=f"{stage.name} epoch {step // steps_per_epoch + 1}/{stage.epochs}")
+    data_state = train_iter.get_state()
+    while step < total_steps:
+        batch, next_data_state = next(batches)
+        state, step_metrics = train_step(state, batch)
+        if pending is not None:
+            _check_finite(*pending, manager)
+        pending = (step + 1, step_metrics)
+        step, data_state = step + 1, next_data_state
+        bar.update(1)
+
+        if step % t.log_every_steps == 0 or step % steps_per_epoch == 0:
+            _check_finite(*pending, manager)
+            now = time.perf_counter()
+            values = {k: float(v) for k, v in jax.device_get(step_metrics).items()
+                      if k != "finite"}
+            values["img_per_s"] = (step - last_log_step) * t.batch_size / (now - last_log)
+            last_log, last_log_step = now, step
+            writer.write(step, {f"train/{k}": v for k, v in values.items()}, stage=stage.name)
+            bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{values['img_per_s']:.0f}")
+
+        end_of_epoch = step % steps_per_epoch == 0
+        if end_of_epoch or step % t.checkpoint_every_steps == 0:
+            val_auc = None
+            meta = {"stage": stage.name, "epoch": step / steps_per_epoch}
+            if end_of_epoch:
+                bar.close()
+                val = validate(predict_fn, state, ds, mesh, config)
+                val_auc = val["mean_auc"]
+                writer.write(step, {"val/mean_auc": val["mean_auc"], "val/w_auc": val["w_auc"]},
+                             stage=stage.name)
+                meta.update(val_mean_auc=val["mean_auc"], val_w_auc=val["w_auc"])
+                logging.info("stage %s epoch %d: val mean AUC %.4f, W-AUC %.4f", stage.name,
+                             step // steps_per_epoch, val["mean_auc"], val["w_auc"])
+                if step < total_steps:
+                    bar = progress(total=steps_per_epoch, desc=f"{stage.name} epoch "
+                                   f"{step // steps_per_epoch + 1}/{stage.epochs}")
+            checkpoint.save(manager, step, state, data_state, meta, val_auc)
+    bar.close()
+    manager.wait_until_finished()
+    return manager.best_step() or manager.latest_step()
+
+
+def _check_finite(step: int, step_metrics: dict, manager: Any) -> None:
+    if bool(step_metrics["finite"]):
+        return
+    values = jax.device_get(step_metrics)
+    bad = [k.removeprefix("loss_") for k, v in values.items()
+           if k.startswith("loss_") and not np.isfinite(v)]
+    what = f"head(s) {', '.join(bad)}" if bad else "the gradient"
+    manager.wait_until_finished()
+    raise FloatingPointError(
+        f"non-finite loss at step {step} in {what} (loss={float(values['loss'])}, grad norm="
+        f"{float(values['grad_norm'])}); the state was not updated and the last good "
+        f"checkpoint (step {manager.latest_step()}) is intact: lower train.lr or check the data")
+
+
+def validate(predict_fn: Callable, state: TrainState, ds: Any, mesh: Mesh,
+             config: mlc.ConfigDict) -> dict:
+    """Fused mean AUC and W-AUC on the validation split (no bootstrap)."""
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    _, probs, labels = predict_split(predict_fn, variables, ds, "val", mesh)
+    return metrics.summary(probs["fused"], labels, n_boot=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole run: every stage, then the test split and the report.
+# ---------------------------------------------------------------------------------------------
+
+
+def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict:
+    """Trains every stage (resuming where a run stopped), then tests and writes the report."""
+    check_config(config)
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    _prepare_workdir(workdir, config)
+    ds = _datasets(config, workdir)
+    mesh = create_mesh()
+    model, template = runs.init_model(config, compute_dtype(config))
+    predict_fn = make_predict_fn(model, tuple(config.model.fusion), mesh)
+    writer = MetricWriter(workdir)
+
+    initial = lambda: initialise(template, config)  # noqa: E731
+    for index, stage in enumerate(config.train.stages):
+        best = run_stage(config, workdir, index, model, ds, mesh, initial, writer, predict_fn)
+        directory = runs.stage_dir(workdir, index, stage)
+        initial = lambda d=directory, b=best: runs.restore_variables(d, template, b)  # noqa: E731
+    writer.close()
+    return evaluate_test_split(config, workdir, initial(), ds, mesh, predict_fn)
+
+
+def evaluate_run(config: mlc.ConfigDict, workdir: str) -> dict:
+    """The test-split evaluation of a trained run's best checkpoint (``--mode eval``)."""
+    check_config(config)
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    ds = _datasets(config, workdir)
+    mesh = create_mesh()
+    model, template = runs.init_model(config, compute_dtype(config))
+    variables = runs.restore_variables(runs.final_stage_dir(workdir), template)
+    predict_fn = make_predict_fn(model, tuple(config.model.fusion), mesh)
+    return evaluate_test_split(config, workdir, variables, ds, mesh, predict_fn)
+
+
+def evaluate_test_split(config: mlc.ConfigDict, workdir: str, variables: dict, ds: Any,
+                        mesh: Mesh, predict_fn: Callable) -> dict:
+    """Scores the test split; writes predictions CSVs, test_metrics.json and report.md."""
+    ids, probs, labels = predict_split(predict_fn, variables, ds, "test", mesh)
+    results = {head: metrics.summary(p, labels, n_boot=config.eval.n_boot)
+               for head, p in probs.items()}
+    if jax.process_index() == 0:
+        eval_dir = os.path.join(workdir, "eval")
+        evaluate.write_predictions(os.path.join(eval_dir, "test_predictions.csv"), ids,
+                                   probs["fused"])
+        for head, p in probs.items():
+            if head != "fused":
+                evaluate.write_predictions(
+                    os.path.join(eval_dir, f"test_predictions_{head}.csv"), ids, p)
+        out = {**results["fused"], "heads": {h: r for h, r in results.items() if h != "fused"}}
+        with open(os.path.join(eval_dir, "test_metrics.json"), "w") as f:
+            json.dump(out, f, indent=2)
+        report.write_report(workdir, config, results, probs, labels)
+    return results
+
+
+def _datasets(config: mlc.ConfigDict, workdir: str) -> Any:
+    data_cfg = pipeline.ensure_prepared(config.data, workdir)
+    return pipeline.create_datasets(
+        data_cfg, global_batch_size=config.train.batch_size,
+        eval_batch_size=config.train.eval_batch_size, seed=config.seed)
+
+
+def _prepare_workdir(workdir: str, config: mlc.ConfigDict) -> None:
+    """Creates the workdir (clear error if impossible) and records the config in it."""
+    try:
+        os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+        if jax.process_index() == 0:
+            with open(os.path.join(workdir, "config.json"), "w") as f:
+                f.write(config.to_json_best_effort(indent=2))
+    except OSError as e:
+        raise OSError(f"workdir {workdir} is not usable: {e.strerror}") from None
