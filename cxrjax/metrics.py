@@ -78,12 +78,13 @@ def _weighted_auc(y_sorted: np.ndarray, starts: np.ndarray, w_sorted: np.ndarray
 
 def _warn_degenerate(auc: np.ndarray, labels: np.ndarray, names: Sequence[str], what: str,
                      among: str = "") -> None:
-    for c in np.flatnonzero(np.isnan(auc)):
-        n_pos = int(labels[:, c].sum())
-        warnings.warn(
-            f"{what} {names[c]}: only one label value among the {labels.shape[0]} images{among} "
-            f"({n_pos} positive); it is NaN and left out of the means", RuntimeWarning,
-            stacklevel=3)
+    """One warning naming every NaN class and its positive count."""
+    bad = np.flatnonzero(np.isnan(auc))
+    if bad.size:
+        listed = ", ".join(f"{names[c]} ({int(labels[:, c].sum())} positive)" for c in bad)
+        warnings.warn(f"{what}: {bad.size} class(es) have one label value among the "
+                      f"{labels.shape[0]} images{among}, so are NaN and left out of the means: "
+                      f"{listed}", RuntimeWarning, stacklevel=3)
 
 
 def _auc(scores: np.ndarray, labels: np.ndarray, sample_weight: np.ndarray | None = None
@@ -110,7 +111,7 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray,
             raise ValueError(f"sample_weight must be ({scores.shape[0]},) and >= 0, got "
                              f"shape {sample_weight.shape}")
     out = _auc(scores, labels, sample_weight)
-    _warn_degenerate(out, labels, class_names(scores.shape[1]), "AUC of class")
+    _warn_degenerate(out, labels, class_names(scores.shape[1]), "AUC")
     return out
 
 
@@ -172,22 +173,24 @@ def summary(scores: np.ndarray, labels: np.ndarray, *, weights: np.ndarray | Non
         raise ValueError(f"weights must have shape ({num_classes},), got {weights.shape}")
 
     auc = _auc(scores, labels)
-    _warn_degenerate(auc, labels, names, "AUC of class")
+    _warn_degenerate(auc, labels, names, "AUC")
     valid = ~np.isnan(auc)
     n_pos = labels.sum(axis=0)
     support = np.where(valid, n_pos, 0).astype(np.float64)
 
     any_finding = labels.any(axis=1)
     d_auc = _auc(scores[any_finding], labels[any_finding])
-    _warn_degenerate(d_auc, labels[any_finding], names, "D-AUC of class", " with a finding")
+    _warn_degenerate(d_auc, labels[any_finding], names, "D-AUC", " with a finding")
     n_auc = np.empty(num_classes)
     for c in range(num_classes):
         keep = labels[:, c] | ~any_finding
         n_auc[c] = _auc(scores[keep, c:c + 1], labels[keep, c:c + 1])[0]
-        if np.isnan(n_auc[c]):
-            warnings.warn(f"N-AUC of class {names[c]}: {int(labels[:, c].sum())} positive and "
-                          f"{int((~any_finding).sum())} 'No Finding' images; it is NaN and left "
-                          "out of the mean", RuntimeWarning, stacklevel=2)
+    if np.isnan(n_auc).any():
+        listed = ", ".join(f"{names[c]} ({int(n_pos[c])} positive)"
+                           for c in np.flatnonzero(np.isnan(n_auc)))
+        warnings.warn(f"N-AUC: with {int((~any_finding).sum())} 'No Finding' images, these "
+                      f"classes are NaN and left out of the mean: {listed}", RuntimeWarning,
+                      stacklevel=2)
 
     ci = [float("nan"), float("nan")]
     if n_boot > 0 and valid.any():

@@ -1,0 +1,202 @@
+"""The evaluate CLI on predictions files made from the real NIH tables, and every bad input."""
+
+import csv
+import gzip
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from cxrjax import evaluate
+from cxrjax.data.labels import CLASSES, load_label_table, resource_path
+
+
+@pytest.fixture(scope="module")
+def chexnet_test_list():
+    """The 22,433-image CheXNet test list shipped with the package: names and (N, 14) labels."""
+    with gzip.open(resource_path("chexnet_split/test_list.txt.gz"), "rt") as f:
+        rows = [line.split() for line in f if line.strip()]
+    return [r[0] for r in rows], np.array([r[1:] for r in rows], np.uint8)
+
+
+def _write(path, header, rows):
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "wt", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return str(path)
+
+
+def _correlated_scores(labels, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.round(rng.random(labels.shape) * 0.7 + 0.3 * labels, 3)  # 3 decimals: many ties
+
+
+@pytest.fixture(scope="module")
+def chexnet_predictions(tmp_path_factory, chexnet_test_list):
+    """A CheXNet-style ``prob_<Class>`` predictions file for the whole test list."""
+    ids, labels = chexnet_test_list
+    scores = _correlated_scores(labels)
+    path = tmp_path_factory.mktemp("preds") / "test_predictions.csv.gz"
+    rows = ([name, *(f"{v:.3f}" for v in row)] for name, row in zip(ids, scores, strict=True))
+    _write(path, ["Image Index", *(f"prob_{c}" for c in CLASSES)], rows)
+    return str(path), scores
+
+
+@pytest.fixture(scope="module")
+def small(chexnet_test_list):
+    """Header and rows of a valid 60-image file, for the bad-input cases to break."""
+    ids, labels = chexnet_test_list
+    scores = _correlated_scores(labels[:60], seed=1)
+    rows = [[name, *(str(v) for v in row)] for name, row in zip(ids[:60], scores, strict=True)]
+    return ["Image Index", *CLASSES], rows
+
+
+def test_cli_on_chexnet_test_list_prints_sklearn_aucs_to_6_decimals(
+        chexnet_predictions, chexnet_test_list, tmp_path, capsys):
+    path, scores = chexnet_predictions
+    ids, list_labels = chexnet_test_list
+    assert len(ids) == 22_433
+    table = load_label_table()
+    labels = table.labels[table.rows(ids)]
+    # The CheXNet list misses 37 positives that the NIH table has (first 8 classes only); the
+    # CLI scores against the table, so sklearn is run against the table's labels too.
+    assert (labels >= list_labels).all() and (labels != list_labels).sum() == 37
+    out_json = tmp_path / "out" / "metrics.json"
+
+    assert evaluate.main(["--predictions", path, "--json", str(out_json)]) == 0
+    printed = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()}
+    result = json.loads(out_json.read_text())
+    for c, name in enumerate(CLASSES):
+        ref = roc_auc_score(labels[:, c], scores[:, c])
+        assert printed[name][1] == f"{ref:.6f}"
+        assert result["per_class"][name] == pytest.approx(ref, abs=1e-12)
+    ref_mean = roc_auc_score(labels, scores, average="macro")
+    assert result["mean_auc"] == pytest.approx(ref_mean, abs=1e-12)
+    assert result["w_auc"] == pytest.approx(
+        sum(table.prevalence()[c] * result["per_class"][n] for c, n in enumerate(CLASSES)))
+    lo, hi = result["mean_auc_ci95"]
+    assert lo < result["mean_auc"] < hi and hi - lo < 0.02
+    assert result["n_images"] == 22_433
+    for key in ("w_auc_normalized", "d_auc", "n_auc"):
+        assert 0.5 < result[key] < 1.0
+    for row in ("AUC", "W-AUC", "D-AUC", "N-AUC"):
+        assert row in printed
+
+
+def test_cli_accepts_plain_csv_class_named_columns_and_own_label_table(tmp_path, capsys):
+    # A 3-row Data_Entry table of our own: its prevalence becomes the W-AUC weights.
+    entry = tmp_path / "Data_Entry.csv"
+    head = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age",
+            "Patient Gender", "View Position"]
+    _write(entry, head, [["a.png", "Mass|Hernia", 0, 1, 50, "M", "PA"],
+                         ["b.png", "No Finding", 0, 2, 40, "F", "PA"],
+                         ["c.png", "Hernia", 0, 3, 30, "F", "AP"]])
+    preds = _write(tmp_path / "p.csv", ["Image Index", *CLASSES, "Patient ID"],
+                   [["a.png", *[0.9] * 14, 1], ["b.png", *[0.1] * 14, 2],
+                    ["c.png", *[0.5] * 14, 3]])
+    out_json = tmp_path / "m.json"
+    code = evaluate.main(["--predictions", preds, "--labels", str(entry),
+                          "--json", str(out_json), "--n_boot", "20"])
+    assert code == 0
+    out, err = capsys.readouterr()
+    assert "warning: AUC: 12 class(es) have one label value" in err and "Atelectasis" in err
+    result = json.loads(out_json.read_text())
+    assert result["per_class"]["Mass"] == 1.0 and result["per_class"]["Hernia"] == 1.0
+    assert result["per_class"]["Atelectasis"] is None  # NaN -> null: no positive image
+    assert set(result["excluded_classes"]) == set(CLASSES) - {"Mass", "Hernia"}
+    assert result["w_auc"] == pytest.approx(1 / 3 + 2 / 3)
+    assert "left out of AUC, W-AUC" in out
+
+
+def _run_bad(tmp_path, capsys, header, rows, name="bad.csv", extra=()):
+    path = _write(tmp_path / name, header, rows)
+    code = evaluate.main(["--predictions", path, "--n_boot", "0", *extra])
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda h, r: (h[:-1], [x[:-1] for x in r]), "missing class column.*Hernia"),
+    (lambda h, r: (h + ["prob_Mass"], [x + ["0.5"] for x in r]), "duplicated class.*Mass"),
+    (lambda h, r: (h + ["Mass"], [x + ["0.5"] for x in r]), "duplicated class.*Mass"),
+    (lambda h, r: (h + ["prob_Covid"], [x + ["0.5"] for x in r]), "'prob_Covid' names no"),
+    (lambda h, r: (["Image"] + h[1:], r), "no 'Image Index' column"),
+    (lambda h, r: (h, r + [r[3]]), "1 duplicate row.*lines 5 and 62"),
+    (lambda h, r: (h, r[:5] + [["x_1.png"] + r[5][1:], ["x_2.png"] + r[6][1:]] + r[7:]),
+     "2 image name.*not in the label table.*x_1.png, x_2.png"),
+    (lambda h, r: (h, r[:2] + [r[2][:3] + ["high"] + r[2][4:]] + r[3:]),
+     "line 4, column 'Effusion': non-numeric score 'high'"),
+    (lambda h, r: (h, r[:2] + [r[2][:3] + ["nan"] + r[2][4:]] + r[3:]), "score is 'nan'"),
+    (lambda h, r: (h, r[:2] + [r[2][:3] + ["inf"] + r[2][4:]] + r[3:]), "must be finite"),
+    (lambda h, r: (h, r[:2] + [r[2][:-1]] + r[3:]), "line 4: 14 fields, header has 15"),
+    (lambda h, r: (h, r[:2] + [[""] + r[2][1:]] + r[3:]), "empty 'Image Index'"),
+    (lambda h, r: (h, []), "no prediction rows"),
+])
+def test_cli_bad_predictions_give_one_line_error_and_exit_2(tmp_path, capsys, small, mutate,
+                                                            match):
+    header, rows = mutate(list(small[0]), [list(r) for r in small[1]])
+    code, err = _run_bad(tmp_path, capsys, header, rows)
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    assert __import__("re").search(match, err), err
+
+
+def test_cli_empty_file_missing_file_and_bad_labels_path_exit_2(tmp_path, capsys, small):
+    empty = tmp_path / "empty.csv.gz"
+    with gzip.open(empty, "wt"):
+        pass
+    cases = [(["--predictions", str(empty)], "empty file"),
+             (["--predictions", str(tmp_path / "nope.csv")], "predictions file not found"),
+             (["--predictions", str(tmp_path)], "is a directory"),
+             (["--predictions", _write(tmp_path / "ok.csv", *small), "--labels",
+               str(tmp_path / "nolabels.csv")], "label table not found")]
+    for argv, match in cases:
+        assert evaluate.main([*argv, "--n_boot", "0"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and match in err, err
+
+
+def test_cli_not_gzip_data_in_gz_file_exits_2(tmp_path, capsys):
+    path = tmp_path / "fake.csv.gz"
+    path.write_text("Image Index,Mass\n")
+    assert evaluate.main(["--predictions", str(path)]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_load_predictions_orders_columns_by_class_and_accepts_spaced_names(tmp_path):
+    shuffled = list(reversed(CLASSES))
+    header = ["Image Index"] + [f"prob_{c.replace('_', ' ')}" for c in shuffled]
+    path = _write(tmp_path / "p.csv", header,
+                  [["a.png", *range(14)], ["b.png", *range(14, 28)]])
+    ids, scores = evaluate.load_predictions(path)
+    assert ids == ("a.png", "b.png")
+    np.testing.assert_array_equal(scores[0], np.arange(13, -1, -1))  # back in NIH order
+    assert scores.dtype == np.float64 and scores.shape == (2, 14)
+
+
+def test_format_table_shows_nan_as_na_and_lists_excluded_classes():
+    summary = {"per_class": {"Mass": 0.75, "Hernia": math.nan}, "mean_auc": 0.75,
+               "w_auc": 0.1, "w_auc_normalized": 0.75, "d_auc": 0.7, "n_auc": 0.8,
+               "mean_auc_ci95": [0.7, 0.8], "n_images": 10, "excluded_classes": ["Hernia"],
+               "n_boot": 100}
+    text = evaluate.format_table(summary)
+    assert "Hernia" in text and "n/a" in text and "0.750000" in text
+    assert "AUC (mean of 1)" in text and "left out of AUC, W-AUC (one label value): Hernia" in text
+
+
+def test_python_dash_m_runs_and_reports_bad_input_on_stderr(tmp_path, small):
+    ok = _write(tmp_path / "ok.csv", *small)
+    bad = _write(tmp_path / "bad.csv", small[0][:-1], [r[:-1] for r in small[1]])
+    run = [sys.executable, "-m", "cxrjax.evaluate", "--n_boot", "10", "--predictions"]
+    good = subprocess.run([*run, ok], capture_output=True, text=True, timeout=120)
+    assert good.returncode == 0 and "W-AUC" in good.stdout
+    failed = subprocess.run([*run, bad], capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 2 and failed.stdout == ""
+    assert failed.stderr.strip().splitlines() == [failed.stderr.strip()]
+    assert "missing class column(s) Hernia" in failed.stderr
