@@ -128,6 +128,30 @@ def load_predictions(path: str | os.PathLike) -> tuple[tuple[str, ...], np.ndarr
     return tuple(ids), np.asarray(rows, np.float64)
 
 
+def write_predictions(path: str | os.PathLike, image_ids: Sequence[str],
+                      scores: np.ndarray) -> None:
+    """Writes ``Image Index,prob_<Class>...`` (``.csv`` or ``.csv.gz``) that ``load_predictions``
+    reads back; each score is the shortest text that round-trips its float32/float64 value, so
+    ranks (and AUCs) computed from the file equal those computed from ``scores``.
+    """
+    path = os.fspath(path)
+    scores = np.asarray(scores)
+    if scores.dtype != np.float64:
+        scores = scores.astype(np.float32)  # bfloat16/float16 are exact in float32
+    if scores.ndim != 2 or scores.shape != (len(image_ids), len(CLASSES)):
+        raise ValueError(f"scores must be ({len(image_ids)}, {len(CLASSES)}) for "
+                         f"{len(image_ids)} image ids, got {scores.shape}")
+    if not np.isfinite(scores).all():
+        raise ValueError(f"refusing to write non-finite scores to {path}")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    text = scores.astype(str)  # numpy's shortest round-trip repr for the dtype
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "wt", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([IMAGE_COLUMN, *(f"{_PREFIX}{c}" for c in CLASSES)])
+        writer.writerows([name, *row] for name, row in zip(image_ids, text, strict=True))
+
+
 def evaluate_predictions(predictions: str | os.PathLike,
                          labels: str | os.PathLike | None = None, *, n_boot: int = 1000,
                          seed: int = 0) -> dict:

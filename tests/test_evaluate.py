@@ -180,6 +180,24 @@ def test_load_predictions_orders_columns_by_class_and_accepts_spaced_names(tmp_p
     assert scores.dtype == np.float64 and scores.shape == (2, 14)
 
 
+@pytest.mark.parametrize("name, dtype", [("p.csv", np.float32), ("sub/p.csv.gz", np.float64)])
+def test_write_predictions_round_trips_and_preserves_every_auc(tmp_path, name, dtype):
+    rng = np.random.default_rng(3)
+    labels = (rng.random((500, 14)) < 0.3).astype(np.uint8)
+    scores = (rng.random((500, 14)) ** 3 * 1e-3 + labels * 1e-4).astype(dtype)
+    scores[:50] = scores[50:100]  # exact ties must survive the text round trip
+    ids = [f"{i:08d}_000.png" for i in range(500)]
+    path = tmp_path / name
+    evaluate.write_predictions(path, ids, scores)
+    got_ids, got = evaluate.load_predictions(path)
+    assert got_ids == tuple(ids)
+    np.testing.assert_array_equal(got.astype(dtype), scores)
+    for c in range(14):
+        assert roc_auc_score(labels[:, c], got[:, c]) == roc_auc_score(labels[:, c], scores[:, c])
+    with pytest.raises(ValueError, match="must be"):
+        evaluate.write_predictions(tmp_path / "x.csv", ids[:3], scores)
+
+
 def test_format_table_shows_nan_as_na_and_lists_excluded_classes():
     summary = {"per_class": {"Mass": 0.75, "Hernia": math.nan}, "mean_auc": 0.75,
                "w_auc": 0.1, "w_auc_normalized": 0.75, "d_auc": 0.7, "n_auc": 0.8,
