@@ -151,10 +151,13 @@ def summary(scores: np.ndarray, labels: np.ndarray, *, weights: np.ndarray | Non
       scores, labels: (N, C) arrays; labels 0/1.
       weights: (C,) W-AUC class weights; default: share of ALL NIH images carrying each class
         (the paper's Table 1; they sum to ~0.724, so its W-AUC is ~0.58).
-      n_boot: bootstrap resamples of the images for ``mean_auc_ci95`` (0 disables it).
+      n_boot: bootstrap resamples of the images for ``mean_auc_ci95`` (0 disables it): the
+        2.5/97.5 percentiles of the resampled mean AUC over the classes that have a point AUC
+        (a class that is one-valued in a resample is skipped in that resample's mean).
       seed: bootstrap seed.
 
-    Returns a JSON-friendly dict (floats may be NaN). ``w_auc`` = sum_c w_c AUC_c over the
+    Returns a dict of plain Python values (floats may be NaN: ``evaluate.write_json`` writes
+    them as null). ``w_auc`` = sum_c w_c AUC_c over the
     classes that have an AUC; ``w_auc_normalized`` weights each class by its positive count in
     the evaluated set, normalised to sum to 1 (sklearn's ``average='weighted'``). ``d_auc``:
     mean over classes of the AUC among images with >= 1 finding; ``n_auc``: mean over classes
@@ -237,8 +240,9 @@ def roc_auc_jax(scores: jax.Array, labels: jax.Array, mask: jax.Array | None = N
 
     ``scores``/``labels``: (N, C) or (N,). ``mask``: (N,) or (N, C) bool; masked-out rows (e.g.
     padding of the last eval batch) count as neither positive nor negative. Scores are compared
-    in float32 and must be finite. For each positive it counts, in integers, the negatives below
-    (2x) and tied (1x); for N <= 65535 the sum over positives is exact in int32.
+    in float32 (+-inf rank as extremes; NaN is not supported). For each positive it counts, in
+    integers, the negatives below (2x) and tied (1x); for N <= 65535 the sum over positives is
+    exact in int32.
     """
     s = jnp.asarray(scores, jnp.float32)
     squeeze = s.ndim == 1
@@ -253,16 +257,17 @@ def roc_auc_jax(scores: jax.Array, labels: jax.Array, mask: jax.Array | None = N
 
     # Negatives' scores sorted per class; everything else sits at +inf, past any finite score.
     neg_sorted = jnp.sort(jnp.where(neg, s, jnp.inf), axis=0)
-    def search(side: str) -> jax.Array:
-        return jax.vmap(functools.partial(jnp.searchsorted, side=side), in_axes=1, out_axes=1)(
+    n_pos = pos.sum(axis=0, dtype=jnp.int32)
+    n_neg = neg.sum(axis=0, dtype=jnp.int32)
+
+    def search(side: str) -> jax.Array:  # clamped: a +inf score never counts the fillers
+        found = jax.vmap(functools.partial(jnp.searchsorted, side=side), in_axes=1, out_axes=1)(
             neg_sorted, s)
+        return jnp.minimum(found.astype(jnp.int32), n_neg)
 
     below = search("left")  # negatives strictly below
     below_or_tied = search("right")
-    twice_count = (below + below_or_tied).astype(jnp.int32)  # 2 * below + tied
-
-    n_pos = pos.sum(axis=0, dtype=jnp.int32)
-    n_neg = neg.sum(axis=0, dtype=jnp.int32)
+    twice_count = below + below_or_tied  # 2 * below + tied
     if s.shape[0] <= _INT32_EXACT_ROWS:
         total = jnp.where(pos, twice_count, 0).sum(axis=0, dtype=jnp.int32)
         den = 2.0 * n_pos.astype(jnp.float32) * n_neg.astype(jnp.float32)

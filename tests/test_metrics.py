@@ -72,6 +72,15 @@ def test_roc_auc_jax_accepts_per_class_mask_and_1d_input():
     assert one.shape == () and abs(float(one) - roc_auc_score(labels[:, 0], scores[:, 0])) < 1e-6
 
 
+def test_roc_auc_jax_ranks_infinite_scores_as_extremes():
+    scores, labels = _tied_data(300, num_classes=2, seed=17)
+    scores[:20] = np.inf
+    scores[20:40] = -np.inf
+    finite = np.where(np.isposinf(scores), 2.0, np.where(np.isneginf(scores), -1.0, scores))
+    got = np.asarray(metrics.roc_auc_jax(scores, labels))
+    np.testing.assert_allclose(got, _sklearn_per_class(finite, labels), atol=1e-6)
+
+
 def test_roc_auc_jax_single_valued_class_is_nan():
     scores, labels = _tied_data(200, num_classes=3, seed=7)
     labels[:, 1] = 0
