@@ -1,0 +1,208 @@
+"""Collects trained cxrjax workdirs into the paper's Tables 1 and 2, its numbers beside ours.
+
+    python scripts/reproduce_tables.py --runs runs/            # one workdir per config inside
+    python scripts/reproduce_tables.py --runs runs/r18 runs/r18_msml --out tables.md
+
+Each workdir's row comes from its config.json (written by train.py), else from its folder name
+(``r18_msml``, ``d121_bl``, ...). The ensemble row is read from a folder named
+``r18_d121_ensemble`` holding eval/test_metrics.json. A workdir without results gets a line
+saying why, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+
+from cxrjax import report
+
+_MARKERS = ("config.json", "eval", "metrics.jsonl", "checkpoints")
+
+
+@dataclasses.dataclass
+class Run:
+    """One workdir: its paper row (config name) and test summary, or why it has none."""
+
+    workdir: str
+    name: str | None  # config name, e.g. "r18_msml"; None if not a paper row
+    config: dict | None
+    summary: dict | None  # the fused summary of eval/test_metrics.json
+    problem: str | None = None
+
+    @property
+    def source(self) -> str:
+        return ((self.config or {}).get("data") or {}).get("source", "?")
+
+    @property
+    def split(self) -> str:
+        return ((self.config or {}).get("data") or {}).get("split_scheme", "?")
+
+
+def find_workdirs(paths: Sequence[str]) -> list[str]:
+    """``--runs`` entries -> workdirs: a folder with run files is one, any other folder is a
+    parent of one workdir per subfolder. A missing path or an empty parent is a ValueError."""
+    out: list[str] = []
+    for path in paths:
+        if not os.path.isdir(path):
+            raise ValueError(f"--runs {path}: no such directory")
+        if any(os.path.exists(os.path.join(path, m)) for m in _MARKERS):
+            found = [path]
+        else:
+            found = sorted(os.path.join(path, d) for d in os.listdir(path)
+                           if os.path.isdir(os.path.join(path, d)))
+            if not found:
+                raise ValueError(f"--runs {path}: neither a workdir (no config.json, eval/, "
+                                 "metrics.jsonl or checkpoints/) nor a folder of workdirs")
+        out += [p for p in found if os.path.realpath(p) not in map(os.path.realpath, out)]
+    return out
+
+
+def _read_json(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        value = json.load(f)  # accepts NaN (train.py) and null (evaluate --json)
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
+
+
+def load_run(workdir: str) -> Run:
+    """Reads WORKDIR/config.json and WORKDIR/eval/test_metrics.json; never raises on bad files."""
+    base = os.path.basename(os.path.normpath(workdir))
+    config, problems = None, []
+    config_path = os.path.join(workdir, "config.json")
+    if os.path.exists(config_path):
+        try:
+            config = _read_json(config_path)
+        except (ValueError, OSError) as e:
+            problems.append(f"config.json unreadable ({e})")
+    name = report.config_row(config) if config else None
+    if name is None and (base in report.TABLE1_ROWS or base in report.TABLE2_ROWS):
+        name = base
+    summary = None
+    metrics_path = os.path.join(workdir, "eval", "test_metrics.json")
+    if not os.path.exists(metrics_path):
+        problems.append("no eval/test_metrics.json: training has not finished, or run "
+                        f"`python -m cxrjax.main --config configs/{name or '<name>'}.py "
+                        f"--workdir {workdir} --mode eval`")
+    else:
+        try:
+            summary = _read_json(metrics_path)
+            if "mean_auc" not in summary:
+                raise ValueError("no 'mean_auc' key")
+        except (ValueError, OSError) as e:
+            summary = None
+            problems.append(f"eval/test_metrics.json unreadable ({e})")
+    return Run(workdir, name, config, summary, "; ".join(problems) or None)
+
+
+def _num(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _row_cells(label: str, run: Run | None, paper: float | None, paper_text: str) -> list[str]:
+    if run is None or run.summary is None:
+        status = "not run" if run is None else f"`{run.workdir}`: no results (see below)"
+        return [label, status, "—", "", "", "", paper_text, "", "", "", "", ""]
+    s = run.summary
+    ours = _num(s.get("mean_auc"))
+    comparable = run.source in ("nih", "?")
+    delta = "—" if paper is None or not comparable or math.isnan(ours) else f"{ours - paper:+.4f}"
+    data = "no config.json" if run.config is None else f"{run.source}, {run.split}"
+    return [label, f"`{run.workdir}`", data, str(s.get("n_images", "?")),
+            report.fmt(ours), report.ci_text(s), paper_text, delta, report.fmt(s.get("w_auc")),
+            report.fmt(s.get("d_auc")), report.fmt(s.get("n_auc")),
+            "" if comparable else "not NIH data: not comparable"]
+
+
+_HEADER = ("| Paper row | Workdir | Data, split | Test images | Mean AUC (ours) | 95% CI | "
+           "Mean AUC (paper) | Δ | W-AUC | D-AUC | N-AUC | Note |\n"
+           "|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---|")
+
+
+def _table(rows: dict[str, str], runs: list[Run], paper: dict[str, tuple[float, str]],
+           extra: Sequence[str] = ()) -> tuple[str, dict[str, dict], list[str]]:
+    """The summary table over ``rows`` (config name -> label); the per-class columns
+    ({title: summary}) of the runs with results and the paper's mean AUC for each column."""
+    lines, columns, paper_cells = [_HEADER], {}, []
+    for name, label in rows.items():
+        value, text = paper.get(name, (None, "—"))
+        mine = [r for r in runs if r.name == name] or [None]
+        for run in mine:
+            lines.append("| " + " | ".join(_row_cells(label, run, value, text)) + " |")
+            if run is not None and run.summary is not None:
+                title = label if len(mine) == 1 else f"{label} ({os.path.basename(run.workdir)})"
+                columns[title] = run.summary
+                paper_cells.append(text)
+    return "\n".join(lines + list(extra)), columns, paper_cells
+
+
+def _section(title: str, rows: dict[str, str], runs: list[Run],
+             paper: dict[str, tuple[float, str]], extra: Sequence[str] = (),
+             notes: Sequence[str] = ()) -> list[str]:
+    table, columns, paper_cells = _table(rows, runs, paper, extra)
+    out = [f"## {title}", "", table, "", *notes]
+    if columns:
+        out += [f"### {title.split(':')[0]}, AUC per class (ours, fused prediction)", "",
+                report.per_class_table(columns, extra_rows=[("AUC (paper)", paper_cells)]), ""]
+    return out
+
+
+def render(runs: list[Run]) -> str:
+    """Markdown: Table 1 and Table 2 (summary + per class), then the runs without results."""
+    fmt, paper = report.fmt, report.PAPER_MEAN_AUC
+    chexnet_row = ("| CheXNet (reference quoted by the paper) | — | — | — |  |  | "
+                   f"{fmt(paper['chexnet'])} |  |  |  |  | not a cxrjax config |")
+    out = [
+        "# Ge et al. 2018 (arXiv 1807.07247), reproduced with cxrjax", "",
+        "Ours: the fused prediction on each run's test split. Paper: the mean AUCs printed in "
+        "the paper; its per-class values, W/D/N-AUC and Table 2 figures are not recorded in "
+        "cxrjax and show as —. Δ = ours − paper, only for runs on NIH data.", "",
+    ]
+    out += _section("Table 1: networks", report.TABLE1_ROWS, runs,
+                    {k: (v, fmt(v)) for k, v in paper.items()}, [chexnet_row])
+    out += _section("Table 2: training strategies, R18 + R18-F-MSML", report.TABLE2_ROWS, runs,
+                    {"r18_msml": (paper["r18_msml"], f"{fmt(paper['r18_msml'])}†")},
+                    notes=["† the paper's Table 1 figure for this network (Global is the "
+                           "Table 1 training); Table 2's own figures are not recorded.", ""])
+    missing = [r for r in runs if r.summary is None]
+    if missing:
+        out += ["## Workdirs without results", ""]
+        out += [f"- `{r.workdir}` ({report.row_label(r.name) if r.name else 'unknown row'}): "
+                f"{r.problem}" for r in missing]
+        out.append("")
+    others = [r for r in runs if r.name is None and r.summary is not None]
+    if others:
+        out += ["## Other runs (not a paper row)", "", _HEADER]
+        out += ["| " + " | ".join(_row_cells(os.path.basename(r.workdir), r, None, "—")) + " |"
+                for r in others]
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Prints the tables (and writes them to --out); 2 with a one-line error on bad input."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", nargs="+", required=True, metavar="DIR",
+                        help="workdirs, or folders holding one workdir per config")
+    parser.add_argument("--out", default=None, help="also write the markdown here")
+    args = parser.parse_args(argv)
+    try:
+        text = render([load_run(w) for w in find_workdirs(args.runs)])
+        print(text)
+        if args.out:
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            with open(args.out, "w", encoding="utf-8") as f:
+                f.write(text + "\n")
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""The run report (report.md + PNGs) and scripts/reproduce_tables.py on fake-but-real runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from configs import base, d121, r18, r18_bl, r18_msml, r18_msml_local, r18_msml_local_fixed
+from cxrjax import metrics, report
+from cxrjax.data.labels import CLASSES
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location(
+        "reproduce_tables", ROOT / "scripts" / "reproduce_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+reproduce_tables = _load_script()
+
+
+def _fake_predictions(seed: int = 0, n: int = 240) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Labels with NIH-like sparsity and, per head, probabilities correlated with them."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((n, len(CLASSES))) < 0.15).astype(np.uint8)
+    labels[:3, -1] = 1  # every class has positives
+    probs = {}
+    for i, head in enumerate(("ce", "msml", "fce")):
+        logits = (1.0 + 0.3 * i) * labels + rng.normal(size=labels.shape)
+        probs[head] = 1.0 / (1.0 + np.exp(-logits))
+    probs["fused"] = (probs["ce"] + probs["fce"]) / 2
+    return probs, labels
+
+
+def _write_log(workdir: str, stages: list[tuple[str, int]]) -> None:
+    """A metrics.jsonl as train.py writes it: steps restart per stage, val at epoch ends."""
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+        for stage, steps in stages:
+            for step in range(5, steps + 1, 5):
+                f.write(json.dumps({"step": step, "stage": stage, "train/loss": 1 / step,
+                                    "train/loss_ce": 0.4 / step, "train/loss_fce": 0.6 / step,
+                                    "train/grad_norm": 1.0, "train/lr": 1e-4,
+                                    "train/img_per_s": 100.0}) + "\n")
+                if step % 10 == 0:
+                    f.write(json.dumps({"step": step, "stage": stage,
+                                        "val/mean_auc": 0.6 + step / 100, "val/w_auc": 0.4})
+                            + "\n")
+
+
+@pytest.fixture(scope="module")
+def fake_run():
+    probs, labels = _fake_predictions()
+    results = {h: metrics.summary(p, labels, n_boot=20) for h, p in probs.items()}
+    return probs, labels, results
+
+
+def _is_png(path: str) -> bool:
+    """A real PNG that PIL decodes, of a plot's size."""
+    with open(path, "rb") as f:
+        if f.read(8) != PNG_MAGIC:
+            return False
+    with Image.open(path) as image:
+        image.load()
+        return image.format == "PNG" and min(image.size) >= 300
+
+
+def test_write_report_tables_every_class_and_summary_row_with_the_summary_values(
+        tmp_path, fake_run):
+    probs, labels, results = fake_run
+    _write_log(str(tmp_path), [("streams", 30), ("bilinear", 20)])
+    path = report.write_report(str(tmp_path), r18_msml_local.get_config(), results, probs, labels)
+    assert path == str(tmp_path / "report.md")
+    text = (tmp_path / "report.md").read_text()
+    lines = text.splitlines()
+    heads = ("ce", "msml", "fce", "fused")
+    header = next(line for line in lines if line.startswith("| Finding |"))
+    assert header == ("| Finding | CE (stream A) | MSML (stream B) | FCE (bilinear) | Fused |")
+    for c, name in enumerate(CLASSES):
+        expected = [report.fmt(results[h]["per_class"][name]) for h in heads]
+        assert f"| {name} | " + " | ".join(expected) + " |" in lines
+        # The table's numbers are the real AUCs (checked against scikit-learn).
+        assert float(expected[-1]) == pytest.approx(
+            roc_auc_score(labels[:, c], probs["fused"][:, c]), abs=5e-5)
+    for key, title in report.SUMMARY_ROWS:
+        assert f"| {title} | " + " | ".join(report.fmt(results[h][key]) for h in heads) + " |" \
+            in lines
+    lo, hi = results["fused"]["mean_auc_ci95"]
+    assert f"[{report.fmt(lo)}, {report.fmt(hi)}]" in text
+    assert "R18 + R18-F-MSML, Local" in lines[0]
+    assert f"| test images | {labels.shape[0]} |" in lines
+    assert "source `nih`, split `paper`" in text
+    assert "(eval/roc_curves.png)" in text and "(training_curves.png)" in text
+    assert _is_png(str(tmp_path / "eval" / "roc_curves.png"))
+    assert _is_png(str(tmp_path / "training_curves.png"))
+
+
+def test_report_compares_with_the_paper_only_on_nih_data(tmp_path, fake_run):
+    _, _, results = fake_run
+    config = r18_msml.get_config()
+    text = report.render_markdown(str(tmp_path), config, results)
+    mean = results["fused"]["mean_auc"]
+    assert (f"The paper reports a mean AUC of 0.8388 for R18 + R18-F-MSML (ours "
+            f"{report.fmt(mean)}, difference {mean - 0.8388:+.4f}).") in text
+    assert "Not comparable" not in text
+    config.data.source = "synthetic"
+    text = report.render_markdown(str(tmp_path), config, results)
+    assert "Not comparable: this run used `synthetic` data" in text
+    # A row the paper's numbers do not cover gets no comparison line.
+    assert "paper reports" not in report.render_markdown(
+        str(tmp_path), r18_msml_local.get_config(), results)
+
+
+def test_write_report_without_a_training_log_says_so_and_still_draws(tmp_path, fake_run):
+    probs, labels, results = fake_run
+    report.write_report(str(tmp_path), r18_msml.get_config(), results, probs, labels)
+    assert "no training log" in (tmp_path / "report.md").read_text()
+    assert _is_png(str(tmp_path / "training_curves.png"))
+
+
+def test_write_report_marks_a_one_valued_class_as_na(tmp_path):
+    probs, labels = _fake_predictions(seed=1)
+    labels[:, CLASSES.index("Hernia")] = 0
+    with pytest.warns(RuntimeWarning):
+        results = {h: metrics.summary(p, labels, n_boot=0) for h, p in probs.items()}
+    report.write_report(str(tmp_path), r18_msml.get_config(), results, probs, labels)
+    text = (tmp_path / "report.md").read_text()
+    assert "| Hernia | n/a | n/a | n/a | n/a |" in text
+    assert "Left out of the means (one label value in the test set): Hernia." in text
+    assert _is_png(str(tmp_path / "eval" / "roc_curves.png"))
+
+
+def test_write_report_rejects_missing_fused_head_and_mismatched_shapes(tmp_path, fake_run):
+    probs, labels, results = fake_run
+    no_fused = {h: r for h, r in results.items() if h != "fused"}
+    with pytest.raises(ValueError, match="'fused' head"):
+        report.write_report(str(tmp_path), r18.get_config(), no_fused, probs, labels)
+    with pytest.raises(ValueError, match="same"):
+        report.write_report(str(tmp_path), r18.get_config(), results, probs, labels[:-1])
+
+
+def test_global_steps_offsets_each_stage_and_keeps_the_last_of_resumed_steps():
+    records = [
+        {"step": 5, "stage": "a", "train/loss": 3.0},
+        {"step": 10, "stage": "a", "train/loss": 2.0},
+        {"step": 10, "stage": "a", "train/loss": 1.5},  # re-logged after a resume
+        {"step": 10, "stage": "a", "val/mean_auc": 0.7},
+        {"step": 5, "stage": "b", "train/loss": 1.0},
+    ]
+    rows, starts = report._global_steps(records)
+    assert starts == [(0, "a"), (10, "b")]
+    train = [(r["x"], r["train/loss"]) for r in rows if "train/loss" in r]
+    assert train == [(5, 3.0), (10, 1.5), (15, 1.0)]
+    assert [r["x"] for r in rows if "val/mean_auc" in r] == [10]
+
+
+@pytest.mark.parametrize("module, name", [
+    (r18, "r18"), (r18_bl, "r18_bl"), (r18_msml, "r18_msml"), (d121, "d121"),
+    (r18_msml_local, "r18_msml_local"), (r18_msml_local_fixed, "r18_msml_local_fixed")])
+def test_config_row_names_the_config_from_model_and_stages(module, name):
+    config = module.get_config()
+    assert report.config_row(config) == name
+    assert report.config_row(json.loads(config.to_json_best_effort())) == name
+
+
+def test_config_row_is_none_for_a_config_that_is_no_paper_row():
+    config = base.get_config()
+    config.model.trunk_a = "resnet50"
+    assert report.config_row(config) is None
+
+
+def test_fmt_prints_four_decimals_and_na():
+    assert report.fmt(0.82391) == "0.8239"
+    assert report.fmt(float("nan")) == "n/a" and report.fmt(None) == "n/a"
+
+
+# ---------------------------------------------------------------------------------------------
+# scripts/reproduce_tables.py
+# ---------------------------------------------------------------------------------------------
+
+
+def _fake_workdir(parent: pathlib.Path, name: str, config, summary: dict | None) -> pathlib.Path:
+    """A workdir as train.py leaves it: config.json and eval/test_metrics.json."""
+    workdir = parent / name
+    (workdir / "eval").mkdir(parents=True)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    if summary is not None:
+        (workdir / "eval" / "test_metrics.json").write_text(json.dumps(summary, indent=2))
+    return workdir
+
+
+def test_reproduce_tables_puts_each_run_in_its_paper_row_beside_the_paper(
+        tmp_path, fake_run, capsys):
+    probs, labels, results = fake_run
+    fused = {**results["fused"], "heads": {h: r for h, r in results.items() if h != "fused"}}
+    # The folder name is not a config name: the row comes from config.json.
+    _fake_workdir(tmp_path, "msml_seed0", r18_msml.get_config(), fused)
+    baseline = metrics.summary(probs["ce"], labels, n_boot=0)
+    _fake_workdir(tmp_path, "r18", r18.get_config(), baseline)
+    _fake_workdir(tmp_path, "r18_msml_local", r18_msml_local.get_config(), None)
+    out = tmp_path / "tables.md"
+    assert reproduce_tables.main(["--runs", str(tmp_path), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.strip() == capsys.readouterr().out.strip()
+    lines = text.splitlines()
+
+    def row(prefix: str) -> list[str]:
+        line = next(line for line in lines if line.startswith(f"| {prefix} |"))
+        return [cell.strip() for cell in line.strip("|").split("|")]
+
+    msml = row("R18 + R18-F-MSML")
+    mean = results["fused"]["mean_auc"]
+    assert msml[4] == report.fmt(mean) and msml[6] == "0.8388"
+    assert msml[7] == f"{mean - 0.8388:+.4f}"
+    assert msml[5] == report.ci_text(results["fused"])
+    assert row("R18")[4] == report.fmt(baseline["mean_auc"]) and row("R18")[6] == "0.8239"
+    assert row("D121 + VGG-F-MSML")[1] == "not run" and row("D121 + VGG-F-MSML")[6] == "0.8537"
+    assert row("Global")[4] == report.fmt(mean) and row("Global")[6] == "0.8388†"
+    assert row("Local")[1].endswith("no results (see below)")
+    assert any(line.startswith("- `") and "no eval/test_metrics.json" in line
+               and "--config configs/r18_msml_local.py" in line for line in lines)
+    # Per-class table of Table 1: the columns are the runs, the values their summaries.
+    header = next(line for line in lines if line.startswith("| Finding | R18 |"))
+    assert header == "| Finding | R18 | R18 + R18-F-MSML |"
+    cardio = results["fused"]["per_class"]["Cardiomegaly"]
+    assert (f"| Cardiomegaly | {report.fmt(baseline['per_class']['Cardiomegaly'])} | "
+            f"{report.fmt(cardio)} |") in lines
+    assert "| AUC (paper) | 0.8239 | 0.8388 |" in lines
+
+
+def test_reproduce_tables_reads_null_values_and_marks_synthetic_runs(tmp_path, fake_run, capsys):
+    _, _, results = fake_run
+    summary = json.loads(json.dumps(results["fused"]).replace("NaN", "null"))
+    summary["per_class"]["Hernia"] = None
+    config = r18.get_config()
+    config.data.source = "synthetic"
+    workdir = _fake_workdir(tmp_path, "demo", config, summary)
+    assert reproduce_tables.main(["--runs", str(workdir)]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("| R18 |"))
+    assert "synthetic, paper" in line and "not comparable" in line
+    assert "| Hernia | n/a |" in out
+    assert not math.isnan(summary["mean_auc"])
+
+
+def test_reproduce_tables_fails_with_one_line_on_a_missing_directory(tmp_path, capsys):
+    assert reproduce_tables.main(["--runs", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --runs") and "no such directory" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_reproduce_tables_reports_an_unreadable_metrics_file_without_traceback(tmp_path, capsys):
+    workdir = _fake_workdir(tmp_path, "r18", r18.get_config(), None)
+    (workdir / "eval" / "test_metrics.json").write_text("{not json")
+    assert reproduce_tables.main(["--runs", str(workdir)]) == 0
+    out = capsys.readouterr().out
+    assert "eval/test_metrics.json unreadable" in out
