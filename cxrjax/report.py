@@ -145,12 +145,12 @@ def _stages_line(stages: Sequence[Mapping]) -> str:
 
 
 def render_markdown(workdir: str, config: Any, results: Mapping[str, Mapping],
-                    has_training_log: bool = True) -> str:
-    """The text of report.md (see ``write_report``), without drawing the plots."""
+                    log_problem: str | None = None) -> str:
+    """The text of report.md (see ``write_report``), without drawing the plots.
+    ``log_problem``: why the training curves are empty (no or an unreadable metrics.jsonl)."""
     c = _as_dict(config)
     name = config_row(c)
-    curves_note = "" if has_training_log else (
-        " (no training log in this workdir: the plot is empty)")
+    curves_note = f" (empty: {log_problem})" if log_problem else ""
     fused = results["fused"]
     m, data = c.get("model") or {}, c.get("data") or {}
     source = data.get("source", "?")
@@ -249,10 +249,12 @@ def _global_steps(records: Sequence[dict]) -> tuple[list[dict], list[tuple[float
     stages: list[str] = []
     last: dict[tuple, dict] = {}
     for r in records:
+        if not isinstance(r.get("step"), int | float):
+            continue  # a line without a step cannot be placed on the x axis
         stage = r.get("stage", "")
         if stage not in stages:
             stages.append(stage)
-        last[(stage, r.get("step", 0), tuple(sorted(k for k in r if "/" in k)))] = r
+        last[(stage, r["step"], tuple(sorted(k for k in r if "/" in k)))] = r
     offset, starts, out = 0, [], []
     for stage in stages:
         rows = sorted((r for (s, _, _), r in last.items() if s == stage), key=lambda r: r["step"])
@@ -262,19 +264,21 @@ def _global_steps(records: Sequence[dict]) -> tuple[list[dict], list[tuple[float
     return out, starts
 
 
-def plot_training_curves(path: str, records: Sequence[dict]) -> None:
+def plot_training_curves(path: str, records: Sequence[dict],
+                         empty_message: str = "no training log (metrics.jsonl) in this workdir"
+                         ) -> None:
     """Loss (total and per head), learning rate, validation mean AUC / W-AUC vs step; a
     dotted line and label where each stage starts. An empty log gives a PNG that says so."""
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    if not records:
+    rows, starts = _global_steps(records)
+    if not rows:
         for ax in axes:
             ax.axis("off")
-        axes[1].text(0.5, 0.5, "no training log (metrics.jsonl) in this workdir",
-                     ha="center", va="center")
+        axes[1].text(0.5, 0.5, empty_message or "no step in the training log", ha="center",
+                     va="center")
         fig.savefig(path, dpi=80)
         plt.close(fig)
         return
-    rows, starts = _global_steps(records)
     keys = sorted({k for r in rows for k in r if k.startswith("train/loss")})
 
     def series(key: str) -> tuple[list, list]:
@@ -342,9 +346,14 @@ def write_report(workdir: str, config: Any, results: dict[str, dict],
         plot_roc_curves(os.path.join(workdir, "eval", "roc_curves.png"), probs["fused"], labels,
                         results["fused"].get("per_class"),
                         title=f"ROC curves, fused prediction, test split: {row_label(name)}")
-    records = read_metrics(workdir)
-    plot_training_curves(os.path.join(workdir, "training_curves.png"), records)
+    try:
+        records = read_metrics(workdir)
+        log_problem = None if records else "no training log (metrics.jsonl) in this workdir"
+    except (ValueError, OSError) as e:  # e.g. a line cut by a kill: say so, keep the report
+        records, log_problem = [], f"metrics.jsonl unreadable ({e})"
+    plot_training_curves(os.path.join(workdir, "training_curves.png"), records,
+                         log_problem or "")
     path = os.path.join(workdir, "report.md")
     with open(path, "w") as f:
-        f.write(render_markdown(workdir, c, results, has_training_log=bool(records)))
+        f.write(render_markdown(workdir, c, results, log_problem))
     return path

@@ -123,12 +123,22 @@ def test_report_compares_with_the_paper_only_on_nih_data(tmp_path, fake_run):
     # A row the paper's numbers do not cover gets no comparison line.
     assert "paper reports" not in report.render_markdown(
         str(tmp_path), r18_msml_local.get_config(), results)
+    assert "(empty:" not in text
 
 
 def test_write_report_without_a_training_log_says_so_and_still_draws(tmp_path, fake_run):
     probs, labels, results = fake_run
     report.write_report(str(tmp_path), r18_msml.get_config(), results, probs, labels)
-    assert "no training log" in (tmp_path / "report.md").read_text()
+    assert "(empty: no training log (metrics.jsonl) in this workdir)" in (
+        tmp_path / "report.md").read_text()
+    assert _is_png(str(tmp_path / "training_curves.png"))
+
+
+def test_write_report_survives_a_corrupt_training_log_and_says_why(tmp_path, fake_run):
+    probs, labels, results = fake_run
+    (tmp_path / "metrics.jsonl").write_text('{"step": 5, "stage": "global", "train/lo\n')
+    report.write_report(str(tmp_path), r18.get_config(), results, probs, labels)
+    assert "(empty: metrics.jsonl unreadable (" in (tmp_path / "report.md").read_text()
     assert _is_png(str(tmp_path / "training_curves.png"))
 
 
