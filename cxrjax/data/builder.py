@@ -71,6 +71,8 @@ class ChestXray14(tfds.core.GeneratorBasedBuilder):
 
     def __init__(self, *, workers: int | None = None, skip_bad: bool = False, **kwargs):
         kwargs.setdefault("file_format", "array_record")
+        if isinstance(kwargs.get("config"), ChestXray14Config):  # e.g. unpickled in a worker
+            kwargs["config"] = config_for(kwargs["config"].resolution)
         super().__init__(**kwargs)
         self._workers = len(os.sched_getaffinity(0)) if workers is None else workers
         self._skip_bad = skip_bad

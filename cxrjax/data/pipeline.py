@@ -1,0 +1,360 @@
+"""The grain input pipeline: per-host shards, seeded epochs, crops, padded + masked eval batches.
+
+Train: the host's shard of the split, reshuffled every epoch (grain's index shuffle, seeded by
+``seed + epoch``), cut to whole batches so epochs stay aligned, random ``crop`` from
+``resolution`` (plus an optional horizontal flip), batched with ``drop_remainder``. Batch k is
+a pure function of (seed, k), so the iterator's ``get_state()`` is ``{"step": k, ...}`` (JSON)
+and ``set_state()`` resumes the exact sequence, whatever the number of grain workers. Every
+host gets the same number of steps.
+
+Eval: centre crop; each host's strided shard is padded to the same number of batches, and
+``mask``/``index`` say which rows are real and where they go in ``image_ids(split)``.
+
+Horizontal flips are off by default: chest X-rays are not mirror-symmetric (the heart sits on
+the left, Cardiomegaly is read from it), and CheXNet-style ChestX-ray14 recipes that flip report
+no gain from it; ``data.flip`` turns it on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+from absl import flags
+
+from cxrjax.data import labels as labels_lib
+from cxrjax.data import splits as splits_lib
+
+SOURCES = ("nih", "synthetic", "chestmnist")
+
+
+# ---------------------------------------------------------------------- sources ---
+
+class TfdsRecords:
+    """Record index -> (image (R, R) uint8, labels (14,) uint8) from the prepared dataset."""
+
+    def __init__(self, data_dir: str, resolution: int):
+        from cxrjax.data import builder  # TFDS only where the NIH-layout data is used
+
+        b = builder.load(data_dir, resolution)
+        self._source = b.as_data_source(split=builder.SPLIT)
+        self.image_ids: list[str] = list(b.info.metadata["image_ids"])
+        self.resolution = resolution
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        rec = self._source[int(i)]
+        return rec["image"], rec["labels"]
+
+
+class ArrayRecords:
+    """The same interface over in-memory arrays (ChestMNIST, tests)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, image_ids: list[str]):
+        if images.ndim != 3 or images.shape[1] != images.shape[2] or images.dtype != np.uint8:
+            raise ValueError(f"images must be (N, S, S) uint8, got {images.shape} {images.dtype}")
+        self._images, self._labels, self.image_ids = images, labels, list(image_ids)
+        self.resolution = images.shape[1]
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._images[int(i)], self._labels[int(i)]
+
+
+# ------------------------------------------------------------------- transforms ---
+
+class _TrainExample:
+    """Global position -> cropped example; picklable so grain workers can run it."""
+
+    def __init__(self, records: Any, shard: np.ndarray, epoch_len: int, seed: int, crop: int,
+                 flip: bool):
+        self.records, self.shard, self.epoch_len = records, shard, epoch_len
+        self.seed, self.crop, self.flip = seed, crop, flip
+        # grain's index shuffle: epoch e of ``shuffled`` is a permutation seeded by seed + e.
+        self.shuffled = grain.MapDataset.range(len(shard)).shuffle(seed=seed)
+
+    def __call__(self, position: int, _: Any) -> dict[str, np.ndarray]:
+        epoch, k = divmod(int(position), self.epoch_len)
+        image, labels = self.records[self.shard[self.shuffled[epoch * len(self.shard) + k]]]
+        rng = np.random.default_rng([self.seed, int(position)])
+        r = image.shape[0]
+        y, x = rng.integers(0, r - self.crop + 1, size=2)
+        image = image[y:y + self.crop, x:x + self.crop]
+        if self.flip and rng.random() < 0.5:
+            image = image[:, ::-1]
+        return {"image": np.ascontiguousarray(image)[..., None], "labels": labels}
+
+
+@dataclasses.dataclass(frozen=True)
+class _EvalExample:
+    """Padded position -> centre-cropped example with ``mask`` and ``index``."""
+
+    records: Any
+    rows: np.ndarray  # record index of each image of this host's shard
+    positions: np.ndarray  # position of each of them in image_ids(split)
+    crop: int
+
+    def __call__(self, k: int) -> dict[str, np.ndarray]:
+        k = int(k)
+        if k >= len(self.rows):
+            return {"image": np.zeros((self.crop, self.crop, 1), np.uint8),
+                    "labels": np.zeros(labels_lib.NUM_CLASSES, np.uint8),
+                    "mask": np.bool_(False), "index": np.int32(-1)}
+        image, labels = self.records[self.rows[k]]
+        o = (image.shape[0] - self.crop) // 2
+        image = np.ascontiguousarray(image[o:o + self.crop, o:o + self.crop])[..., None]
+        return {"image": image, "labels": labels, "mask": np.bool_(True),
+                "index": np.int32(self.positions[k])}
+
+
+# ---------------------------------------------------------------------- datasets ---
+
+@dataclasses.dataclass
+class Datasets:
+    """What the training loop uses: a resumable train iterator and exact eval batches."""
+
+    records: Any
+    split_rows: dict[str, np.ndarray]  # record indices per split, in image_ids order
+    local_batch_size: int
+    eval_batch_size: int  # per host
+    steps_per_epoch: int
+    crop: int
+    flip: bool
+    seed: int
+    workers: int
+    prefetch: int
+    process_index: int
+    process_count: int
+
+    def image_ids(self, split: str) -> list[str]:
+        return [self.records.image_ids[i] for i in self._rows(split)]
+
+    def num_examples(self, split: str) -> int:
+        return len(self._rows(split))
+
+    def _rows(self, split: str) -> np.ndarray:
+        if split not in self.split_rows:
+            raise ValueError(f"unknown split {split!r}; expected one of {list(self.split_rows)}")
+        return self.split_rows[split]
+
+    def train_shard(self) -> np.ndarray:
+        """Record indices this host trains on (equal length on every host)."""
+        rows = self._rows("train")
+        per_host = len(rows) // self.process_count
+        return rows[self.process_index::self.process_count][:per_host]
+
+    def _iter(self, ds: grain.MapDataset) -> grain.DatasetIterator:
+        threads = 2 if self.workers else 4  # each element is a whole batch
+        it = ds.to_iter_dataset(grain.ReadOptions(
+            num_threads=threads, prefetch_buffer_size=max(self.prefetch, threads)))
+        if self.workers > 0:
+            if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (defaults here)
+                flags.FLAGS.mark_as_parsed()
+            it = it.mp_prefetch(grain.MultiprocessingOptions(
+                num_workers=self.workers, per_worker_buffer_size=max(self.prefetch, 1)))
+        return iter(it)
+
+    def train_iter(self, state: dict | None = None) -> TrainIterator:
+        """Endless per-host batches {"image": (b, crop, crop, 1) uint8, "labels": (b, 14)}.
+
+        ``state`` (from ``get_state()`` of an earlier iterator) resumes the same sequence.
+        """
+        it = TrainIterator(self)
+        if state is not None:
+            it.set_state(state)
+        return it
+
+    def train_batches(self, start_step: int = 0) -> grain.MapDataset:
+        """Batch ``k`` of this host's endless train sequence is element ``k - start_step``."""
+        epoch_len = self.steps_per_epoch * self.local_batch_size
+        fn = _TrainExample(self.records, self.train_shard(), epoch_len, self.seed, self.crop,
+                           self.flip)
+        ds = (grain.MapDataset.range(epoch_len).repeat(None).map_with_index(fn)
+              .batch(self.local_batch_size, drop_remainder=True))
+        return ds[start_step:]
+
+    def eval_batches(self, split: str) -> Iterator[dict[str, np.ndarray]]:
+        """This host's batches of ``split``; together the hosts score every image once."""
+        rows = self._rows(split)
+        mine = np.arange(self.process_index, len(rows), self.process_count)
+        per_host = math.ceil(len(rows) / self.process_count)
+        n_batches = max(math.ceil(per_host / self.eval_batch_size), 1)
+        fn = _EvalExample(self.records, rows[mine], mine, self.crop)
+        ds = (grain.MapDataset.range(n_batches * self.eval_batch_size).map(fn)
+              .batch(self.eval_batch_size, drop_remainder=True))
+        return self._iter(ds)
+
+
+class TrainIterator:
+    """The train batches with a checkpointable state: the number of batches consumed.
+
+    The sequence is a pure function of (seed, step), so the state is a small JSON dict and
+    resuming works with any number of grain worker processes.
+    """
+
+    def __init__(self, datasets: Datasets):
+        self._ds = datasets
+        self._step = 0
+        self._it = datasets._iter(datasets.train_batches(0))
+
+    def __iter__(self) -> TrainIterator:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = next(self._it)
+        self._step += 1
+        return batch
+
+    def _identity(self) -> dict[str, int]:
+        d = self._ds
+        return {"seed": d.seed, "local_batch_size": d.local_batch_size,
+                "steps_per_epoch": d.steps_per_epoch, "process_index": d.process_index,
+                "process_count": d.process_count}
+
+    def get_state(self) -> dict[str, int]:
+        return {"step": self._step, **self._identity()}
+
+    def set_state(self, state: dict) -> None:
+        """Continues after ``state["step"]`` batches; a state of another run is an error."""
+        ours = self._identity()
+        other = {k: state.get(k) for k in ours}
+        if other != ours:
+            raise ValueError(f"train iterator state {other} is from a different input pipeline "
+                             f"than this one {ours}; resume with the same seed, batch size, "
+                             "dataset and process count")
+        self._step = int(state["step"])
+        self._it = self._ds._iter(self._ds.train_batches(self._step))
+
+
+def _per_host(total: int, process_count: int, what: str) -> int:
+    if total <= 0 or total % process_count:
+        raise ValueError(f"{what}={total} must be a positive multiple of the process count "
+                         f"{process_count}")
+    return total // process_count
+
+
+def create_datasets(data_cfg: Any, *, global_batch_size: int, eval_batch_size: int, seed: int,
+                    process_index: int | None = None, process_count: int | None = None
+                    ) -> Datasets:
+    """The train iterator factory and eval batches for ``data_cfg`` (see module docstring)."""
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    records, split_names = _load(data_cfg)
+    index = {name: i for i, name in enumerate(records.image_ids)}
+    split_rows = {}
+    for split, names in split_names.items():
+        rows = [index[n] for n in names if n in index]
+        if len(rows) < len(names):
+            logging.warning("split %s: %d of its %d images are not in the prepared dataset "
+                            "(skipped when preparing?)", split, len(names) - len(rows),
+                            len(names))
+        split_rows[split] = np.asarray(rows, np.int64)
+    crop = int(data_cfg.crop)
+    if not 0 < crop <= records.resolution:
+        raise ValueError(f"data.crop={crop} must be in [1, {records.resolution}] (the stored "
+                         "resolution)")
+    local = _per_host(global_batch_size, process_count, "global_batch_size")
+    steps = len(split_rows["train"]) // process_count // local
+    if steps == 0:
+        raise ValueError(f"the train split has {len(split_rows['train'])} images: fewer than "
+                         f"one global batch of {global_batch_size}")
+    return Datasets(
+        records=records, split_rows=split_rows, local_batch_size=local,
+        eval_batch_size=_per_host(eval_batch_size, process_count, "eval_batch_size"),
+        steps_per_epoch=steps, crop=crop, flip=bool(data_cfg.flip), seed=int(seed) % 2**32,
+        workers=int(data_cfg.workers), prefetch=int(data_cfg.prefetch),
+        process_index=process_index, process_count=process_count)
+
+
+def _load(data_cfg: Any) -> tuple[Any, dict[str, list[str]]]:
+    """(records, split -> image names) for the configured source."""
+    source = data_cfg.source
+    if source == "chestmnist":
+        from cxrjax.data import chestmnist
+
+        return chestmnist.load(os.path.expanduser(data_cfg.chestmnist_path))
+    if source not in SOURCES:
+        raise ValueError(f"unknown data.source {source!r}; expected one of {SOURCES}")
+    records = TfdsRecords(os.path.expanduser(data_cfg.data_dir), int(data_cfg.resolution))
+    manual_dir = os.path.expanduser(data_cfg.get("manual_dir") or "")
+    csv = _data_entry_in(manual_dir)
+    lists_dir = manual_dir if data_cfg.split_scheme == "official" and manual_dir else None
+    names = splits_lib.split_images(csv, data_cfg.split_scheme, seed=int(data_cfg.split_seed),
+                                    lists_dir=lists_dir)
+    return records, names
+
+
+def _data_entry_in(manual_dir: str) -> str | None:
+    """The download's own label table if there is one, else None (the shipped table)."""
+    if not manual_dir or not os.path.isdir(manual_dir):
+        return None
+    from cxrjax.data import prepare
+
+    try:
+        return prepare.find_data_entry(manual_dir)
+    except FileNotFoundError:
+        return None
+
+
+# ------------------------------------------------------------------ preparation ---
+
+def ensure_prepared(data_cfg: Any, workdir: str) -> Any:
+    """Makes sure the configured data exists; returns the config with resolved paths.
+
+    ``synthetic``: generates the NIH-layout set under ``workdir/synthetic/n*_s*_seed*`` (if
+    absent) and prepares it through the real builder (if not complete). ``nih``: fails fast if
+    the dataset is not prepared. ``chestmnist``: checks the npz.
+    """
+    cfg = ml_collections.ConfigDict(data_cfg.copy_and_resolve_references())
+    source = cfg.source
+    if source == "synthetic":
+        from cxrjax.data import builder, synthetic
+
+        n, size = int(cfg.synthetic_n), int(cfg.synthetic_size)
+        seed = int(cfg.get("synthetic_seed", 0))
+        root = os.path.join(workdir, "synthetic", f"n{n}_s{size}_seed{seed}")
+        manual, data_dir = os.path.join(root, "nih"), os.path.join(root, "tfds")
+        synthetic.generate(manual, n, size, seed)  # reuses a complete set
+        builder.build(manual, data_dir, resolution=int(cfg.resolution),
+                      workers=int(cfg.get("prepare_workers", 0)) or None)
+        with cfg.unlocked():
+            cfg.manual_dir, cfg.data_dir = manual, data_dir
+        return cfg
+    if source == "nih":
+        from cxrjax.data import builder
+
+        data_dir = os.path.expanduser(cfg.data_dir)
+        try:
+            builder.load(data_dir, int(cfg.resolution))
+        except FileNotFoundError as e:
+            raise FileNotFoundError(
+                f"data.source='nih': {e}.\n1) download ChestX-ray14 into MANUAL_DIR from "
+                "https://nihcc.app.box.com/v/ChestXray-NIHCC (images_001..012.tar.gz and "
+                "Data_Entry_2017_v2020.csv; NIH's batch_download_zips.py fetches them), then:\n"
+                "  cd MANUAL_DIR && for f in images_*.tar.gz; do tar xzf $f; done\n"
+                "2) prepare it once:\n  python -m cxrjax.data.prepare --manual_dir MANUAL_DIR "
+                f"--data_dir {data_dir} --resolution {cfg.resolution}") from None
+        return cfg
+    if source == "chestmnist":
+        path = os.path.expanduser(cfg.chestmnist_path or "")
+        if not path or not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"data.chestmnist_path={cfg.chestmnist_path!r} is not a file; get chestmnist.npz "
+                "or chestmnist_224.npz from MedMNIST (https://medmnist.com)")
+        return cfg
+    raise ValueError(f"unknown data.source {source!r}; expected one of {SOURCES}")
+
