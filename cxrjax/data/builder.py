@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import multiprocessing
 import os
 
 import numpy as np
@@ -147,14 +146,9 @@ class ChestXray14(tfds.core.GeneratorBasedBuilder):
 
 
 def _imap(tasks, workers: int):
-    """``decode_task`` over tasks, in order; ``workers=0`` decodes in this process."""
-    if workers <= 0:
-        yield from map(prepare_lib.decode_task, tasks)
-        return
-    # spawn, not fork: the parent may hold JAX/grain threads, which fork can deadlock.
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(workers) as pool:
-        yield from pool.imap(prepare_lib.decode_task, tasks, chunksize=8)
+    """``decode_task`` over tasks, in order, on ``workers`` processes (0: this process)."""
+    # Looked up at call time so that tests can replace it.
+    return prepare_lib.ordered_map(prepare_lib.decode_task, tasks, workers)
 
 
 def scan(manual_dir: str) -> tuple[list[prepare_lib.Row], list[prepare_lib.Problem]]:

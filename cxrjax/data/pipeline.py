@@ -57,22 +57,6 @@ class TfdsRecords:
         return rec["image"], rec["labels"]
 
 
-class ArrayRecords:
-    """The same interface over in-memory arrays (ChestMNIST, tests)."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, image_ids: list[str]):
-        if images.ndim != 3 or images.shape[1] != images.shape[2] or images.dtype != np.uint8:
-            raise ValueError(f"images must be (N, S, S) uint8, got {images.shape} {images.dtype}")
-        self._images, self._labels, self.image_ids = images, labels, list(image_ids)
-        self.resolution = images.shape[1]
-
-    def __len__(self) -> int:
-        return len(self._images)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        return self._images[int(i)], self._labels[int(i)]
-
-
 # ------------------------------------------------------------------- transforms ---
 
 class _TrainExample:
@@ -286,7 +270,8 @@ def _load(data_cfg: Any) -> tuple[Any, dict[str, list[str]]]:
     if source == "chestmnist":
         from cxrjax.data import chestmnist
 
-        return chestmnist.load(os.path.expanduser(data_cfg.chestmnist_path))
+        cache = data_cfg.get("chestmnist_cache")
+        return chestmnist.load(os.path.expanduser(data_cfg.chestmnist_path), cache or None)
     if source not in SOURCES:
         raise ValueError(f"unknown data.source {source!r}; expected one of {SOURCES}")
     records = TfdsRecords(os.path.expanduser(data_cfg.data_dir), int(data_cfg.resolution))
@@ -355,6 +340,11 @@ def ensure_prepared(data_cfg: Any, workdir: str) -> Any:
             raise FileNotFoundError(
                 f"data.chestmnist_path={cfg.chestmnist_path!r} is not a file; get chestmnist.npz "
                 "or chestmnist_224.npz from MedMNIST (https://medmnist.com)")
+        from cxrjax.data import chestmnist
+
+        with cfg.unlocked():
+            cfg.chestmnist_cache = os.path.join(workdir, "chestmnist_cache")
+        chestmnist.NpzRecords(path, cfg.chestmnist_cache)  # extract once; fail fast if wrong
         return cfg
     raise ValueError(f"unknown data.source {source!r}; expected one of {SOURCES}")
 

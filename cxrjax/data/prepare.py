@@ -13,12 +13,15 @@ This module stays light (no TFDS import at the top) because decode workers impor
 from __future__ import annotations
 
 import argparse
+import collections
+import concurrent.futures
 import csv
 import dataclasses
 import glob
+import multiprocessing
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -87,6 +90,41 @@ def decode_task(args: tuple[int, str, int]) -> tuple[int, np.ndarray | None, str
     except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three for bad files
         return i, None, f"cannot decode {path}: {type(e).__name__}: {e}"
     return i, image, mode
+
+
+def _run_chunk(fn_and_chunk):
+    fn, chunk = fn_and_chunk
+    return [fn(t) for t in chunk]
+
+
+def ordered_map(fn: Callable, tasks: Sequence, workers: int, chunk: int = 8,
+                window: int = 8) -> Iterator:
+    """``map(fn, tasks)`` on ``workers`` spawned processes, in order, ``window`` chunks ahead.
+
+    A ``ProcessPoolExecutor`` (not ``Pool``): a worker that dies, e.g. because a script
+    without ``if __name__ == "__main__":`` re-runs itself on import, is an error here, not an
+    endless respawn. ``spawn``, not ``fork``: the parent may hold JAX/grain threads. The
+    bounded window keeps memory flat when the consumer is slower than the decoders.
+    """
+    if workers <= 0:
+        yield from map(fn, tasks)
+        return
+    chunks = [tasks[i:i + chunk] for i in range(0, len(tasks), chunk)]
+    ctx = multiprocessing.get_context("spawn")
+    try:
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            pending: collections.deque = collections.deque()
+            for c in chunks:
+                pending.append(pool.submit(_run_chunk, (fn, c)))
+                if len(pending) >= window * workers:
+                    yield from pending.popleft().result()
+            while pending:
+                yield from pending.popleft().result()
+    except concurrent.futures.process.BrokenProcessPool:
+        raise RuntimeError(
+            "a worker process died; if you called this from a script, put the call under "
+            "`if __name__ == '__main__':` (workers start with 'spawn' and import the script), "
+            "or pass workers=0") from None
 
 
 # ------------------------------------------------------------------- input ---

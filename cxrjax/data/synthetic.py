@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import multiprocessing
 import os
 import sys
 
@@ -25,6 +24,7 @@ from PIL import Image
 from scipy import ndimage
 
 from cxrjax.data import labels as labels_lib
+from cxrjax.data import prepare
 from cxrjax.data import splits as splits_lib
 
 CSV_NAME = "Data_Entry_2017_v2020.csv"
@@ -211,13 +211,8 @@ def generate(out_dir: str, n: int, size: int = 256, seed: int = 0,
               _stable_seed(seed, int(table.patient_ids[i])), seed * 1_000_003 + i)
              for i in rows]
     workers = len(os.sched_getaffinity(0)) if workers is None else workers
-    if workers > 1 and n > 64:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            for _ in pool.imap_unordered(_render_task, tasks, chunksize=16):
-                pass
-    else:
-        for t in tasks:
-            _render_task(t)
+    for _ in prepare.ordered_map(_render_task, tasks, workers if n > 64 else 0, chunk=16):
+        pass
     _write_tables(out_dir, table, rows, size, seed)
     with open(done, "w") as f:
         json.dump(params, f)

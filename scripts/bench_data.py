@@ -1,0 +1,186 @@
+"""Data benchmarks: the prepare builder against a bare PIL loop, and grain images/s per worker.
+
+    python scripts/benchmark.py data-prepare  [--manual_dir D] [--workers 1,2] [--resolution 256]
+    python scripts/benchmark.py data-pipeline [--manual_dir D] [--workers 0,1,2] [--batch 64]
+    python scripts/bench_data.py data-prepare|data-pipeline ...    (the same, standalone)
+
+The default input is the 207 real NIH images of ``../shared/data/nih_sample`` (a Data_Entry CSV
+of their rows is written next to a link to them). Each function returns one dict per figure;
+``scripts/benchmark.py`` prints them as JSON lines (the standalone ``main`` prints them too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import gzip
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE = os.path.join(os.path.dirname(ROOT), "shared", "data", "nih_sample")
+
+
+def _options(args) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench_data")
+    p.add_argument("--manual_dir", default=SAMPLE, help="NIH layout; a bare image folder works")
+    p.add_argument("--workers", default=None, help="comma-separated worker counts")
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--crop", type=int, default=224)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batches", type=int, default=40, help="timed batches per worker count")
+    p.add_argument("--data_dir", default=None, help="a prepared dataset (data-pipeline)")
+    return p.parse_args(getattr(args, "extra", []) or [])
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def _with_table(manual_dir: str, tmp: str) -> str:
+    """``manual_dir`` itself if it has a Data_Entry CSV, else a linked copy with one."""
+    if glob.glob(os.path.join(manual_dir, "Data_Entry_2017*.csv*")):
+        return manual_dir
+    from cxrjax.data import labels
+
+    images = os.path.join(manual_dir, "images")
+    names = set(os.listdir(images))
+    out = os.path.join(tmp, "nih")
+    os.makedirs(out)
+    os.symlink(os.path.abspath(images), os.path.join(out, "images"))
+    with gzip.open(labels.resource_path("Data_Entry_2017_v2020.csv.gz"), "rt") as f:
+        lines = f.read().splitlines()
+    with open(os.path.join(out, "Data_Entry_2017_v2020.csv"), "w") as f:
+        f.write("\n".join([lines[0]] + [x for x in lines[1:] if x.split(",")[0] in names]))
+    return out
+
+
+def _bare_loop(paths: list[str], resolution: int) -> float:
+    """Images/s of the simplest single-core PIL decode + grayscale + resize loop."""
+    t = time.perf_counter()
+    for p in paths:
+        with Image.open(p) as img:
+            img.convert("L").resize((resolution, resolution), Image.Resampling.BILINEAR)
+    return len(paths) / (time.perf_counter() - t)
+
+
+def run_data_prepare(args) -> list[dict]:
+    """Per-core builder throughput vs the bare loop (same run), and raw vs PNG records."""
+    from cxrjax.data import builder, prepare
+
+    opt = _options(args)
+    workers = [int(w) for w in (opt.workers or f"1,{_cores()}").split(",")]
+    records = []
+    with tempfile.TemporaryDirectory() as tmp:
+        manual = _with_table(opt.manual_dir, tmp)
+        paths = sorted(builder.scan(manual)[0], key=lambda r: r.image_id)
+        paths = [r.path for r in paths]
+        _bare_loop(paths[:5], opt.resolution)  # warm the page cache
+        bare = _bare_loop(paths, opt.resolution)
+        records.append({"bench": "data-prepare", "what": "bare PIL decode+resize loop",
+                        "images": len(paths), "resolution": opt.resolution,
+                        "images_per_s_per_core": round(bare, 1)})
+        for w in workers:
+            t = time.perf_counter()
+            builder.build(manual, os.path.join(tmp, f"out{w}"), resolution=opt.resolution,
+                          workers=w)
+            ips = len(paths) / (time.perf_counter() - t)
+            per_core = ips / max(min(w, _cores()), 1)
+            records.append({"bench": "data-prepare", "what": "chest_xray14 builder",
+                            "workers": w, "cores": _cores(), "images": len(paths),
+                            "resolution": opt.resolution, "images_per_s": round(ips, 1),
+                            "images_per_s_per_core": round(per_core, 1),
+                            "vs_bare_loop": round(per_core / bare, 3)})
+        records.append(_storage(paths[:50], opt.resolution, prepare))
+    return records
+
+
+def _storage(paths: list[str], resolution: int, prepare) -> dict:
+    """Bytes per record and decode cost: raw uint8 vs PNG-encoded, at ``resolution``."""
+    images = [prepare.decode_image(p, resolution)[0] for p in paths]
+    pngs = []
+    for im in images:
+        buf = io.BytesIO()
+        Image.fromarray(im).save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    t = time.perf_counter()
+    for _ in range(5):
+        for b in pngs:
+            np.asarray(Image.open(io.BytesIO(b)))
+    png_ms = (time.perf_counter() - t) / (5 * len(pngs)) * 1e3
+    t = time.perf_counter()
+    for _ in range(5):
+        for im in images:
+            np.frombuffer(im.tobytes(), np.uint8).reshape(im.shape).copy()
+    raw_ms = (time.perf_counter() - t) / (5 * len(images)) * 1e3
+    return {"bench": "data-prepare", "what": "record storage raw vs PNG",
+            "resolution": resolution, "raw_bytes": resolution * resolution,
+            "png_bytes_mean": int(np.mean([len(b) for b in pngs])),
+            "png_decode_ms": round(png_ms, 3), "raw_copy_ms": round(raw_ms, 4)}
+
+
+def run_data_pipeline(args) -> list[dict]:
+    """Train-pipeline images/s (ArrayRecord, resolution -> crop) per grain worker count."""
+    import ml_collections as mlc
+
+    from cxrjax.data import builder, pipeline
+
+    opt = _options(args)
+    workers = [int(w) for w in (opt.workers or ",".join(
+        str(w) for w in sorted({0, 1, _cores()}))).split(",")]
+    records = []
+    with tempfile.TemporaryDirectory() as tmp:
+        manual = _with_table(opt.manual_dir, tmp)
+        data_dir = opt.data_dir
+        if data_dir is None:
+            data_dir = os.path.join(tmp, "tfds")
+            builder.build(manual, data_dir, resolution=opt.resolution)
+        src = pipeline.TfdsRecords(data_dir, opt.resolution)
+        t = time.perf_counter()
+        for i in range(len(src)):
+            src[i]
+        read = len(src) / (time.perf_counter() - t)
+        records.append({"bench": "data-pipeline", "what": "TFDS ArrayRecord random read",
+                        "images_per_s": round(read, 1), "resolution": opt.resolution})
+        for w in workers:
+            cfg = mlc.ConfigDict(dict(
+                source="nih", data_dir=data_dir, manual_dir=manual, split_scheme="paper",
+                split_seed=0, resolution=opt.resolution, crop=opt.crop, flip=False, workers=w,
+                prefetch=4, chestmnist_path="", synthetic_n=0, synthetic_size=0))
+            ds = pipeline.create_datasets(cfg, global_batch_size=opt.batch,
+                                          eval_batch_size=opt.batch, seed=0, process_index=0,
+                                          process_count=1)
+            it = ds.train_iter()
+            for _ in range(3):  # start the workers, fill the buffers
+                next(it)
+            t = time.perf_counter()
+            for _ in range(opt.batches):
+                next(it)
+            ips = opt.batches * opt.batch / (time.perf_counter() - t)
+            records.append({"bench": "data-pipeline", "what": "grain train batches",
+                            "workers": w, "cores": _cores(), "batch": opt.batch,
+                            "resolution": opt.resolution, "crop": opt.crop,
+                            "images_per_s": round(ips, 1),
+                            "images_per_s_per_core": round(ips / max(min(w, _cores()), 1), 1)})
+    return records
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in ("data-prepare", "data-pipeline"):
+        sys.exit("usage: bench_data.py data-prepare|data-pipeline [options]")
+    sys.path.insert(0, ROOT)
+    run = run_data_prepare if argv[0] == "data-prepare" else run_data_pipeline
+    for record in run(argparse.Namespace(extra=argv[1:])):
+        print(json.dumps(record), flush=True)
+
+
+if __name__ == "__main__":
+    main()
