@@ -159,3 +159,11 @@ def test_missing_manual_dir_and_table_are_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no Data_Entry_2017"):
         builder.build(str(tmp_path / "empty"), str(tmp_path / "out"), resolution=16)
+
+
+def test_builder_is_registered_with_tfds_by_name(prepared_sample):
+    import tensorflow_datasets as tfds
+
+    b = tfds.builder("chest_xray14", data_dir=str(prepared_sample), config="256px")
+    assert isinstance(b, builder.ChestXray14) and b.is_prepared()
+    assert b.info.features["image"].shape == (256, 256)
