@@ -45,8 +45,9 @@ def _to_numpy(value: Any) -> np.ndarray:
             value = value.float()
         value = value.numpy()
     value = np.asarray(value)
-    return value.astype(np.float32) if np.issubdtype(value.dtype, np.floating) or \
-        value.dtype == ml_dtypes.bfloat16 else value
+    if np.issubdtype(value.dtype, np.floating) or value.dtype == ml_dtypes.bfloat16:
+        return value.astype(np.float32, copy=False)
+    return value
 
 
 def _flax_path(family: str, key: str) -> tuple[str, ...] | None:
@@ -155,13 +156,16 @@ def torchvision_to_flax(arch: str, state_dict: Mapping[str, Any]) -> dict:
         if path is None:
             unused.append(key)
             continue
-        path, value = _convert(path, _to_numpy(value))
+        value = _to_numpy(value)
+        src_shape = tuple(value.shape)
+        path, value = _convert(path, value)
         if path not in expected:
             unused.append(key)
         elif path in source:
             duplicated.append(f"{key} (same as {source[path]})")
         elif value.shape != expected[path]:
-            wrong_shape.append(f"{key}: {tuple(value.shape)} vs expected {expected[path]}")
+            wrong_shape.append(f"{key}: {src_shape} (Flax {tuple(value.shape)}) vs expected "
+                               f"Flax {'/'.join(path)} {expected[path]}")
             source[path] = key
         else:
             filled[path], source[path] = value, key
@@ -171,7 +175,9 @@ def torchvision_to_flax(arch: str, state_dict: Mapping[str, Any]) -> dict:
                  ("wrong shape", wrong_shape)) if items]
     if problems:
         raise ValueError(f"{arch}: state dict does not fit the Flax model; " + "; ".join(problems))
-    return _unflatten({p: jnp.asarray(v) for p, v in filled.items()})
+    out = {"params": {}, "batch_stats": {}}  # batch_stats present (empty for vgg16) for all archs
+    out.update(_unflatten({p: jnp.asarray(v) for p, v in filled.items()}))
+    return out
 
 
 def replace_head(variables: Mapping, arch: str, num_classes: int, rng: jax.Array) -> dict:
