@@ -18,11 +18,15 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import jax
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from cxrjax import metrics
+from cxrjax import metrics, models
 from cxrjax.data.labels import CLASSES, load_label_table
 
 IMAGE_COLUMN = "Image Index"
@@ -228,6 +232,60 @@ def write_json(summary: dict, path: str | os.PathLike) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(_json_ready(summary), f, indent=2, allow_nan=False)
         f.write("\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Jitted prediction over a split: padded + masked batches, every image scored exactly once.
+# ---------------------------------------------------------------------------------------------
+
+
+def make_predict_fn(model: Any, fusion: tuple[str, ...], mesh: Mesh) -> Callable:
+    """Jitted (variables, images) -> {head: probabilities, "fused": ...}, batch-sharded."""
+    repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+    def predict(variables, images):
+        logits = model.apply(variables, images, train=False)
+        return models.networks.probabilities(logits, fusion)
+
+    return jax.jit(predict, in_shardings=(repl, data), out_shardings=data)
+
+
+def predict_split(predict_fn: Callable, variables: dict, ds: Any, split: str, mesh: Mesh,
+                  ) -> tuple[list[str], dict[str, np.ndarray], np.ndarray]:
+    """(image ids, {head: (N, 14) probabilities}, labels (N, 14)) for one split."""
+    data = NamedSharding(mesh, P("data"))
+    n = ds.num_examples(split)
+    probs: dict[str, np.ndarray] = {}
+    labels = np.zeros((n, len(CLASSES)), np.uint8)
+    seen = np.zeros(n, np.int64)
+    for host_batch in ds.eval_batches(split):
+        images = jax.make_array_from_process_local_data(data, np.asarray(host_batch["image"]))
+        out = predict_fn(variables, images)
+        gathered = _gather({**out, "labels": host_batch["labels"], "mask": host_batch["mask"],
+                            "index": host_batch["index"]}, data)
+        keep = gathered["mask"].astype(bool)
+        index = gathered["index"][keep]
+        np.add.at(seen, index, 1)
+        labels[index] = gathered["labels"][keep]
+        for head in out:
+            probs.setdefault(head, np.zeros((n, len(CLASSES)), np.float32))
+            probs[head][index] = gathered[head][keep]
+    if not np.all(seen == 1):
+        raise RuntimeError(f"evaluation of {split!r} scored {int((seen == 0).sum())} images "
+                           f"never and {int((seen > 1).sum())} more than once")
+    return ds.image_ids(split), probs, labels
+
+
+def _gather(tree: dict, data: NamedSharding) -> dict:
+    """Every process's rows of a batch-sharded tree, as NumPy on every process."""
+    if jax.process_count() == 1:
+        return {k: np.asarray(v) for k, v in tree.items()}
+    from jax.experimental import multihost_utils
+    global_tree = {k: v if isinstance(v, jax.Array) else
+                   jax.make_array_from_process_local_data(data, np.asarray(v))
+                   for k, v in tree.items()}
+    return {k: np.asarray(v) for k, v in
+            multihost_utils.process_allgather(global_tree, tiled=True).items()}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,6 @@ Local-Fixed strategies). Re-running the same command resumes where the run stopp
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -26,9 +25,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cxrjax import checkpoint, evaluate, losses, metrics, models, report, runs
-from cxrjax.data import labels as labels_lib
-from cxrjax.data import pipeline
+from cxrjax import checkpoint, evaluate, losses, metrics, models, runs
 from cxrjax.metric_writers import MetricWriter, progress
 
 # ---------------------------------------------------------------------------------------------
@@ -181,7 +178,7 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, schedule: opta
         params = optax.apply_updates(state.params, updates)
         new_stats = jax.tree.map(lambda keep_new, old, new: new if keep_new else old,
                                  stats_mask, state.batch_stats, new_stats)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
                                   opt_state=opt_state)
@@ -213,6 +210,8 @@ def create_stage(config: mlc.ConfigDict, index: int, model: Any, variables: dict
                        rng=jax.random.PRNGKey(config.seed))
     step = jax.jit(make_train_step(model, tx, schedule, weights, stats_mask),
                    in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
+    # A copy: the step donates its state, and the caller's variables must stay usable.
+    state = jax.tree.map(lambda x: jnp.array(x, copy=True), state)
     return jax.device_put(state, repl), step
 
 
@@ -267,66 +266,12 @@ def initialise(variables: dict, config: mlc.ConfigDict) -> dict:
         weights_dir = os.path.expanduser(config.model.weights_dir)
         archs = {config.model.trunk_a, config.model.trunk_b} - {None}
         weights = {a: os.path.join(weights_dir, f"{a}_imagenet.npz") for a in archs}
-        return models.networks.load_pretrained_trunks(variables, config.model, weights)
+        return models.load_pretrained_trunks(variables, config.model, weights)
     path = os.path.expanduser(init)
     if not os.path.exists(path):
         raise FileNotFoundError(f"model.init={init!r}: neither 'imagenet', 'scratch' nor an "
                                 "existing cxrjax workdir or checkpoint directory")
     return runs.restore_variables(runs.final_stage_dir(path), variables)
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation: padded + masked batches, every image of the split scored exactly once.
-# ---------------------------------------------------------------------------------------------
-
-
-def make_predict_fn(model: Any, fusion: tuple[str, ...], mesh: Mesh) -> Callable:
-    """Jitted (variables, images) -> {head: probabilities, "fused": ...}, batch-sharded."""
-    repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-
-    def predict(variables, images):
-        logits = model.apply(variables, images, train=False)
-        return models.networks.probabilities(logits, fusion)
-
-    return jax.jit(predict, in_shardings=(repl, data), out_shardings=data)
-
-
-def predict_split(predict_fn: Callable, variables: dict, ds: Any, split: str, mesh: Mesh,
-                  ) -> tuple[list[str], dict[str, np.ndarray], np.ndarray]:
-    """(image ids, {head: (N, 14) probabilities}, labels (N, 14)) for one split."""
-    data = NamedSharding(mesh, P("data"))
-    n = ds.num_examples(split)
-    probs: dict[str, np.ndarray] = {}
-    labels = np.zeros((n, labels_lib.NUM_CLASSES), np.uint8)
-    seen = np.zeros(n, np.int64)
-    for host_batch in ds.eval_batches(split):
-        images = jax.make_array_from_process_local_data(data, np.asarray(host_batch["image"]))
-        out = predict_fn(variables, images)
-        gathered = _gather({**out, "labels": host_batch["labels"], "mask": host_batch["mask"],
-                            "index": host_batch["index"]}, data)
-        keep = gathered["mask"].astype(bool)
-        index = gathered["index"][keep]
-        np.add.at(seen, index, 1)
-        labels[index] = gathered["labels"][keep]
-        for head in out:
-            probs.setdefault(head, np.zeros((n, labels_lib.NUM_CLASSES), np.float32))
-            probs[head][index] = gathered[head][keep]
-    if not np.all(seen == 1):
-        raise RuntimeError(f"evaluation of {split!r} scored {int((seen == 0).sum())} images "
-                           f"never and {int((seen > 1).sum())} more than once")
-    return ds.image_ids(split), probs, labels
-
-
-def _gather(tree: dict, data: NamedSharding) -> dict:
-    """Every process's rows of a batch-sharded tree, as NumPy on every process."""
-    if jax.process_count() == 1:
-        return {k: np.asarray(v) for k, v in tree.items()}
-    from jax.experimental import multihost_utils
-    global_tree = {k: v if isinstance(v, jax.Array) else
-                   jax.make_array_from_process_local_data(data, np.asarray(v))
-                   for k, v in tree.items()}
-    return {k: np.asarray(v) for k, v in
-            multihost_utils.process_allgather(global_tree, tiled=True).items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,7 +368,7 @@ def validate(predict_fn: Callable, state: TrainState, ds: Any, mesh: Mesh,
              config: mlc.ConfigDict) -> dict:
     """Fused mean AUC and W-AUC on the validation split (no bootstrap)."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    _, probs, labels = predict_split(predict_fn, variables, ds, "val", mesh)
+    _, probs, labels = evaluate.predict_split(predict_fn, variables, ds, "val", mesh)
     return metrics.summary(probs["fused"], labels, n_boot=0)
 
 
@@ -440,7 +385,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict:
     ds = _datasets(config, workdir)
     mesh = create_mesh()
     model, template = runs.init_model(config, compute_dtype(config))
-    predict_fn = make_predict_fn(model, tuple(config.model.fusion), mesh)
+    predict_fn = evaluate.make_predict_fn(model, tuple(config.model.fusion), mesh)
     writer = MetricWriter(workdir)
 
     initial = lambda: initialise(template, config)  # noqa: E731
@@ -460,14 +405,16 @@ def evaluate_run(config: mlc.ConfigDict, workdir: str) -> dict:
     mesh = create_mesh()
     model, template = runs.init_model(config, compute_dtype(config))
     variables = runs.restore_variables(runs.final_stage_dir(workdir), template)
-    predict_fn = make_predict_fn(model, tuple(config.model.fusion), mesh)
+    predict_fn = evaluate.make_predict_fn(model, tuple(config.model.fusion), mesh)
     return evaluate_test_split(config, workdir, variables, ds, mesh, predict_fn)
 
 
 def evaluate_test_split(config: mlc.ConfigDict, workdir: str, variables: dict, ds: Any,
                         mesh: Mesh, predict_fn: Callable) -> dict:
     """Scores the test split; writes predictions CSVs, test_metrics.json and report.md."""
-    ids, probs, labels = predict_split(predict_fn, variables, ds, "test", mesh)
+    from cxrjax import report  # matplotlib: only when a run ends
+
+    ids, probs, labels = evaluate.predict_split(predict_fn, variables, ds, "test", mesh)
     results = {head: metrics.summary(p, labels, n_boot=config.eval.n_boot)
                for head, p in probs.items()}
     if jax.process_index() == 0:
@@ -479,13 +426,15 @@ def evaluate_test_split(config: mlc.ConfigDict, workdir: str, variables: dict, d
                 evaluate.write_predictions(
                     os.path.join(eval_dir, f"test_predictions_{head}.csv"), ids, p)
         out = {**results["fused"], "heads": {h: r for h, r in results.items() if h != "fused"}}
-        with open(os.path.join(eval_dir, "test_metrics.json"), "w") as f:
-            json.dump(out, f, indent=2)
+        evaluate.write_json(out, os.path.join(eval_dir, "test_metrics.json"))
         report.write_report(workdir, config, results, probs, labels)
     return results
 
 
 def _datasets(config: mlc.ConfigDict, workdir: str) -> Any:
+    # Imported here so that the train step (and its benchmark) needs no data stack.
+    from cxrjax.data import pipeline
+
     data_cfg = pipeline.ensure_prepared(config.data, workdir)
     return pipeline.create_datasets(
         data_cfg, global_batch_size=config.train.batch_size,

@@ -45,7 +45,8 @@ def test_data_entry_rejects_duplicate_rows_and_unknown_labels_with_line_numbers(
     good = "a.png,Mass,0,1,50,M,PA,1,1,0.1,0.1"
     with pytest.raises(labels.LabelError, match=r"line 3: duplicate image 'a.png'"):
         labels.parse_data_entry(_csv(good, good))
-    with pytest.raises(labels.LabelError, match=r"unknown label 'Tumour' \(row Data_Entry line 2\)"):
+    with pytest.raises(labels.LabelError,
+                       match=r"unknown label 'Tumour' \(row Data_Entry line 2\)"):
         labels.parse_data_entry(_csv("b.png,Tumour,0,1,50,M,PA,1,1,0.1,0.1"))
 
 

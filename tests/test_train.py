@@ -1,0 +1,141 @@
+"""Tests of the training step and stages (no data pipeline: batches made here)."""
+
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cxrjax import runs, train
+
+PAPER_CONFIGS = ["r18", "r18_bl", "r18_r18_bl", "r18_msml", "r18_msml_local",
+                 "r18_msml_local_fixed", "d121", "d121_bl", "d121_d121_bl", "d121_msml",
+                 "r18_vgg_msml", "d121_vgg_msml"]
+TINY = {"resnet18": "resnet_tiny", "densenet121": "densenet_tiny", "vgg16": "vgg_tiny"}
+
+
+def tiny_config(name: str, crop: int = 32, batch: int = 8):
+    """A paper config with its trunks swapped for tiny variants of the same families."""
+    c = importlib.import_module(f"configs.{name}").get_config()
+    c.model.trunk_a = TINY[c.model.trunk_a]
+    if c.model.trunk_b is not None:
+        c.model.trunk_b = TINY[c.model.trunk_b]
+    if c.model.bilinear_reduce:
+        c.model.bilinear_reduce = 8
+    c.model.bilinear_dim = 16
+    c.model.init = "scratch"
+    c.data.crop = crop
+    c.train.batch_size = batch
+    c.train.lr = 1e-3
+    return c
+
+
+def fixed_batch(batch: int = 8, crop: int = 32, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((batch, 14)) < 0.3).astype(np.uint8)
+    labels[0] = 0
+    return {"image": rng.integers(0, 256, (batch, crop, crop, 1), dtype=np.uint8),
+            "labels": labels}
+
+
+def snapshot(tree):
+    return jax.tree.map(lambda x: np.array(x, copy=True), tree)
+
+
+@pytest.mark.parametrize("name", PAPER_CONFIGS)
+def test_every_paper_config_learns_a_fixed_batch(name):
+    """Repeated steps on one batch lower the loss of every stage (a learning check)."""
+    config = tiny_config(name)
+    mesh = train.create_mesh()
+    model, variables = runs.init_model(config, jnp.float32)
+    for index in range(len(config.train.stages)):
+        state, step = train.create_stage(config, index, model, variables, 100, mesh)
+        batch = fixed_batch()
+        first = None
+        for _ in range(6):
+            state, metrics = step(state, batch)
+            first = float(metrics["loss"]) if first is None else first
+        assert float(metrics["loss"]) < first, (name, index)
+        assert bool(metrics["finite"])
+        assert step._cache_size() == 1  # compiled once, never again
+
+
+def test_local_fixed_stage_two_keeps_trunks_and_their_batch_stats_bit_identical():
+    config = tiny_config("r18_msml_local_fixed")
+    mesh = train.create_mesh()
+    model, variables = runs.init_model(config, jnp.float32)
+    state, step = train.create_stage(config, 1, model, variables, 100, mesh)
+    before = snapshot(state)
+    for seed in range(3):
+        state, _ = step(state, fixed_batch(seed=seed))
+    after = snapshot(state)
+    for tree in ("params", "batch_stats"):
+        for trunk in ("trunk_a", "trunk_b"):
+            jax.tree.map(np.testing.assert_array_equal, getattr(before, tree)[trunk],
+                         getattr(after, tree)[trunk])
+    changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), before.params["head_fce"],
+                           after.params["head_fce"])
+    assert all(jax.tree.leaves(changed))
+
+
+def test_global_stage_updates_trunk_batch_stats():
+    config = tiny_config("r18_msml")
+    mesh = train.create_mesh()
+    model, variables = runs.init_model(config, jnp.float32)
+    state, step = train.create_stage(config, 0, model, variables, 100, mesh)
+    before = snapshot(state.batch_stats)
+    state, _ = step(state, fixed_batch())
+    changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), before, snapshot(
+        state.batch_stats))
+    assert all(jax.tree.leaves(changed))
+
+
+def test_non_finite_batch_leaves_state_unchanged_and_names_step_and_head():
+    config = tiny_config("r18_msml")
+    mesh = train.create_mesh()
+    model, variables = runs.init_model(config, jnp.float32)
+    state, step = train.create_stage(config, 0, model, variables, 100, mesh)
+    state, _ = step(state, fixed_batch())
+    before = snapshot(state)
+    bad = fixed_batch()
+    bad["labels"] = bad["labels"].astype(np.float32)
+    bad["labels"][1, 2] = np.nan  # reaches the CE heads (MSML reads labels as booleans)
+    state, metrics = step(state, bad)
+    assert not bool(metrics["finite"])
+    jax.tree.map(np.testing.assert_array_equal, before, snapshot(state))
+
+    class Manager:
+        def wait_until_finished(self):
+            pass
+
+        def latest_step(self):
+            return 7
+
+    with pytest.raises(FloatingPointError, match=r"step 2 in head\(s\) ce, fce .*step 7"):
+        train._check_finite(2, metrics, Manager())
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("model.trunk_a", "resnet19", "model.trunk_a='resnet19': unknown architecture"),
+    ("train.batch_size", 7, "train.batch_size=7 must be a positive multiple of the device"),
+    ("data.crop", 300, "data.crop=300 is larger than data.resolution=256"),
+])
+def test_config_errors_name_the_field(field, value, message):
+    config = tiny_config("r18_msml")
+    section, key = field.split(".")
+    config[section][key] = value
+    with pytest.raises(train.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        train.check_config(config)
+
+
+def test_negative_loss_weight_and_empty_trainable_pattern_are_refused():
+    config = tiny_config("r18_msml")
+    config.train.stages[0].loss_weights.msml = -0.2
+    with pytest.raises(train.ConfigError, match=r"stages\[0\].loss_weights.msml=-0.2 is negative"):
+        train.check_config(config)
+    config = tiny_config("r18_msml_local_fixed")
+    config.train.stages[1].trainable = "^nothing_matches$"
+    model, variables = runs.init_model(config, jnp.float32)
+    with pytest.raises(train.ConfigError, match=r"stages\[1\].trainable='\^nothing_matches\$'"):
+        train.create_stage(config, 1, model, variables, 10, train.create_mesh())
