@@ -41,19 +41,35 @@ def _maybe_initialize_distributed() -> None:
         logging.info("process %d of %d", jax.process_index(), jax.process_count())
 
 
+def _setup_logging() -> None:
+    """Our messages at INFO on stderr; libraries (orbax logs every read) at WARNING."""
+    import logging as py_logging
+
+    logging.set_verbosity(logging.WARNING)
+    handler = py_logging.StreamHandler(sys.stderr)
+    handler.setFormatter(py_logging.Formatter("%(asctime)s %(levelname)s %(message)s",
+                                              "%H:%M:%S"))
+    ours = py_logging.getLogger("cxrjax")
+    ours.setLevel(py_logging.INFO)
+    ours.addHandler(handler)
+    ours.propagate = False
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    _setup_logging()
     _maybe_initialize_distributed()
-    from cxrjax import train
+    from cxrjax import checkpoint, train
+    from cxrjax.data.labels import LabelError
 
     try:
         if _MODE.value == "train":
             train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
         else:
             train.evaluate_run(_CONFIG.value, _WORKDIR.value)
-    except (train.ConfigError, FileNotFoundError, FloatingPointError, OSError) as e:
-        logging.error("%s", e)
+    except (train.ConfigError, checkpoint.CheckpointError, LabelError, FileNotFoundError,
+            FloatingPointError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -13,6 +13,7 @@ import queue
 import re
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -27,6 +28,8 @@ from jax.sharding import PartitionSpec as P
 
 from cxrjax import checkpoint, evaluate, losses, metrics, models, runs
 from cxrjax.metric_writers import MetricWriter, progress
+
+log = logging.getLogger("cxrjax")
 
 # ---------------------------------------------------------------------------------------------
 # Config checks: one clear line per bad field, before anything is built.
@@ -297,7 +300,7 @@ def run_stage(config: mlc.ConfigDict, workdir: str, index: int, model: Any, ds: 
         step, state, data_state, _ = restored
         state = jax.device_put(state, NamedSharding(mesh, P()))
         train_iter.set_state(data_state)
-        logging.info("stage %s: resumed at step %d of %d", stage.name, step, total_steps)
+        log.info("stage %s: resumed at step %d of %d", stage.name, step, total_steps)
     step = int(state.step)
     if step >= total_steps:
         manager.wait_until_finished()
@@ -339,7 +342,7 @@ def run_stage(config: mlc.ConfigDict, workdir: str, index: int, model: Any, ds: 
                 writer.write(step, {"val/mean_auc": val["mean_auc"], "val/w_auc": val["w_auc"]},
                              stage=stage.name)
                 meta.update(val_mean_auc=val["mean_auc"], val_w_auc=val["w_auc"])
-                logging.info("stage %s epoch %d: val mean AUC %.4f, W-AUC %.4f", stage.name,
+                log.info("stage %s epoch %d: val mean AUC %.4f, W-AUC %.4f", stage.name,
                              step // steps_per_epoch, val["mean_auc"], val["w_auc"])
                 if step < total_steps:
                     bar = progress(total=steps_per_epoch, desc=f"{stage.name} epoch "
@@ -415,8 +418,12 @@ def evaluate_test_split(config: mlc.ConfigDict, workdir: str, variables: dict, d
     from cxrjax import report  # matplotlib: only when a run ends
 
     ids, probs, labels = evaluate.predict_split(predict_fn, variables, ds, "test", mesh)
-    results = {head: metrics.summary(p, labels, n_boot=config.eval.n_boot)
-               for head, p in probs.items()}
+    with warnings.catch_warnings(record=True) as caught:  # the same caveat for every head: once
+        warnings.simplefilter("always")
+        results = {head: metrics.summary(p, labels, n_boot=config.eval.n_boot)
+                   for head, p in probs.items()}
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        log.warning("test split: %s", message)
     if jax.process_index() == 0:
         eval_dir = os.path.join(workdir, "eval")
         evaluate.write_predictions(os.path.join(eval_dir, "test_predictions.csv"), ids,
