@@ -37,12 +37,17 @@ class PaperNet(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, images: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
+    def __call__(self, images: jnp.ndarray, train: bool = False,
+                 train_trunks: bool | None = None) -> dict[str, jnp.ndarray]:
+        """`train_trunks=False` with `train=True` runs the trunks' BatchNorm on their running
+        statistics (and leaves them unchanged): frozen trunks behave exactly as at evaluation.
+        None (default) follows `train`."""
         x = preprocess(images, self.dtype)
-        fa = get_spec(self.trunk_a).trunk(dtype=self.dtype, name="trunk_a")(x, train)
+        t_train = train if train_trunks is None else (train and train_trunks)
+        fa = get_spec(self.trunk_a).trunk(dtype=self.dtype, name="trunk_a")(x, t_train)
         fb = None
         if self.trunk_b is not None:
-            fb = get_spec(self.trunk_b).trunk(dtype=self.dtype, name="trunk_b")(x, train)
+            fb = get_spec(self.trunk_b).trunk(dtype=self.dtype, name="trunk_b")(x, t_train)
         out = {}
         if self.head_a is not None:
             out[HEAD_KEYS["a"][self.head_a]] = GapDense(self.num_classes, self.dtype,

@@ -81,6 +81,18 @@ def test_train_mode_updates_both_trunks_batch_statistics():
         assert not np.allclose(np.asarray(old), np.asarray(new))
 
 
+def test_frozen_trunks_use_and_keep_running_statistics_in_train_mode():
+    model = build_model(cfg(trunk_b="resnet_tiny", head_b="msml", bilinear=True), jnp.float32)
+    variables = jax.jit(model.init)(KEY, _images())
+    x = _images(seed=2)
+    out, upd = jax.jit(lambda v, x: model.apply(v, x, train=True, train_trunks=False,
+                                                mutable=["batch_stats"]))(variables, x)
+    jax.tree.map(np.testing.assert_array_equal, upd["batch_stats"], variables["batch_stats"])
+    ref = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+    for k in ref:
+        np.testing.assert_allclose(np.asarray(out[k]), np.asarray(ref[k]), atol=1e-6)
+
+
 @pytest.mark.parametrize("fields,match", [
     (dict(head_b="msml"), "needs a second stream"),
     (dict(trunk_a="resnet19"), "trunk_a='resnet19'"),
