@@ -185,11 +185,13 @@ def render_markdown(workdir: str, config: Any, results: Mapping[str, Mapping],
                      f"{', '.join(excluded)}.")
     paper = PAPER_MEAN_AUC.get(name or "")
     if paper is not None:
-        comparable = "" if source == "nih" else (
-            f" Not comparable: this run used `{source}` data, not NIH ChestX-ray14.")
-        lines += ["", f"The paper reports a mean AUC of {fmt(paper)} for "
-                  f"{row_label(name)} (ours {fmt(fused.get('mean_auc'))}, difference "
-                  f"{float(fused.get('mean_auc', math.nan)) - paper:+.4f}).{comparable}"]
+        said = f"The paper reports a mean AUC of {fmt(paper)} for {row_label(name)}"
+        if source == "nih":
+            ours = float(fused.get("mean_auc") if fused.get("mean_auc") is not None else math.nan)
+            lines += ["", f"{said} (ours {fmt(ours)}, difference {ours - paper:+.4f})."]
+        else:
+            lines += ["", f"{said}. Not comparable: this run used `{source}` data, not NIH "
+                      "ChestX-ray14."]
     lines += ["", "## Plots", "",
               "- [ROC curves per class, fused prediction](eval/roc_curves.png)",
               f"- [Training curves](training_curves.png){curves_note}", "",
@@ -293,7 +295,7 @@ def plot_training_curves(path: str, records: Sequence[dict],
     x, y = series("train/lr")
     axes[1].plot(x, y)
     axes[1].set(title="learning rate", xlabel="step")
-    if y and min(y) > 0:
+    if y and min(y) > 0 and max(y) > 1.5 * min(y):  # decays: a log scale shows each step
         axes[1].set_yscale("log")
     for key, label in (("val/mean_auc", "mean AUC"), ("val/w_auc", "W-AUC")):
         x, y = series(key)

@@ -120,6 +120,7 @@ def test_report_compares_with_the_paper_only_on_nih_data(tmp_path, fake_run):
     config.data.source = "synthetic"
     text = report.render_markdown(str(tmp_path), config, results)
     assert "Not comparable: this run used `synthetic` data" in text
+    assert "difference" not in text
     # A row the paper's numbers do not cover gets no comparison line.
     assert "paper reports" not in report.render_markdown(
         str(tmp_path), r18_msml_local.get_config(), results)
