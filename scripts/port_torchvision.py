@@ -19,8 +19,15 @@ def _download(arch: str) -> dict:
     """torchvision's IMAGENET1K_V1 state dict of `arch` (fetched into torch's hub cache)."""
     import torchvision
 
-    weights = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
-    return torchvision.models.get_model(arch, weights=weights).state_dict()
+    try:
+        weights = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
+    except ValueError as e:
+        raise ValueError(f"torchvision has no ImageNet weights for {arch!r}") from e
+    try:
+        return torchvision.models.get_model(arch, weights=weights).state_dict()
+    except OSError as e:  # URLError is an OSError
+        raise OSError(f"downloading torchvision's {arch} IMAGENET1K_V1 weights failed ({e}); "
+                      "without internet, pass a local file with --src") from e
 
 
 def main(argv: list[str] | None = None) -> int:
