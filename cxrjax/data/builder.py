@@ -86,7 +86,10 @@ class ChestXray14(tfds.core.GeneratorBasedBuilder):
             builder=self,
             description="NIH ChestX-ray14, decoded once and resized with an antialiasing filter.",
             features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=(r, r), dtype=np.uint8),
+                # BYTES: the raw 64 KiB buffer. The default (NONE) would store an int64 list,
+                # 10 ms/record to serialise and 0.4 ms to parse; BYTES is a memcpy.
+                "image": tfds.features.Tensor(shape=(r, r), dtype=np.uint8,
+                                              encoding=tfds.features.Encoding.BYTES),
                 "labels": tfds.features.Tensor(shape=(labels_lib.NUM_CLASSES,), dtype=np.uint8),
                 "image_id": tfds.features.Text(),
                 "patient_id": tfds.features.Scalar(dtype=np.int64),
