@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from typing import Any
 
 import jax
@@ -48,9 +49,18 @@ def progress(**kwargs: Any) -> tqdm:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-    """The JSONL log as a list of dicts (for plots and reports)."""
+    """The JSONL log as a list of dicts; a line cut short by a kill is skipped with a warning."""
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
         return []
+    records = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                warnings.warn(f"{path} line {line_no}: not JSON (cut short?), skipped",
+                              stacklevel=2)
+    return records
