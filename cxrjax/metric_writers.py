@@ -23,7 +23,10 @@ class MetricWriter:
         self._jsonl = None
         self._tb = None
         if self._active:
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            path = os.path.join(workdir, "metrics.jsonl")
+            self._jsonl = open(path, "a")
+            if self._jsonl.tell() and not _ends_with_newline(path):
+                self._jsonl.write("\n")  # a line cut short by a kill stays on its own line
             from tensorboardX import SummaryWriter
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
@@ -40,6 +43,12 @@ class MetricWriter:
         if self._active:
             self._jsonl.close()
             self._tb.close()
+
+
+def _ends_with_newline(path: str) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 def progress(**kwargs: Any) -> tqdm:
