@@ -1,5 +1,7 @@
 """The TFDS builder ``chest_xray14`` on the real NIH sample, and every kind of bad input."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -122,8 +124,9 @@ def test_skip_bad_writes_the_rest_and_a_manifest(tmp_path, nih_layout):
     assert rc == 0
     b = builder.load(str(tmp_path / "o"), 16)
     assert b.info.metadata["image_ids"] == [rows[2][0], rows[4][0]]
-    manifest = (tmp_path / "o" / "chest_xray14" / "16px" / "1.0.0" / prepare.MANIFEST_NAME)
-    lines = manifest.read_text().splitlines()[1:]
+    manifest = os.path.join(str(b.data_dir), prepare.MANIFEST_NAME)
+    assert "16px" in manifest
+    lines = open(manifest).read().splitlines()[1:]
     skipped = {line.split("\t")[0]: line.split("\t")[1] for line in lines}
     assert set(skipped) == {rows[0][0], rows[1][0], rows[3][0], "00000077_000.png"}
     assert "unknown label" in skipped[rows[0][0]]
