@@ -10,9 +10,9 @@ host gets the same number of steps.
 Eval: centre crop; each host's strided shard is padded to the same number of batches, and
 ``mask``/``index`` say which rows are real and where they go in ``image_ids(split)``.
 
-Horizontal flips are off by default: chest X-rays are not mirror-symmetric (the heart sits on
-the left, Cardiomegaly is read from it), and CheXNet-style ChestX-ray14 recipes that flip report
-no gain from it; ``data.flip`` turns it on.
+Horizontal flips are off by default: a mirrored chest X-ray is anatomically implausible (the
+heart moves to the other side, and Cardiomegaly is read from its outline). CheXNet did flip
+at random, so ``data.flip = True`` reproduces that recipe.
 """
 
 from __future__ import annotations
