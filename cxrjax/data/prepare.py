@@ -253,7 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     meta = b.info.metadata
     print(f"prepared {meta['num_images']} images at {args.resolution}px in {b.data_dir}; "
-          f"converted modes {meta['converted']}; skipped {len(meta['skipped'])}")
+          f"converted to grayscale: {meta['converted'] or 'none'}")
+    if meta["skipped"]:
+        print(f"skipped {len(meta['skipped'])} image(s), listed with reasons in "
+              f"{os.path.join(os.fspath(b.data_dir), MANIFEST_NAME)}")
     return 0
 
 
