@@ -301,8 +301,9 @@ def ensure_prepared(data_cfg: Any, workdir: str) -> Any:
     """Makes sure the configured data exists; returns the config with resolved paths.
 
     ``synthetic``: generates the NIH-layout set under ``workdir/synthetic/n*_s*_seed*`` (if
-    absent) and prepares it through the real builder (if not complete). ``nih``: fails fast if
-    the dataset is not prepared. ``chestmnist``: checks the npz.
+    absent) and prepares it through the real builder (if not complete), on process 0 while
+    the other processes wait (the workdir must be shared, as for checkpoints). ``nih``: fails
+    fast if the dataset is not prepared. ``chestmnist``: checks (and caches) the npz.
     """
     cfg = ml_collections.ConfigDict(data_cfg.copy_and_resolve_references())
     source = cfg.source
@@ -313,9 +314,14 @@ def ensure_prepared(data_cfg: Any, workdir: str) -> Any:
         seed = int(cfg.get("synthetic_seed", 0))
         root = os.path.join(workdir, "synthetic", f"n{n}_s{size}_seed{seed}")
         manual, data_dir = os.path.join(root, "nih"), os.path.join(root, "tfds")
-        synthetic.generate(manual, n, size, seed)  # reuses a complete set
-        builder.build(manual, data_dir, resolution=int(cfg.resolution),
-                      workers=int(cfg.get("prepare_workers", 0)) or None)
+        if jax.process_index() == 0:  # one writer; the workdir is shared like checkpoints
+            synthetic.generate(manual, n, size, seed)  # reuses a complete set
+            builder.build(manual, data_dir, resolution=int(cfg.resolution),
+                          workers=int(cfg.get("prepare_workers", 0)) or None)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("cxrjax: synthetic data prepared")
         with cfg.unlocked():
             cfg.manual_dir, cfg.data_dir = manual, data_dir
         return cfg
