@@ -27,7 +27,7 @@ OFFICIAL_LISTS = ("train_val_list.txt", "test_list.txt")
 CHEXNET_LISTS = {s: f"{s}_list.txt" for s in SPLITS}
 
 
-def _patient_order(patient_ids: np.ndarray, seed: int) -> np.ndarray:
+def patient_order(patient_ids: np.ndarray, seed: int) -> np.ndarray:
     """Unique patient ids in a seeded order that depends only on (seed, id)."""
     unique = np.unique(patient_ids)
     keys = [hashlib.sha256(f"{seed}:{int(p)}".encode()).digest() for p in unique]
@@ -41,7 +41,7 @@ def patient_split(patient_ids: np.ndarray, fractions: Sequence[float], seed: int
     image target is not yet reached, so part sizes match ``fractions`` to within one patient.
     """
     patient_ids = np.asarray(patient_ids)
-    order = _patient_order(patient_ids, seed)
+    order = patient_order(patient_ids, seed)
     uniq, counts = np.unique(patient_ids, return_counts=True)
     count_of = dict(zip(uniq.tolist(), counts.tolist(), strict=True))
     bounds = np.cumsum(fractions) / np.sum(fractions) * len(patient_ids)

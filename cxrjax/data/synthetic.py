@@ -174,7 +174,7 @@ def sample_rows(n: int, seed: int) -> list[int]:
     table = labels_lib.load_label_table()
     if not 1 <= n <= len(table):
         raise ValueError(f"n must be in [1, {len(table)}], got {n}")
-    order = splits_lib._patient_order(table.patient_ids, seed)
+    order = splits_lib.patient_order(table.patient_ids, seed)
     by_patient: dict[int, list[int]] = {}
     for i, p in enumerate(table.patient_ids.tolist()):
         by_patient.setdefault(p, []).append(i)
