@@ -104,7 +104,8 @@ def build_model(model_cfg: Any, dtype: Any = jnp.float32) -> PaperNet:
     if num_classes < 1:
         raise ValueError(f"model.num_classes={num_classes}: must be positive")
     return PaperNet(trunk_a, trunk_b, head_a, head_b, bilinear, dim,
-                    None if reduce is None else int(reduce), num_classes, jnp.dtype(dtype))
+                    None if reduce is None else int(reduce), num_classes,
+                    jnp.dtype(jnp.float32 if dtype is None else dtype))
 
 
 def probabilities(logits: Mapping[str, jnp.ndarray],

@@ -105,6 +105,25 @@ def test_load_torch_file_refuses_missing_unknown_and_pickled_objects(tmp_path):
         port.load_torch_file(str(tmp_path / "bad.safetensors"))
 
 
+def test_read_safetensors_decodes_a_hand_built_file(tmp_path):
+    import json
+    import struct
+
+    import ml_dtypes
+
+    f32 = struct.pack("<3f", 1.5, -2.0, 0.25)
+    bf16 = np.array([[1.0, -3.0]], ml_dtypes.bfloat16).tobytes()
+    header = json.dumps({"__metadata__": {"format": "pt"},
+                         "a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 12]},
+                         "b": {"dtype": "BF16", "shape": [1, 2], "data_offsets": [12, 16]}})
+    blob = header.encode()
+    (tmp_path / "h.safetensors").write_bytes(struct.pack("<Q", len(blob)) + blob + f32 + bf16)
+    out = port.read_safetensors(str(tmp_path / "h.safetensors"))
+    np.testing.assert_array_equal(out["a"], [1.5, -2.0, 0.25])
+    assert out["b"].dtype == ml_dtypes.bfloat16 and out["b"].shape == (1, 2)
+    np.testing.assert_array_equal(out["b"].astype(np.float32), [[1.0, -3.0]])
+
+
 class _Arbitrary:
     """An object torch.load(weights_only=True) must refuse to unpickle."""
 
