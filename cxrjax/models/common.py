@@ -20,6 +20,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5, param_dtype=jnp.float32)
 
 
+# torchvision's conv init: kaiming normal for ReLU nets (ResNet, VGG: fan_out; DenseNet: fan_in),
+# so that training from scratch (tests, the demo) starts like a torchvision model would.
+conv_init_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+conv_init_fan_in = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
 def preprocess(images: jnp.ndarray, dtype: Any = jnp.float32) -> jnp.ndarray:
     """uint8 grayscale (B,H,W) or (B,H,W,1) -> ImageNet-normalised (B,H,W,3) in `dtype`.
 

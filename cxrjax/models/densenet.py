@@ -9,7 +9,14 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cxrjax.models.common import ArchSpec, BatchNorm, max_pool, pad2, register
+from cxrjax.models.common import (
+    ArchSpec,
+    BatchNorm,
+    conv_init_fan_in,
+    max_pool,
+    pad2,
+    register,
+)
 
 
 class DenseLayer(nn.Module):
@@ -21,7 +28,8 @@ class DenseLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                                 kernel_init=conv_init_fan_in)
         norm = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype)
         y = conv(self.bn_size * self.growth, (1, 1), name="conv1")(nn.relu(norm(name="norm1")(x)))
         return conv(self.growth, (3, 3), padding=pad2(1), name="conv2")(
@@ -55,7 +63,8 @@ class Transition(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         x = BatchNorm(use_running_average=not train, dtype=self.dtype, name="norm")(x)
         x = nn.relu(x)
-        x = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype, name="conv")(x)
+        x = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype,
+                    kernel_init=conv_init_fan_in, name="conv")(x)
         return nn.avg_pool(x, (2, 2), (2, 2))
 
 
@@ -72,7 +81,8 @@ class DenseNetTrunk(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         norm = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype)
         x = nn.Conv(self.init_features, (7, 7), 2, padding=pad2(3), use_bias=False,
-                    dtype=self.dtype, name="conv0")(x.astype(self.dtype))
+                    dtype=self.dtype, kernel_init=conv_init_fan_in,
+                    name="conv0")(x.astype(self.dtype))
         x = max_pool(nn.relu(norm(name="norm0")(x)), 3, 2, 1)
         channels = self.init_features
         for i, n_layers in enumerate(self.block_config):

@@ -9,7 +9,14 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cxrjax.models.common import ArchSpec, BatchNorm, max_pool, pad2, register
+from cxrjax.models.common import (
+    ArchSpec,
+    BatchNorm,
+    conv_init_fan_out,
+    max_pool,
+    pad2,
+    register,
+)
 
 
 class BasicBlock(nn.Module):
@@ -22,7 +29,8 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                                 kernel_init=conv_init_fan_out)
         norm = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype)
         y = conv(self.filters, (3, 3), self.stride, padding=pad2(1), name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
@@ -44,7 +52,8 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                                 kernel_init=conv_init_fan_out)
         norm = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype)
         out = self.filters * self.expansion
         y = nn.relu(norm(name="bn1")(conv(self.filters, (1, 1), name="conv1")(x)))
@@ -68,7 +77,7 @@ class ResNetTrunk(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         x = nn.Conv(self.width, (7, 7), 2, padding=pad2(3), use_bias=False, dtype=self.dtype,
-                    name="conv1")(x.astype(self.dtype))
+                    kernel_init=conv_init_fan_out, name="conv1")(x.astype(self.dtype))
         x = BatchNorm(use_running_average=not train, dtype=self.dtype, name="bn1")(x)
         x = max_pool(nn.relu(x), 3, 2, 1)
         for i, n_blocks in enumerate(self.stage_sizes):

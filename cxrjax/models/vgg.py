@@ -15,7 +15,15 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cxrjax.models.common import ArchSpec, BatchNorm, adaptive_avg_pool, max_pool, pad2, register
+from cxrjax.models.common import (
+    ArchSpec,
+    BatchNorm,
+    adaptive_avg_pool,
+    conv_init_fan_out,
+    max_pool,
+    pad2,
+    register,
+)
 
 CFG_D = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 CFG_TINY = (8, "M", 16, "M", 16, "M", 16, "M", 16, "M")
@@ -40,7 +48,7 @@ class VGGTrunk(nn.Module):
                 idx += 1
                 continue
             x = nn.Conv(int(v), (3, 3), padding=pad2(1), dtype=self.dtype,
-                        name=f"features_{idx}")(x)
+                        kernel_init=conv_init_fan_out, name=f"features_{idx}")(x)
             idx += 1
             if self.batch_norm:
                 x = BatchNorm(use_running_average=not train, dtype=self.dtype,
