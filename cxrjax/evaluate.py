@@ -1,10 +1,14 @@
-"""Evaluate predictions against the NIH labels: the paper's AUC family as a table and JSON.
+"""Evaluate predictions or trained runs: the paper's AUC family as a table and JSON.
 
     python -m cxrjax.evaluate --predictions FILE [--labels DATA_ENTRY_CSV] [--json OUT.json]
+    python -m cxrjax.evaluate --workdir W [W2 ...] [--split test|val] [--json OUT.json]
 
 FILE is ``.csv`` or ``.csv.gz`` with an ``Image Index`` column and one score column per class,
 named ``<Class>`` or ``prob_<Class>`` (the CheXNet-reproduction format); other columns are
-ignored. Every bad input is a one-line error and exit code 2.
+ignored. ``--workdir`` scores the best checkpoint of each run's last stage on the split of the
+run's own data config (jitted, padded + masked batches); several workdirs are an ensemble: the
+mean of their fused probabilities (the paper's R18 + D121 row), refused unless the runs' split
+holds the same images. Every bad input is a one-line error and exit code 2.
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import ml_collections as mlc
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cxrjax import metrics, models
+from cxrjax import checkpoint, metrics, models, runs
 from cxrjax.data.labels import CLASSES, load_label_table
 
 IMAGE_COLUMN = "Image Index"
@@ -288,6 +294,149 @@ def _gather(tree: dict, data: NamedSharding) -> dict:
             multihost_utils.process_allgather(global_tree, tiled=True).items()}
 
 
+# ---------------------------------------------------------------------------------------------
+# Trained runs: the best checkpoint of each workdir on a split, and ensembles of runs.
+# ---------------------------------------------------------------------------------------------
+
+SPLITS = ("test", "val")
+
+
+def _finished_step(workdir: str, directory: str) -> int:
+    """The step a run is evaluated at: best ``val_mean_auc`` in the steps' meta, else the latest.
+
+    Read from each step's own meta record: orbax writes its tracked metrics only for a manager
+    made with ``best_fn``, so ``best_step()`` alone can silently answer with the latest step.
+    """
+    steps = []
+    if os.path.isdir(directory):
+        manager = checkpoint.open_manager(directory, keep=1_000_000, read_only=True)
+        steps = manager.all_steps()
+    if not steps:
+        raise FileNotFoundError(f"{workdir}: training has not finished a checkpoint yet (none in "
+                                f"{directory})")
+    scored = []
+    for step in steps:
+        meta = manager.restore(step, args=checkpoint.ocp.args.Composite(
+            meta=checkpoint.ocp.args.JsonRestore()))["meta"] or {}
+        auc = meta.get(checkpoint.VAL_METRIC)
+        if auc is not None and math.isfinite(auc):
+            scored.append((auc, step))
+    return max(scored)[1] if scored else max(steps)
+
+
+def load_trained_run(workdir: str) -> tuple[Any, Any, dict, int]:
+    """(config, model, variables, step): a run's best checkpoint of its last stage.
+
+    The model is built in the run's compute dtype. A missing/broken workdir, an unfinished run
+    or a checkpoint of another model is a one-line error.
+    """
+    from cxrjax import train  # the run's config checks and dtype rule (lazy: no import cycle)
+
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"workdir not found: {workdir}")
+    try:
+        config = runs.load_config(workdir)
+    except ValueError as e:  # broken JSON
+        raise ValueError(f"{workdir}/config.json is not a readable config: {e}") from None
+    with config.unlocked():  # JSON gives the stages back as plain dicts
+        config.train.stages = [mlc.ConfigDict(s) for s in config.train.stages]
+    train.check_config(config)
+    stages = config.train.stages
+    directory = runs.stage_dir(workdir, len(stages) - 1, stages[-1])
+    step = _finished_step(workdir, directory)
+    model = models.build_model(config.model, dtype=train.compute_dtype(config))
+    crop = config.data.crop
+    shapes = jax.eval_shape(  # the tree to restore into, without compiling an init
+        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, crop, crop, 1), jnp.uint8)))
+    template = {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
+    return config, model, runs.restore_variables(directory, template, step), step
+
+
+def predict_workdir(workdir: str, split: str = "test"
+                    ) -> tuple[list[str], dict[str, np.ndarray], np.ndarray, int]:
+    """(image ids, {head: (N, 14) probabilities, "fused": ...}, labels, step) of a trained run
+    on ``split`` of the run's own data config, jitted and batch-sharded over every device."""
+    from cxrjax.data import pipeline
+
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
+    config, model, variables, step = load_trained_run(workdir)
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    data_cfg = pipeline.ensure_prepared(config.data, workdir)
+    ds = pipeline.create_datasets(data_cfg, global_batch_size=config.train.batch_size,
+                                  eval_batch_size=config.train.eval_batch_size, seed=config.seed)
+    mesh = Mesh(np.asarray(jax.devices()), ("data",))
+    predict_fn = make_predict_fn(model, tuple(config.model.fusion), mesh)
+    ids, probs, labels = predict_split(predict_fn, variables, ds, split, mesh)
+    return list(ids), probs, labels, step
+
+
+def align_runs(workdirs: Sequence[str], ids: Sequence[Sequence[str]],
+               labels: Sequence[np.ndarray], split: str = "test") -> list[np.ndarray]:
+    """Row order that puts each run's images in the first run's order; refuses differing splits.
+
+    Runs whose ``split`` holds other images (other split scheme, seed or dataset), or whose
+    labels for the same image differ, cannot be averaged: ValueError naming both workdirs.
+    """
+    first = {name: i for i, name in enumerate(ids[0])}
+    orders = [np.arange(len(ids[0]))]
+    for w, other, lab in zip(workdirs[1:], ids[1:], labels[1:], strict=True):
+        differ = len(set(first).symmetric_difference(other))
+        if differ or len(other) != len(first):
+            raise ValueError(
+                f"refusing to ensemble {workdirs[0]} and {w}: their {split} splits differ in "
+                f"{differ} image id(s) ({len(first)} vs {len(other)} images); train both on the "
+                "same data and split")
+        position = {name: i for i, name in enumerate(other)}
+        order = np.asarray([position[name] for name in ids[0]])
+        wrong = int(np.any(lab[order] != labels[0], axis=1).sum())
+        if wrong:
+            raise ValueError(f"refusing to ensemble {workdirs[0]} and {w}: {wrong} image(s) of "
+                             f"the {split} split have different labels in the two runs")
+        orders.append(order)
+    return orders
+
+
+def evaluate_workdirs(workdirs: Sequence[str], split: str = "test", *, n_boot: int = 1000,
+                      seed: int = 0) -> dict:
+    """``metrics.summary`` of one run's fused prediction (with ``heads``), or of the mean of
+    several runs' fused probabilities (with each member's mean AUC under ``members``)."""
+    if len(set(map(os.path.abspath, workdirs))) != len(workdirs):
+        raise ValueError(f"a workdir is given twice: {' '.join(workdirs)}")
+    results = [predict_workdir(w, split) for w in workdirs]
+    ids = [r[0] for r in results]
+    labels = [r[2] for r in results]
+    if len(workdirs) == 1:
+        _, probs, truth, step = results[0]
+        out = metrics.summary(probs["fused"], truth, n_boot=n_boot, seed=seed)
+        out["heads"] = {h: metrics.summary(p, truth, n_boot=n_boot, seed=seed)
+                        for h, p in probs.items() if h != "fused"}
+        out.update(workdirs=[os.fspath(workdirs[0])], split=split, steps=[step])
+        return out
+    orders = align_runs(workdirs, ids, labels, split)
+    fused = [r[1]["fused"][order] for r, order in zip(results, orders, strict=True)]
+    out = metrics.summary(np.mean(fused, axis=0), labels[0], n_boot=n_boot, seed=seed)
+    out["members"] = {os.fspath(w): metrics.summary(f, labels[0], n_boot=0)["mean_auc"]
+                      for w, f in zip(workdirs, fused, strict=True)}
+    out.update(workdirs=[os.fspath(w) for w in workdirs], split=split,
+               steps=[r[3] for r in results])
+    return out
+
+
+def _describe(summary: dict) -> str:
+    """The header line above a workdir evaluation's table."""
+    runs_text = ", ".join(f"{w} (step {s})" for w, s in
+                          zip(summary["workdirs"], summary["steps"], strict=True))
+    if len(summary["workdirs"]) == 1:
+        heads = ", ".join(f"{h} {_fmt(r['mean_auc'], 4)}" for h, r in summary["heads"].items())
+        return (f"{runs_text}: {summary['split']} split, fused prediction (mean AUC per head: "
+                f"{heads})")
+    members = ", ".join(f"{_fmt(a, 4)}" for a in summary["members"].values())
+    return (f"ensemble of {runs_text}: {summary['split']} split, mean of the fused "
+            f"probabilities (members' mean AUC: {members})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The CLI; each mode is one argument of the required ``mode`` group."""
     parser = argparse.ArgumentParser(
@@ -295,6 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--predictions", metavar="FILE",
                       help="CSV(.gz): 'Image Index' + one '<Class>' or 'prob_<Class>' column each")
+    mode.add_argument("--workdir", metavar="W", nargs="+",
+                      help="trained run(s); several: average their fused probabilities")
+    parser.add_argument("--split", choices=SPLITS, default=None,
+                        help="with --workdir: the split to score (default: test)")
     parser.add_argument("--labels", metavar="DATA_ENTRY_CSV", default=None,
                         help="NIH Data_Entry table (default: the copy shipped in the package)")
     parser.add_argument("--json", metavar="OUT.json", default=None, help="also write the numbers")
@@ -310,16 +463,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.n_boot < 0:
             raise ValueError(f"--n_boot must be >= 0, got {args.n_boot}")
+        if args.workdir and args.labels:
+            raise ValueError("--labels applies to --predictions only; a run's labels come from "
+                             "its own dataset")
+        if args.predictions and args.split:
+            raise ValueError("--split applies to --workdir only")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            summary = evaluate_predictions(args.predictions, args.labels, n_boot=args.n_boot,
-                                           seed=args.seed)
+            if args.workdir:
+                summary = evaluate_workdirs(args.workdir, args.split or "test",
+                                            n_boot=args.n_boot, seed=args.seed)
+            else:
+                summary = evaluate_predictions(args.predictions, args.labels,
+                                               n_boot=args.n_boot, seed=args.seed)
         for w in caught:  # one line each, not Python's file:line + source dump
             print(f"warning: {w.message}", file=sys.stderr)
+        if args.workdir:
+            print(_describe(summary))
         print(format_table(summary))
         if args.json:
             write_json(summary, args.json)
-    except (ValueError, OSError) as e:  # LabelError is a ValueError
+    except (ValueError, OSError, checkpoint.CheckpointError) as e:  # LabelError: a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

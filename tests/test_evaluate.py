@@ -4,6 +4,7 @@ import csv
 import gzip
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -218,3 +219,193 @@ def test_python_dash_m_runs_and_reports_bad_input_on_stderr(tmp_path, small):
     assert failed.returncode == 2 and failed.stdout == ""
     assert failed.stderr.strip().splitlines() == [failed.stderr.strip()]
     assert "missing class column(s) Hernia" in failed.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# --workdir: trained runs (tiny "trained" runs: saved checkpoints, no training) and ensembles.
+# ---------------------------------------------------------------------------------------------
+
+TINY = {"resnet18": "resnet_tiny", "densenet121": "densenet_tiny", "vgg16": "vgg_tiny"}
+
+
+def random_variables(model, crop, seed):
+    """Random variables of ``model`` without compiling its init (slow on 2 cores): normal
+    weights scaled by fan-in, BatchNorm statistics mean 0, variance 1."""
+    import jax
+    import jax.numpy as jnp
+
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                               jnp.zeros((1, crop, crop, 1), jnp.uint8)))
+    rng = np.random.default_rng(seed)
+
+    def value(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if "batch_stats" in name:
+            return jnp.full(leaf.shape, 1.0 if "var" in name else 0.0, leaf.dtype)
+        fan_in = max(int(np.prod(leaf.shape[:-1])), 1)
+        return jnp.asarray(rng.normal(0, 1 / np.sqrt(fan_in), leaf.shape), leaf.dtype)
+
+    out = jax.tree_util.tree_map_with_path(value, dict(shapes))
+    return {"params": out["params"], "batch_stats": out.get("batch_stats", {})}
+
+
+def tiny_run(workdir, seed=0, split_seed=0, shared_data=None):
+    """A tiny R18 + R18-F-MSML run on a 60-image synthetic set with two saved checkpoints:
+    step 5 (val AUC 0.7, the best) and step 10 (0.5, other weights). Returns (config, model,
+    the best step's variables)."""
+    import importlib
+    import os
+
+    import jax
+
+    from cxrjax import checkpoint, models, runs, train
+
+    c = importlib.import_module("configs.r18_msml").get_config()
+    c.model.trunk_a, c.model.trunk_b = TINY[c.model.trunk_a], TINY[c.model.trunk_b]
+    c.model.bilinear_dim, c.model.init, c.seed = 16, "scratch", seed
+    c.data.update(dict(source="synthetic", synthetic_n=60, synthetic_size=32, resolution=32,
+                       crop=28, workers=0, split_seed=split_seed))
+    c.train.update(dict(batch_size=4, eval_batch_size=4))
+    os.makedirs(workdir)
+    if shared_data:  # the same synthetic set, made once (ensure_prepared reuses it)
+        os.symlink(os.path.join(shared_data, "synthetic"), os.path.join(workdir, "synthetic"))
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(c.to_json_best_effort(indent=2))
+    model = models.build_model(c.model)
+    best = random_variables(model, c.data.crop, seed)
+    other = jax.tree.map(lambda x: x * 0.5, best)
+    index = len(c.train.stages) - 1
+    manager = checkpoint.open_manager(runs.stage_dir(workdir, index, c.train.stages[index]), 3)
+    for step, variables, auc in ((5, best, 0.7), (10, other, 0.5)):
+        state, _ = train.create_stage(c, index, model, variables, 10, train.create_mesh())
+        checkpoint.save(manager, step, state, {"step": step},
+                        {"stage": "global", "val_mean_auc": auc}, auc)
+    manager.wait_until_finished()
+    return c, model, best
+
+
+@pytest.fixture(scope="module")
+def trained_runs(tmp_path_factory):
+    """Runs a (seed 0) and b (seed 1) on the same data; c on another patient split."""
+    root = tmp_path_factory.mktemp("runs")
+    a = tiny_run(str(root / "a"), seed=0)
+    evaluate.predict_workdir(str(root / "a"))  # makes a's synthetic set for b and c to share
+    b = tiny_run(str(root / "b"), seed=1, shared_data=str(root / "a"))
+    tiny_run(str(root / "c"), seed=0, split_seed=1, shared_data=str(root / "a"))
+    return {"a": (str(root / "a"), *a), "b": (str(root / "b"), *b), "c": str(root / "c")}
+
+
+def test_predict_workdir_scores_the_best_checkpoint_on_the_run_own_test_split(trained_runs):
+    """Probabilities equal the best step's model on centre crops of the test records."""
+    from cxrjax import models
+    from cxrjax.data import pipeline
+
+    workdir, config, model, best = trained_runs["a"]
+    ids, probs, labels, step = evaluate.predict_workdir(workdir, "test")
+    assert step == 5
+    data_cfg = pipeline.ensure_prepared(config.data, workdir)
+    ds = pipeline.create_datasets(data_cfg, global_batch_size=4, eval_batch_size=4, seed=0)
+    assert ids == ds.image_ids("test") and len(ids) == len(set(ids)) > 0
+    records = [ds.records[r] for r in ds.split_rows["test"]]
+    images = np.stack([img[2:30, 2:30, None] for img, _ in records])  # centre 28 of 32
+    expected = models.probabilities(model.apply(best, images, train=False), ("ce", "fce"))
+    assert set(probs) == {"ce", "msml", "fce", "fused"}
+    for head, p in probs.items():
+        np.testing.assert_allclose(p, expected[head], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(labels, np.stack([lab for _, lab in records]))
+
+
+def test_cli_workdir_prints_the_table_and_writes_fused_and_per_head_json(
+        trained_runs, tmp_path, capsys):
+    from cxrjax import metrics
+
+    workdir = trained_runs["a"][0]
+    out = tmp_path / "m.json"
+    assert evaluate.main(["--workdir", workdir, "--n_boot", "0", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"{workdir} (step 5): test split" in printed and "W-AUC" in printed
+    saved = json.loads(out.read_text())
+    _, probs, labels, _ = evaluate.predict_workdir(workdir, "test")
+    want = metrics.summary(probs["fused"], labels, n_boot=0)
+    assert math.isclose(saved["mean_auc"], want["mean_auc"], rel_tol=1e-9)
+    assert set(saved["heads"]) == {"ce", "msml", "fce"} and saved["split"] == "test"
+    assert saved["n_images"] == len(labels)
+
+
+def test_val_split_is_scored_when_asked(trained_runs, tmp_path, capsys):
+    workdir = trained_runs["a"][0]
+    val_ids = evaluate.predict_workdir(workdir, "val")[0]
+    out = tmp_path / "val.json"
+    assert evaluate.main(["--workdir", workdir, "--split", "val", "--n_boot", "0",
+                          "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["n_images"] == len(val_ids)
+    assert ": val split" in capsys.readouterr().out
+
+
+def test_ensemble_scores_the_mean_of_the_two_runs_fused_probabilities(trained_runs, capsys):
+    from cxrjax import metrics
+
+    (a, *_), (b, *_) = trained_runs["a"], trained_runs["b"]
+    _, pa, labels, _ = evaluate.predict_workdir(a)
+    _, pb, _, _ = evaluate.predict_workdir(b)
+    assert not np.allclose(pa["fused"], pb["fused"])  # two different models
+    out = evaluate.evaluate_workdirs([a, b], n_boot=0)
+    want = metrics.summary((pa["fused"] + pb["fused"]) / 2, labels, n_boot=0)
+    assert out["per_class"] == pytest.approx(want["per_class"], nan_ok=True)
+    assert out["mean_auc"] == pytest.approx(want["mean_auc"])
+    assert list(out["members"].values()) == pytest.approx(
+        [metrics.summary(p["fused"], labels, n_boot=0)["mean_auc"] for p in (pa, pb)])
+    assert evaluate.main(["--workdir", a, b, "--n_boot", "0"]) == 0
+    assert "ensemble of" in capsys.readouterr().out
+
+
+def test_ensemble_of_runs_on_different_splits_is_refused_naming_both(trained_runs, capsys):
+    a, c = trained_runs["a"][0], trained_runs["c"]
+    assert evaluate.main(["--workdir", a, c, "--n_boot", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert a in err and c in err and "refusing to ensemble" in err
+    assert re.search(r"differ in [1-9]\d* image id", err)
+
+
+def test_align_runs_reorders_the_same_images_and_refuses_other_labels():
+    labels = np.eye(3, 14, dtype=np.uint8)
+    orders = evaluate.align_runs(["w1", "w2"], [["x", "y", "z"], ["z", "x", "y"]],
+                                 [labels, labels[[2, 0, 1]]])
+    np.testing.assert_array_equal(orders[1], [1, 2, 0])
+    with pytest.raises(ValueError, match="w1 and w2: 1 image"):
+        evaluate.align_runs(["w1", "w2"], [["x", "y", "z"], ["x", "y", "z"]],
+                            [labels, labels[[0, 1, 0]]])
+    with pytest.raises(ValueError, match="differ in 2 image id"):
+        evaluate.align_runs(["w1", "w2"], [["x", "y"], ["x", "q"]], [labels[:2], labels[:2]])
+
+
+def test_workdir_errors_are_one_line_and_exit_2(trained_runs, tmp_path, capsys):
+    import shutil
+
+    a = trained_runs["a"][0]
+    started = tmp_path / "started"  # config written, no checkpoint yet
+    started.mkdir()
+    shutil.copy(f"{a}/config.json", started / "config.json")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (["--workdir", str(tmp_path / "nope")], "workdir not found"),
+        (["--workdir", str(tmp_path / "empty")], "is not a cxrjax workdir"),
+        (["--workdir", str(started)], "training has not finished a checkpoint yet"),
+        (["--workdir", str(broken)], "config.json is not a readable config"),
+        (["--workdir", a, a], "a workdir is given twice"),
+        (["--workdir", a, "--labels", "x.csv"], "--labels applies to --predictions only"),
+    ]
+    for argv, message in cases:
+        assert evaluate.main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, (argv, err)
+    (started / "checkpoints" / "stage0_global").mkdir(parents=True)
+    assert evaluate.main(["--workdir", str(started)]) == 2
+    assert "training has not finished a checkpoint yet" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # argparse: the two modes exclude each other
+        evaluate.main(["--workdir", a, "--predictions", "p.csv"])
+    assert exit_info.value.code == 2
