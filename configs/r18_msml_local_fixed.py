@@ -1,6 +1,7 @@
 """R18 + R18-F-MSML, Local-Fixed (Table 2): as Local, but stage 2 freezes both trunks.
 
-Frozen means: no optimizer update (masked) and BatchNorm running statistics kept as they were.
+Frozen means: no optimizer update (masked), and the trunks run as at evaluation, on their running
+BatchNorm statistics, which stay unchanged.
 """
 
 from configs import base, r18_msml_local

@@ -159,17 +159,20 @@ def make_optimizer(train_cfg: Any, schedule: optax.Schedule, mask: Any
 
 
 def make_train_step(model: Any, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    loss_weights: Mapping[str, float], stats_mask: Any) -> Callable:
+                    loss_weights: Mapping[str, float], stats_mask: Any,
+                    trunks_frozen: bool = False) -> Callable:
     """(state, batch) -> (state, metrics). A non-finite loss or gradient leaves state unchanged.
 
-    ``stats_mask`` marks the BatchNorm statistics that may change: frozen trunks keep theirs
-    (they still normalise with batch statistics in the forward pass, as a PyTorch module in
-    train() mode would, but their running averages are not updated).
+    Frozen trunks (``trunks_frozen``: no trunk parameter trainable) run exactly as at evaluation,
+    normalising with their running BatchNorm statistics, which stay bit-identical. Any other
+    frozen BatchNorm (``stats_mask`` False) normalises with batch statistics but keeps its
+    running averages.
     """
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         def loss_fn(params):
             variables = {"params": params, "batch_stats": state.batch_stats}
             logits, updates = model.apply(variables, batch["image"], train=True,
+                                          train_trunks=not trunks_frozen,
                                           mutable=["batch_stats"])
             per_head = losses.head_losses(logits, batch["labels"])
             total = losses.weighted_total(per_head, loss_weights)
@@ -204,6 +207,8 @@ def create_stage(config: mlc.ConfigDict, index: int, model: Any, variables: dict
         raise ConfigError(f"train.stages[{index}].trainable={stage.trainable!r} matches no "
                           "parameter")
     stats_mask = trainable_mask(variables["batch_stats"], stage.trainable)
+    trunks_frozen = not any(jax.tree.leaves({k: v for k, v in mask.items()
+                                             if k.startswith("trunk_")}))
     schedule = learning_rate_schedule(t, steps_per_epoch)
     tx = make_optimizer(t, schedule, mask)
     repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
@@ -211,7 +216,7 @@ def create_stage(config: mlc.ConfigDict, index: int, model: Any, variables: dict
                        batch_stats=variables["batch_stats"],
                        opt_state=tx.init(variables["params"]),
                        rng=jax.random.PRNGKey(config.seed))
-    step = jax.jit(make_train_step(model, tx, schedule, weights, stats_mask),
+    step = jax.jit(make_train_step(model, tx, schedule, weights, stats_mask, trunks_frozen),
                    in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
     # A copy: the step donates its state, and the caller's variables must stay usable.
     state = jax.tree.map(lambda x: jnp.array(x, copy=True), state)
