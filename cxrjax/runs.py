@@ -55,7 +55,10 @@ def load_config(workdir: str) -> mlc.ConfigDict:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{workdir} is not a cxrjax workdir (no config.json in it)")
     with open(path) as f:
-        return mlc.ConfigDict(json.load(f))
+        config = mlc.ConfigDict(json.load(f))
+    # JSON lists stay lists of plain dicts: make the stages attribute-accessible again.
+    config.train.stages = [mlc.ConfigDict(s) for s in config.train.stages]
+    return config
 
 
 def init_model(config: mlc.ConfigDict, dtype: Any) -> tuple[Any, dict]:

@@ -7,5 +7,6 @@ import sys
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)  # configs/ is imported as a package, as cxrjax.main does
+for path in (ROOT, os.path.join(ROOT, "tests")):  # configs/ as cxrjax.main imports it; helpers
+    if path not in sys.path:
+        sys.path.insert(0, path)

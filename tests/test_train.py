@@ -1,34 +1,16 @@
 """Tests of the training step and stages (no data pipeline: batches made here)."""
 
-import importlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import tiny_config
 
 from cxrjax import runs, train
 
 PAPER_CONFIGS = ["r18", "r18_bl", "r18_r18_bl", "r18_msml", "r18_msml_local",
                  "r18_msml_local_fixed", "d121", "d121_bl", "d121_d121_bl", "d121_msml",
                  "r18_vgg_msml", "d121_vgg_msml"]
-TINY = {"resnet18": "resnet_tiny", "densenet121": "densenet_tiny", "vgg16": "vgg_tiny"}
-
-
-def tiny_config(name: str, crop: int = 32, batch: int = 8):
-    """A paper config with its trunks swapped for tiny variants of the same families."""
-    c = importlib.import_module(f"configs.{name}").get_config()
-    c.model.trunk_a = TINY[c.model.trunk_a]
-    if c.model.trunk_b is not None:
-        c.model.trunk_b = TINY[c.model.trunk_b]
-    if c.model.bilinear_reduce:
-        c.model.bilinear_reduce = 8
-    c.model.bilinear_dim = 16
-    c.model.init = "scratch"
-    c.data.crop = crop
-    c.train.batch_size = batch
-    c.train.lr = 1e-3
-    return c
 
 
 def fixed_batch(batch: int = 8, crop: int = 32, seed: int = 0) -> dict:

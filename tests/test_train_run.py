@@ -1,0 +1,130 @@
+"""End-to-end runs of train_and_evaluate on a tiny synthetic ChestX-ray14 (real builder, grain)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from helpers import tiny_config
+
+from cxrjax import evaluate, runs, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAPER_CONFIGS = ["r18", "r18_bl", "r18_r18_bl", "r18_msml", "r18_msml_local",
+                 "r18_msml_local_fixed", "d121", "d121_bl", "d121_d121_bl", "d121_msml",
+                 "r18_vgg_msml", "d121_vgg_msml"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """A 160-image synthetic set in the NIH layout, prepared at 32 px through the builder."""
+    from cxrjax.data import builder, synthetic
+
+    root = tmp_path_factory.mktemp("tiny_cxr14")
+    synthetic.generate(str(root / "nih"), n=160, size=48, seed=0)
+    builder.build(str(root / "nih"), str(root / "tfds"), resolution=32, workers=1)
+    return root
+
+
+def run_config(name: str, data_root, epochs: int = 1):
+    c = tiny_config(name, crop=28, batch=8)
+    c.data.source = "nih"
+    c.data.manual_dir = str(data_root / "nih")
+    c.data.data_dir = str(data_root / "tfds")
+    c.data.resolution = 32
+    c.data.workers = 0
+    c.train.eval_batch_size = 16
+    c.train.log_every_steps = 5
+    c.eval.n_boot = 20
+    for stage in c.train.stages:
+        stage.epochs = epochs
+    return c
+
+
+@pytest.mark.parametrize("name", PAPER_CONFIGS)
+def test_every_paper_config_trains_an_epoch_and_leaves_its_report(name, tiny_data, tmp_path,
+                                                                  monkeypatch):
+    steps = []
+    create_stage = train.create_stage
+
+    def recording_create_stage(*args, **kwargs):
+        state, step = create_stage(*args, **kwargs)
+        steps.append(step)
+        return state, step
+
+    monkeypatch.setattr(train, "create_stage", recording_create_stage)
+    config = run_config(name, tiny_data)
+    results = train.train_and_evaluate(config, str(tmp_path))
+
+    assert [s._cache_size() for s in steps] == [1] * len(config.train.stages)  # no recompiles
+    ids, scores = evaluate.load_predictions(tmp_path / "eval" / "test_predictions.csv")
+    assert len(ids) == len(set(ids)) == results["fused"]["n_images"] > 0
+    np.testing.assert_allclose(scores.mean(), np.asarray(scores).mean())
+    with open(tmp_path / "eval" / "test_metrics.json") as f:
+        saved = json.load(f)
+    assert {"per_class", "mean_auc", "w_auc", "d_auc", "n_auc", "mean_auc_ci95",
+            "heads"} <= set(saved)
+    assert set(saved["heads"]) == set(train.model_heads(config.model))
+    assert (tmp_path / "report.md").read_text().count("|") > 50
+    for png in ("eval/roc_curves.png", "training_curves.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    log = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert any("val/mean_auc" in r for r in log) and any("train/loss" in r for r in log)
+
+
+def _main(workdir, data_root, extra=()):
+    c = run_config("r18_msml", data_root, epochs=2)
+    overrides = [
+        f"--config.model.trunk_a={c.model.trunk_a}", f"--config.model.trunk_b={c.model.trunk_b}",
+        "--config.model.bilinear_dim=16", "--config.model.init=scratch",
+        "--config.data.source=nih", f"--config.data.manual_dir={c.data.manual_dir}",
+        f"--config.data.data_dir={c.data.data_dir}", "--config.data.resolution=32",
+        "--config.data.crop=28", "--config.data.workers=0", "--config.train.batch_size=8",
+        "--config.train.eval_batch_size=16", "--config.train.checkpoint_every_steps=2",
+        "--config.train.lr=0.001", "--config.train.stages[0].epochs=2", "--config.eval.n_boot=10"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "cxrjax.main", "--config", os.path.join(ROOT, "configs",
+                                                                      "r18_msml.py"),
+         "--workdir", str(workdir), *overrides, *extra],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _final_params(workdir):
+    config, _, variables = runs.load_run(str(workdir))
+    manager_dir = runs.final_stage_dir(str(workdir))
+    last = max(int(d) for d in os.listdir(manager_dir) if d.isdigit())
+    _, template = runs.init_model(config, np.float32)
+    return last, runs.restore_variables(manager_dir, template, last)
+
+
+def test_killed_run_resumes_to_the_parameters_of_an_uninterrupted_run(tiny_data, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    proc = _main(straight, tiny_data)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-3000:]
+
+    proc = _main(killed, tiny_data)
+    ckpt = killed / "checkpoints" / "stage0_global"
+    deadline = time.time() + 600
+    while time.time() < deadline:  # kill -9 once the second checkpoint is being made
+        if ckpt.is_dir() and len([d for d in os.listdir(ckpt) if d.isdigit()]) >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "eval" / "test_metrics.json").exists()
+    proc = _main(killed, tiny_data)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-3000:]
+    assert "resumed at step" in out
+
+    step_a, a = _final_params(straight)
+    step_b, b = _final_params(killed)
+    assert step_a == step_b
+    jax.tree.map(np.testing.assert_array_equal, a, b)  # bitwise on CPU
