@@ -350,7 +350,39 @@ def load_trained_run(workdir: str) -> tuple[Any, Any, dict, int]:
     shapes = jax.eval_shape(  # the tree to restore into, without compiling an init
         lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, crop, crop, 1), jnp.uint8)))
     template = {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
-    return config, model, runs.restore_variables(directory, template, step), step
+    return config, model, restore_replicated(directory, step, template), step
+
+
+def restore_replicated(directory: str, step: int, template: dict) -> dict:
+    """Params and batch statistics of a saved step, replicated over this machine's devices.
+
+    Works whatever topology saved it (8 GPUs -> 1 CPU): the target carries the shardings, and
+    only these two collections are read (not the optimizer state). A tree that does not fit
+    ``template`` (another model's checkpoint) is a CheckpointError.
+    """
+    ocp = checkpoint.ocp
+    path = os.path.join(directory, str(step), "state")
+    empty = {k: {} for k, v in template.items() if not jax.tree.leaves(v)}  # e.g. no BatchNorm
+    template = {k: v for k, v in template.items() if k not in empty}
+    try:
+        saved = ocp.StandardCheckpointer().metadata(path).item_metadata
+        saved = {k: saved[k] for k in template}
+    except (KeyError, TypeError, ValueError, OSError) as e:
+        raise checkpoint.CheckpointError(f"checkpoint {step} in {directory} is unreadable: "
+                                         f"{type(e).__name__}: {e}") from None
+    shape = lambda leaf: tuple(leaf.shape)  # noqa: E731
+    if (jax.tree.structure(saved) != jax.tree.structure(template)
+            or jax.tree.leaves(jax.tree.map(shape, saved)) !=
+            jax.tree.leaves(jax.tree.map(shape, template))):
+        raise checkpoint.CheckpointError(f"checkpoint {step} in {directory} does not match this "
+                                         "model's parameter tree (another config's run?)")
+    repl = NamedSharding(Mesh(np.asarray(jax.devices()), ("data",)), P())
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
+                          template)
+    manager = checkpoint.open_manager(directory, keep=1_000_000, read_only=True)
+    args = ocp.args.PyTreeRestore(item=target, partial_restore=True,
+                                  restore_args=ocp.checkpoint_utils.construct_restore_args(target))
+    return {**empty, **manager.restore(step, args=ocp.args.Composite(state=args))["state"]}
 
 
 def predict_workdir(workdir: str, split: str = "test"

@@ -409,3 +409,34 @@ def test_workdir_errors_are_one_line_and_exit_2(trained_runs, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:  # argparse: the two modes exclude each other
         evaluate.main(["--workdir", a, "--predictions", "p.csv"])
     assert exit_info.value.code == 2
+
+
+def test_a_run_saved_on_two_devices_evaluates_on_one(trained_runs, tmp_path):
+    """Checkpoints restore onto whatever devices evaluate them (here 2 CPU devices -> 1)."""
+    import os
+
+    workdir = trained_runs["a"][0]
+    out = tmp_path / "one_device.json"
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-m", "cxrjax.evaluate", "--workdir", workdir,
+                           "--n_boot", "0", "--json", str(out)], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    _, probs, labels, _ = evaluate.predict_workdir(workdir)  # 2 devices, in this process
+    from cxrjax import metrics
+
+    want = metrics.summary(probs["fused"], labels, n_boot=0)["mean_auc"]
+    assert json.loads(out.read_text())["mean_auc"] == pytest.approx(want, rel=1e-6)
+
+
+def test_checkpoint_of_another_model_is_refused_in_one_line(trained_runs, tmp_path, capsys):
+    import shutil
+
+    workdir = tmp_path / "mixed_up"
+    shutil.copytree(trained_runs["a"][0], workdir, symlinks=True)
+    config = json.loads((workdir / "config.json").read_text())
+    config["model"]["bilinear_dim"] = 8  # a head of another shape than the checkpoint's
+    (workdir / "config.json").write_text(json.dumps(config))
+    assert evaluate.main(["--workdir", str(workdir), "--n_boot", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not match this model's parameter tree" in err
