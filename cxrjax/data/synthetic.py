@@ -147,9 +147,10 @@ def render(labels: np.ndarray, size: int, patient_seed: int, image_seed: int) ->
                 _ellipse(X, Y, 0.2, 0.05, 0.25, 0.3, edge=0.5))
         A += rng.uniform(0.35, 0.5) * haze * lungs
     if has["Fibrosis"]:  # reticular net in the periphery
-        net = np.abs(_noise(rng, size, size / 120))
-        periphery = np.clip(np.abs(X) - 0.2, 0, 1) * 2.5 * (Y > rng.uniform(-0.3, 0.1))
-        A += rng.uniform(0.15, 0.25) * (net > 1.2) * lungs * periphery
+        # A coarse net (cells of ~1/25 of the image) so it survives 64-px training crops.
+        net = np.abs(_noise(rng, size, size / 50))
+        periphery = np.clip(np.abs(X) - 0.15, 0, 1) * 2.5 * (Y > rng.uniform(-0.3, 0.1))
+        A += rng.uniform(0.25, 0.35) * (net < 0.35) * lungs * np.clip(periphery, 0, 1)
     if has["Pleural_Thickening"]:  # bright band along the lateral wall or an apical cap
         wall = _ellipse(X, Y, cx, lung_cy, lung_rx, lung_ry) - _ellipse(
             X, Y, cx - sx * 0.03, lung_cy + 0.03, lung_rx * 0.82, lung_ry * 0.92)
@@ -196,7 +197,7 @@ def generate(out_dir: str, n: int, size: int = 256, seed: int = 0,
     """Writes (or reuses, if complete with the same parameters) the NIH-layout set."""
     if not 32 <= size <= 1024:
         raise ValueError(f"size must be in [32, 1024], got {size}")
-    params = {"n": n, "size": size, "seed": seed, "version": 1}
+    params = {"n": n, "size": size, "seed": seed, "version": 2}
     done = os.path.join(out_dir, _DONE)
     if os.path.exists(done):
         with open(done) as f:
