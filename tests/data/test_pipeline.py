@@ -210,3 +210,13 @@ def test_state_of_a_different_pipeline_is_rejected(coded_npz):
                                      seed=3, process_index=0, process_count=1)
     with pytest.raises(ValueError, match="from a different input pipeline"):
         other.train_iter(state)
+
+
+def test_split_images_absent_from_the_dataset_are_reported(prepared_sample, caplog):
+    cfg = _cfg(data_dir=str(prepared_sample), manual_dir="", split_scheme="chexnet")
+    # The 207 sample images are all in the CheXNet test list: the other splits are empty.
+    with caplog.at_level("WARNING"), pytest.raises(ValueError, match="train split has 0 images"):
+        pipeline.create_datasets(cfg, global_batch_size=1, eval_batch_size=8, seed=0,
+                                 process_index=0, process_count=1)
+    assert "split train: 78468 of its 78468 images are not in the prepared dataset" in caplog.text
+    assert "split test: 22226 of its 22433" in caplog.text
