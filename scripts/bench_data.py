@@ -35,7 +35,8 @@ def _options(args) -> argparse.Namespace:
     p.add_argument("--workers", default=None, help="comma-separated worker counts")
     p.add_argument("--resolution", type=int, default=256)
     p.add_argument("--crop", type=int, default=224)
-    p.add_argument("--batch", type=int, default=64)
+    # benchmark.py has its own --batch (default 256); standalone the default is 64.
+    p.add_argument("--batch", type=int, default=getattr(args, "batch", None) or 64)
     p.add_argument("--batches", type=int, default=40, help="timed batches per worker count")
     p.add_argument("--data_dir", default=None, help="a prepared dataset (data-pipeline)")
     p.add_argument("--repeat", type=int, default=5,
