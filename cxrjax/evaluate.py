@@ -18,6 +18,7 @@ import csv
 import gzip
 import io
 import json
+import logging
 import math
 import os
 import sys
@@ -492,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI; returns the exit code (2 on bad input, with a one-line message)."""
     args = build_parser().parse_args(argv)
+    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax/TFDS chatter is not for users
     try:
         if args.n_boot < 0:
             raise ValueError(f"--n_boot must be >= 0, got {args.n_boot}")
@@ -508,8 +510,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 summary = evaluate_predictions(args.predictions, args.labels,
                                                n_boot=args.n_boot, seed=args.seed)
-        for w in caught:  # one line each, not Python's file:line + source dump
-            print(f"warning: {w.message}", file=sys.stderr)
+        for message in dict.fromkeys(str(w.message) for w in caught):  # once each, one line
+            print(f"warning: {message}", file=sys.stderr)
         if args.workdir:
             print(_describe(summary))
         print(format_table(summary))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import os
 import struct
 import sys
@@ -310,6 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch_size", type=int, default=16, help="images per jitted batch")
     parser.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
     args = parser.parse_args(argv)
+    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax chatter is not for users
     out_dir = args.out or os.path.join(args.workdir, "predict")
     files, errors, notes = expand_inputs(args.images)
     for note in notes:
