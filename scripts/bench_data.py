@@ -40,7 +40,8 @@ def _options(args) -> argparse.Namespace:
     p.add_argument("--batches", type=int, default=40, help="timed batches per worker count")
     p.add_argument("--data_dir", default=None, help="a prepared dataset (data-pipeline)")
     p.add_argument("--repeat", type=int, default=5,
-                   help="data-prepare: link each image this many times (amortises start-up)")
+                   help="link each sample image this many times (amortises start-up; gives "
+                        "the pipeline a train split larger than one batch)")
     return p.parse_args(getattr(args, "extra", []) or [])
 
 
@@ -160,7 +161,7 @@ def run_data_pipeline(args) -> list[dict]:
         str(w) for w in sorted({0, 1, _cores()}))).split(",")]
     records = []
     with tempfile.TemporaryDirectory() as tmp:
-        manual = _with_table(opt.manual_dir, tmp)
+        manual = _with_table(opt.manual_dir, tmp, opt.repeat)
         data_dir = opt.data_dir
         if data_dir is None:
             data_dir = os.path.join(tmp, "tfds")
