@@ -317,8 +317,13 @@ def _finished_step(workdir: str, directory: str) -> int:
                                 f"{directory})")
     scored = []
     for step in steps:
-        meta = manager.restore(step, args=checkpoint.ocp.args.Composite(
-            meta=checkpoint.ocp.args.JsonRestore()))["meta"] or {}
+        try:
+            meta = manager.restore(step, args=checkpoint.ocp.args.Composite(
+                meta=checkpoint.ocp.args.JsonRestore()))["meta"] or {}
+        except Exception as e:  # noqa: BLE001 - an unreadable record: that step has no score
+            logging.warning("checkpoint %d in %s: unreadable meta record (%s)", step, directory,
+                            type(e).__name__)
+            meta = {}
         auc = meta.get(checkpoint.VAL_METRIC)
         if auc is not None and math.isfinite(auc):
             scored.append((auc, step))
@@ -365,12 +370,16 @@ def restore_replicated(directory: str, step: int, template: dict) -> dict:
     path = os.path.join(directory, str(step), "state")
     empty = {k: {} for k, v in template.items() if not jax.tree.leaves(v)}  # e.g. no BatchNorm
     template = {k: v for k, v in template.items() if k not in empty}
+    unreadable = f"checkpoint {step} in {directory} is unreadable (truncated or corrupt?)"
     try:
         saved = ocp.StandardCheckpointer().metadata(path).item_metadata
-        saved = {k: saved[k] for k in template}
-    except (KeyError, TypeError, ValueError, OSError) as e:
-        raise checkpoint.CheckpointError(f"checkpoint {step} in {directory} is unreadable: "
-                                         f"{type(e).__name__}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many kinds: one line each
+        raise checkpoint.CheckpointError(f"{unreadable}: {type(e).__name__}") from None
+    missing = [k for k in template if saved is None or k not in saved]
+    if missing:
+        raise checkpoint.CheckpointError(f"{unreadable}: no {', '.join(missing)} in its "
+                                         "parameter metadata")
+    saved = {k: saved[k] for k in template}
     shape = lambda leaf: tuple(leaf.shape)  # noqa: E731
     if (jax.tree.structure(saved) != jax.tree.structure(template)
             or jax.tree.leaves(jax.tree.map(shape, saved)) !=
@@ -383,7 +392,12 @@ def restore_replicated(directory: str, step: int, template: dict) -> dict:
     manager = checkpoint.open_manager(directory, keep=1_000_000, read_only=True)
     args = ocp.args.PyTreeRestore(item=target, partial_restore=True,
                                   restore_args=ocp.checkpoint_utils.construct_restore_args(target))
-    return {**empty, **manager.restore(step, args=ocp.args.Composite(state=args))["state"]}
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+    except Exception as e:  # noqa: BLE001
+        first = (str(e).splitlines() or [""])[0][:300]
+        raise checkpoint.CheckpointError(f"{unreadable}: {type(e).__name__} {first}") from None
+    return {**empty, **restored}
 
 
 def predict_workdir(workdir: str, split: str = "test"

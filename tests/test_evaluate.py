@@ -440,3 +440,17 @@ def test_checkpoint_of_another_model_is_refused_in_one_line(trained_runs, tmp_pa
     assert evaluate.main(["--workdir", str(workdir), "--n_boot", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "does not match this model's parameter tree" in err
+
+
+def test_truncated_checkpoint_is_a_one_line_error(trained_runs, tmp_path, capsys):
+    import pathlib
+    import shutil
+
+    workdir = tmp_path / "truncated"
+    shutil.copytree(trained_runs["a"][0], workdir, symlinks=True)
+    data = pathlib.Path(workdir, "checkpoints", "stage0_global", "5", "state")
+    for f in (p for p in data.rglob("*") if p.is_file() and p.parent.name == "d"):
+        f.write_bytes(f.read_bytes()[:len(f.read_bytes()) // 2])
+    assert evaluate.main(["--workdir", str(workdir), "--n_boot", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "checkpoint 5" in err and "unreadable" in err, err
