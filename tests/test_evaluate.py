@@ -263,8 +263,8 @@ def tiny_run(workdir, seed=0, split_seed=0, shared_data=None):
     c = importlib.import_module("configs.r18_msml").get_config()
     c.model.trunk_a, c.model.trunk_b = TINY[c.model.trunk_a], TINY[c.model.trunk_b]
     c.model.bilinear_dim, c.model.init, c.seed = 16, "scratch", seed
-    c.data.update(dict(source="synthetic", synthetic_n=60, synthetic_size=32, resolution=32,
-                       crop=28, workers=0, split_seed=split_seed))
+    c.data.update(dict(source="synthetic", synthetic_n=60, synthetic_size=32, resolution=36,
+                       crop=32, workers=0, split_seed=split_seed))
     c.train.update(dict(batch_size=4, eval_batch_size=4))
     os.makedirs(workdir)
     if shared_data:  # the same synthetic set, made once (ensure_prepared reuses it)
@@ -307,7 +307,7 @@ def test_predict_workdir_scores_the_best_checkpoint_on_the_run_own_test_split(tr
     ds = pipeline.create_datasets(data_cfg, global_batch_size=4, eval_batch_size=4, seed=0)
     assert ids == ds.image_ids("test") and len(ids) == len(set(ids)) > 0
     records = [ds.records[r] for r in ds.split_rows["test"]]
-    images = np.stack([img[2:30, 2:30, None] for img, _ in records])  # centre 28 of 32
+    images = np.stack([img[2:34, 2:34, None] for img, _ in records])  # centre 32 of 36
     expected = models.probabilities(model.apply(best, images, train=False), ("ce", "fce"))
     assert set(probs) == {"ce", "msml", "fce", "fused"}
     for head, p in probs.items():
