@@ -68,6 +68,10 @@ def check_config(config: mlc.ConfigDict) -> None:
         raise ConfigError("model: no head (set head_a, head_b or bilinear)")
     if d.crop > d.resolution:
         raise ConfigError(f"data.crop={d.crop} is larger than data.resolution={d.resolution}")
+    for arch in {m.trunk_a, m.trunk_b} - {None}:
+        if d.crop < models.trunk_stride(arch):
+            raise ConfigError(f"data.crop={d.crop} is smaller than the {arch} trunk's stride "
+                              f"({models.trunk_stride(arch)}): its feature map would be empty")
     n_dev = jax.device_count()
     for field in ("batch_size", "eval_batch_size"):
         value = t[field]
@@ -366,10 +370,13 @@ def _check_finite(step: int, step_metrics: dict, manager: Any) -> None:
            if k.startswith("loss_") and not np.isfinite(v)]
     what = f"head(s) {', '.join(bad)}" if bad else "the gradient"
     manager.wait_until_finished()
+    last = manager.latest_step()
+    kept = "no checkpoint was written yet" if last is None else \
+        f"the last good checkpoint (step {last}) is intact"
     raise FloatingPointError(
         f"non-finite loss at step {step} in {what} (loss={float(values['loss'])}, grad norm="
-        f"{float(values['grad_norm'])}); the state was not updated and the last good "
-        f"checkpoint (step {manager.latest_step()}) is intact: lower train.lr or check the data")
+        f"{float(values['grad_norm'])}); the state was not updated and {kept}: lower train.lr "
+        "or check the data")
 
 
 def validate(predict_fn: Callable, state: TrainState, ds: Any, mesh: Mesh,

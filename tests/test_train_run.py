@@ -22,21 +22,21 @@ PAPER_CONFIGS = ["r18", "r18_bl", "r18_r18_bl", "r18_msml", "r18_msml_local",
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    """A 160-image synthetic set in the NIH layout, prepared at 32 px through the builder."""
+    """A 160-image synthetic set in the NIH layout, prepared at 40 px through the builder."""
     from cxrjax.data import builder, synthetic
 
     root = tmp_path_factory.mktemp("tiny_cxr14")
     synthetic.generate(str(root / "nih"), n=160, size=48, seed=0)
-    builder.build(str(root / "nih"), str(root / "tfds"), resolution=32, workers=1)
+    builder.build(str(root / "nih"), str(root / "tfds"), resolution=40, workers=1)
     return root
 
 
 def run_config(name: str, data_root, epochs: int = 1):
-    c = tiny_config(name, crop=28, batch=8)
+    c = tiny_config(name, crop=32, batch=8)  # DenseNet needs 32 px: its trunk strides by 32
     c.data.source = "nih"
     c.data.manual_dir = str(data_root / "nih")
     c.data.data_dir = str(data_root / "tfds")
-    c.data.resolution = 32
+    c.data.resolution = 40
     c.data.workers = 0
     c.train.eval_batch_size = 16
     c.train.log_every_steps = 5
@@ -83,8 +83,8 @@ def _main(workdir, data_root, extra=()):
         f"--config.model.trunk_a={c.model.trunk_a}", f"--config.model.trunk_b={c.model.trunk_b}",
         "--config.model.bilinear_dim=16", "--config.model.init=scratch",
         "--config.data.source=nih", f"--config.data.manual_dir={c.data.manual_dir}",
-        f"--config.data.data_dir={c.data.data_dir}", "--config.data.resolution=32",
-        "--config.data.crop=28", "--config.data.workers=0", "--config.train.batch_size=8",
+        f"--config.data.data_dir={c.data.data_dir}", "--config.data.resolution=40",
+        "--config.data.crop=32", "--config.data.workers=0", "--config.train.batch_size=8",
         "--config.train.eval_batch_size=16", "--config.train.checkpoint_every_steps=2",
         "--config.train.lr=0.001", "--config.train.stages[0].epochs=2", "--config.eval.n_boot=10"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu"}
