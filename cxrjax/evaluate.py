@@ -400,10 +400,8 @@ def restore_replicated(directory: str, step: int, template: dict) -> dict:
     return {**empty, **restored}
 
 
-def predict_workdir(workdir: str, split: str = "test"
-                    ) -> tuple[list[str], dict[str, np.ndarray], np.ndarray, int]:
-    """(image ids, {head: (N, 14) probabilities, "fused": ...}, labels, step) of a trained run
-    on ``split`` of the run's own data config, jitted and batch-sharded over every device."""
+def _open_split(workdir: str, split: str) -> tuple[Any, Any, dict, int, Any]:
+    """(config, model, variables, step, datasets) of a trained run; its data prepared."""
     from cxrjax.data import pipeline
 
     if split not in SPLITS:
@@ -413,28 +411,46 @@ def predict_workdir(workdir: str, split: str = "test"
     data_cfg = pipeline.ensure_prepared(config.data, workdir)
     ds = pipeline.create_datasets(data_cfg, global_batch_size=config.train.batch_size,
                                   eval_batch_size=config.train.eval_batch_size, seed=config.seed)
+    return config, model, variables, step, ds
+
+
+def _predict(config: Any, model: Any, variables: dict, ds: Any, split: str
+             ) -> tuple[list[str], dict[str, np.ndarray], np.ndarray]:
     mesh = Mesh(np.asarray(jax.devices()), ("data",))
     predict_fn = make_predict_fn(model, tuple(config.model.fusion), mesh)
     ids, probs, labels = predict_split(predict_fn, variables, ds, split, mesh)
-    return list(ids), probs, labels, step
+    return list(ids), probs, labels
+
+
+def predict_workdir(workdir: str, split: str = "test"
+                    ) -> tuple[list[str], dict[str, np.ndarray], np.ndarray, int]:
+    """(image ids, {head: (N, 14) probabilities, "fused": ...}, labels, step) of a trained run
+    on ``split`` of the run's own data config, jitted and batch-sharded over every device."""
+    config, model, variables, step, ds = _open_split(workdir, split)
+    return (*_predict(config, model, variables, ds, split), step)
+
+
+def check_same_images(workdirs: Sequence[str], ids: Sequence[Sequence[str]],
+                      split: str = "test") -> None:
+    """Refuses (ValueError naming both workdirs) runs whose ``split`` holds other images: other
+    split scheme, split seed or dataset. The same images in another order are fine."""
+    first = set(ids[0])
+    for w, other in zip(workdirs[1:], ids[1:], strict=True):
+        differ = len(first.symmetric_difference(other))
+        if differ or len(other) != len(ids[0]):
+            raise ValueError(
+                f"refusing to ensemble {workdirs[0]} and {w}: their {split} splits differ in "
+                f"{differ} image id(s) ({len(ids[0])} vs {len(other)} images); train both on "
+                "the same data and split")
 
 
 def align_runs(workdirs: Sequence[str], ids: Sequence[Sequence[str]],
                labels: Sequence[np.ndarray], split: str = "test") -> list[np.ndarray]:
-    """Row order that puts each run's images in the first run's order; refuses differing splits.
-
-    Runs whose ``split`` holds other images (other split scheme, seed or dataset), or whose
-    labels for the same image differ, cannot be averaged: ValueError naming both workdirs.
-    """
-    first = {name: i for i, name in enumerate(ids[0])}
+    """Row order that puts each run's images in the first run's order, after
+    ``check_same_images``; runs with other labels for the same images are refused too."""
+    check_same_images(workdirs, ids, split)
     orders = [np.arange(len(ids[0]))]
     for w, other, lab in zip(workdirs[1:], ids[1:], labels[1:], strict=True):
-        differ = len(set(first).symmetric_difference(other))
-        if differ or len(other) != len(first):
-            raise ValueError(
-                f"refusing to ensemble {workdirs[0]} and {w}: their {split} splits differ in "
-                f"{differ} image id(s) ({len(first)} vs {len(other)} images); train both on the "
-                "same data and split")
         position = {name: i for i, name in enumerate(other)}
         order = np.asarray([position[name] for name in ids[0]])
         wrong = int(np.any(lab[order] != labels[0], axis=1).sum())
@@ -448,26 +464,30 @@ def align_runs(workdirs: Sequence[str], ids: Sequence[Sequence[str]],
 def evaluate_workdirs(workdirs: Sequence[str], split: str = "test", *, n_boot: int = 1000,
                       seed: int = 0) -> dict:
     """``metrics.summary`` of one run's fused prediction (with ``heads``), or of the mean of
-    several runs' fused probabilities (with each member's mean AUC under ``members``)."""
+    several runs' fused probabilities (with each member's mean AUC under ``members``).
+
+    An ensemble's splits are compared before any image is scored."""
     if len(set(map(os.path.abspath, workdirs))) != len(workdirs):
         raise ValueError(f"a workdir is given twice: {' '.join(workdirs)}")
-    results = [predict_workdir(w, split) for w in workdirs]
-    ids = [r[0] for r in results]
-    labels = [r[2] for r in results]
+    opened = [_open_split(w, split) for w in workdirs]
+    check_same_images(workdirs, [o[4].image_ids(split) for o in opened], split)
+    results = [_predict(config, model, variables, ds, split)
+               for config, model, variables, _, ds in opened]
+    steps = [o[3] for o in opened]
+    ids, labels = [r[0] for r in results], [r[2] for r in results]
     if len(workdirs) == 1:
-        _, probs, truth, step = results[0]
+        _, probs, truth = results[0]
         out = metrics.summary(probs["fused"], truth, n_boot=n_boot, seed=seed)
         out["heads"] = {h: metrics.summary(p, truth, n_boot=n_boot, seed=seed)
                         for h, p in probs.items() if h != "fused"}
-        out.update(workdirs=[os.fspath(workdirs[0])], split=split, steps=[step])
+        out.update(workdirs=[os.fspath(workdirs[0])], split=split, steps=steps)
         return out
     orders = align_runs(workdirs, ids, labels, split)
     fused = [r[1]["fused"][order] for r, order in zip(results, orders, strict=True)]
     out = metrics.summary(np.mean(fused, axis=0), labels[0], n_boot=n_boot, seed=seed)
     out["members"] = {os.fspath(w): metrics.summary(f, labels[0], n_boot=0)["mean_auc"]
                       for w, f in zip(workdirs, fused, strict=True)}
-    out.update(workdirs=[os.fspath(w) for w in workdirs], split=split,
-               steps=[r[3] for r in results])
+    out.update(workdirs=[os.fspath(w) for w in workdirs], split=split, steps=steps)
     return out
 
 

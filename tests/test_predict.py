@@ -204,6 +204,17 @@ def test_png_bomb_is_refused_without_reading_past_the_header(tmp_path):
     assert predict.check_header(small) == ("PNG", 30, 20)
 
 
+def test_jpeg_claiming_60000x60000_is_refused_before_decoding(tmp_path):
+    path = tmp_path / "bomb.jpg"
+    save(path, xray((16, 16)))
+    data = bytearray(path.read_bytes())
+    sof = data.index(b"\xff\xc0")  # baseline frame header: length, precision, height, width
+    data[sof + 5:sof + 9] = struct.pack(">HH", 60_000, 60_000)
+    path.write_bytes(bytes(data))
+    with pytest.raises(predict.ImageError, match="refused before decoding"):
+        predict.check_header(str(path))
+
+
 def test_directory_of_mixed_files_scores_the_images_and_lists_the_rest(run, tmp_path, capsys):
     folder = tmp_path / "mixed"
     folder.mkdir()
