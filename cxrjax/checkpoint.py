@@ -76,11 +76,26 @@ def restore(manager: ocp.CheckpointManager, state_template: Any, step: int | Non
             if step is not None:
                 raise CheckpointError(f"checkpoint {s} in {manager.directory} is unreadable: "
                                       f"{type(e).__name__}: {e}") from None
-            logging.warning("checkpoint %d in %s is unreadable (%s: %s); trying an older one",
-                            s, manager.directory, type(e).__name__, str(e)[:200])
+            aside = _set_aside(manager, s)
+            logging.getLogger("cxrjax").warning(
+                "checkpoint %d in %s is unreadable (%s: %s); kept as %s, trying an older one",
+                s, manager.directory, type(e).__name__, str(e)[:200], aside)
             continue
         return s, out["state"], _unjsonable(out["data"]), dict(out["meta"])
     return None
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int) -> str:
+    """Renames an unreadable step out of the manager's sight (kept for inspection)."""
+    src = os.path.join(os.fspath(manager.directory), str(step))
+    dst = f"{src}.unreadable"
+    n = 1
+    while os.path.exists(dst):
+        n += 1
+        dst = f"{src}.unreadable{n}"
+    os.rename(src, dst)
+    manager.reload()
+    return dst
 
 
 def _jsonable(data_state: Any) -> dict:

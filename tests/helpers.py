@@ -19,3 +19,19 @@ def tiny_config(name: str, crop: int = 32, batch: int = 8):
     c.train.batch_size = batch
     c.train.lr = 1e-3
     return c
+
+
+def run_config(name: str, data_root, epochs: int = 1):
+    """A tiny config that trains on the ``tiny_data`` set (tests/conftest.py)."""
+    c = tiny_config(name, crop=32, batch=8)  # DenseNet needs 32 px: its trunk strides by 32
+    c.data.source = "nih"
+    c.data.manual_dir = str(data_root / "nih")
+    c.data.data_dir = str(data_root / "tfds")
+    c.data.resolution = 40
+    c.data.workers = 0
+    c.train.eval_batch_size = 16
+    c.train.log_every_steps = 5
+    c.eval.n_boot = 20
+    for stage in c.train.stages:
+        stage.epochs = epochs
+    return c

@@ -10,7 +10,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import run_config
 
 from cxrjax import evaluate, runs, train
 
@@ -18,32 +18,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_CONFIGS = ["r18", "r18_bl", "r18_r18_bl", "r18_msml", "r18_msml_local",
                  "r18_msml_local_fixed", "d121", "d121_bl", "d121_d121_bl", "d121_msml",
                  "r18_vgg_msml", "d121_vgg_msml"]
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """A 160-image synthetic set in the NIH layout, prepared at 40 px through the builder."""
-    from cxrjax.data import builder, synthetic
-
-    root = tmp_path_factory.mktemp("tiny_cxr14")
-    synthetic.generate(str(root / "nih"), n=160, size=48, seed=0)
-    builder.build(str(root / "nih"), str(root / "tfds"), resolution=40, workers=1)
-    return root
-
-
-def run_config(name: str, data_root, epochs: int = 1):
-    c = tiny_config(name, crop=32, batch=8)  # DenseNet needs 32 px: its trunk strides by 32
-    c.data.source = "nih"
-    c.data.manual_dir = str(data_root / "nih")
-    c.data.data_dir = str(data_root / "tfds")
-    c.data.resolution = 40
-    c.data.workers = 0
-    c.train.eval_batch_size = 16
-    c.train.log_every_steps = 5
-    c.eval.n_boot = 20
-    for stage in c.train.stages:
-        stage.epochs = epochs
-    return c
 
 
 @pytest.mark.parametrize("name", PAPER_CONFIGS)
