@@ -21,12 +21,17 @@ class CheckpointError(RuntimeError):
     """A checkpoint directory that cannot be written or read."""
 
 
+def _val_metric(metrics: dict) -> float:
+    return metrics[VAL_METRIC]
+
+
 def open_manager(directory: str, keep: int, read_only: bool = False
                  ) -> ocp.CheckpointManager:
     """A manager that keeps the latest ``keep`` steps and the best one by validation mean AUC."""
     directory = os.path.abspath(os.path.expanduser(directory))
     if read_only:
-        options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+        options = ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                               best_fn=_val_metric, best_mode="max")
         return ocp.CheckpointManager(directory, options=options,
                                      item_names=("state", "data", "meta"))
     try:
@@ -37,11 +42,13 @@ def open_manager(directory: str, keep: int, read_only: bool = False
         raise CheckpointError(f"checkpoint directory {directory} is not writable")
     policy = pp.AnyPreservationPolicy([
         pp.LatestN(keep),
-        pp.BestN(get_metric_fn=lambda m: m[VAL_METRIC], n=1,
+        pp.BestN(get_metric_fn=_val_metric, n=1,
                  keep_checkpoints_without_metrics=False),
     ])
+    # best_fn makes orbax record the metrics (BestN reads them) and answer best_step().
     options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
-                                           enable_async_checkpointing=True)
+                                           enable_async_checkpointing=True,
+                                           best_fn=_val_metric, best_mode="max")
     return ocp.CheckpointManager(directory, options=options,
                                  item_names=("state", "data", "meta"))
 

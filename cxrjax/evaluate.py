@@ -27,8 +27,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import ml_collections as mlc
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -302,111 +300,13 @@ def _gather(tree: dict, data: NamedSharding) -> dict:
 SPLITS = ("test", "val")
 
 
-def _finished_step(workdir: str, directory: str) -> int:
-    """The step a run is evaluated at: best ``val_mean_auc`` in the steps' meta, else the latest.
-
-    Read from each step's own meta record: orbax writes its tracked metrics only for a manager
-    made with ``best_fn``, so ``best_step()`` alone can silently answer with the latest step.
-    """
-    steps = []
-    if os.path.isdir(directory):
-        manager = checkpoint.open_manager(directory, keep=1_000_000, read_only=True)
-        steps = manager.all_steps()
-    if not steps:
-        raise FileNotFoundError(f"{workdir}: training has not finished a checkpoint yet (none in "
-                                f"{directory})")
-    scored = []
-    for step in steps:
-        try:
-            meta = manager.restore(step, args=checkpoint.ocp.args.Composite(
-                meta=checkpoint.ocp.args.JsonRestore()))["meta"] or {}
-        except Exception as e:  # noqa: BLE001 - an unreadable record: that step has no score
-            logging.warning("checkpoint %d in %s: unreadable meta record (%s)", step, directory,
-                            type(e).__name__)
-            meta = {}
-        auc = meta.get(checkpoint.VAL_METRIC)
-        if auc is not None and math.isfinite(auc):
-            scored.append((auc, step))
-    return max(scored)[1] if scored else max(steps)
-
-
-def load_trained_run(workdir: str) -> tuple[Any, Any, dict, int]:
-    """(config, model, variables, step): a run's best checkpoint of its last stage.
-
-    The model is built in the run's compute dtype. A missing/broken workdir, an unfinished run
-    or a checkpoint of another model is a one-line error.
-    """
-    from cxrjax import train  # the run's config checks and dtype rule (lazy: no import cycle)
-
-    workdir = os.path.abspath(os.path.expanduser(workdir))
-    if not os.path.isdir(workdir):
-        raise FileNotFoundError(f"workdir not found: {workdir}")
-    try:
-        config = runs.load_config(workdir)
-    except ValueError as e:  # broken JSON
-        raise ValueError(f"{workdir}/config.json is not a readable config: {e}") from None
-    with config.unlocked():  # JSON gives the stages back as plain dicts
-        config.train.stages = [mlc.ConfigDict(s) for s in config.train.stages]
-    train.check_config(config)
-    stages = config.train.stages
-    directory = runs.stage_dir(workdir, len(stages) - 1, stages[-1])
-    step = _finished_step(workdir, directory)
-    model = models.build_model(config.model, dtype=train.compute_dtype(config))
-    crop = config.data.crop
-    shapes = jax.eval_shape(  # the tree to restore into, without compiling an init
-        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, crop, crop, 1), jnp.uint8)))
-    template = {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
-    return config, model, restore_replicated(directory, step, template), step
-
-
-def restore_replicated(directory: str, step: int, template: dict) -> dict:
-    """Params and batch statistics of a saved step, replicated over this machine's devices.
-
-    Works whatever topology saved it (8 GPUs -> 1 CPU): the target carries the shardings, and
-    only these two collections are read (not the optimizer state). A tree that does not fit
-    ``template`` (another model's checkpoint) is a CheckpointError.
-    """
-    ocp = checkpoint.ocp
-    path = os.path.join(directory, str(step), "state")
-    empty = {k: {} for k, v in template.items() if not jax.tree.leaves(v)}  # e.g. no BatchNorm
-    template = {k: v for k, v in template.items() if k not in empty}
-    unreadable = f"checkpoint {step} in {directory} is unreadable (truncated or corrupt?)"
-    try:
-        saved = ocp.StandardCheckpointer().metadata(path).item_metadata
-    except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many kinds: one line each
-        raise checkpoint.CheckpointError(f"{unreadable}: {type(e).__name__}") from None
-    missing = [k for k in template if saved is None or k not in saved]
-    if missing:
-        raise checkpoint.CheckpointError(f"{unreadable}: no {', '.join(missing)} in its "
-                                         "parameter metadata")
-    saved = {k: saved[k] for k in template}
-    shape = lambda leaf: tuple(leaf.shape)  # noqa: E731
-    if (jax.tree.structure(saved) != jax.tree.structure(template)
-            or jax.tree.leaves(jax.tree.map(shape, saved)) !=
-            jax.tree.leaves(jax.tree.map(shape, template))):
-        raise checkpoint.CheckpointError(f"checkpoint {step} in {directory} does not match this "
-                                         "model's parameter tree (another config's run?)")
-    repl = NamedSharding(Mesh(np.asarray(jax.devices()), ("data",)), P())
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
-                          template)
-    manager = checkpoint.open_manager(directory, keep=1_000_000, read_only=True)
-    args = ocp.args.PyTreeRestore(item=target, partial_restore=True,
-                                  restore_args=ocp.checkpoint_utils.construct_restore_args(target))
-    try:
-        restored = manager.restore(step, args=ocp.args.Composite(state=args))["state"]
-    except Exception as e:  # noqa: BLE001
-        first = (str(e).splitlines() or [""])[0][:300]
-        raise checkpoint.CheckpointError(f"{unreadable}: {type(e).__name__} {first}") from None
-    return {**empty, **restored}
-
-
 def _open_split(workdir: str, split: str) -> tuple[Any, Any, dict, int, Any]:
     """(config, model, variables, step, datasets) of a trained run; its data prepared."""
     from cxrjax.data import pipeline
 
     if split not in SPLITS:
         raise ValueError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
-    config, model, variables, step = load_trained_run(workdir)
+    config, model, variables, step = runs.load_run(workdir)
     workdir = os.path.abspath(os.path.expanduser(workdir))
     data_cfg = pipeline.ensure_prepared(config.data, workdir)
     ds = pipeline.create_datasets(data_cfg, global_batch_size=config.train.batch_size,

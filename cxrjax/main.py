@@ -53,6 +53,9 @@ def _setup_logging() -> None:
     ours.setLevel(py_logging.INFO)
     ours.addHandler(handler)
     ours.propagate = False
+    # orbax warns on every checkpoint saved without a validation score (mid-epoch ones).
+    py_logging.getLogger("absl").addFilter(
+        lambda record: "did not provide metrics" not in record.getMessage())
 
 
 def main(argv):

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
-from cxrjax import evaluate, models
+from cxrjax import models, runs
 from cxrjax.data import prepare
 from cxrjax.data.labels import CLASSES
 
@@ -255,7 +255,7 @@ def predict_files(workdir: str, files: Sequence[str], out_dir: str, batch_size: 
 
     Returns (rows: {"path", "probs": {head: (14,)}, "top", "heatmap"}, [(path, error)]).
     """
-    config, model, variables, _ = evaluate.load_trained_run(workdir)
+    config, model, variables, _ = runs.load_run(workdir)
     resolution, crop = int(config.data.resolution), int(config.data.crop)
     size = min(batch_size, 1 << max(len(files) - 1, 0).bit_length())  # one shape, one compile
     predict_fn = make_predict_fn(model, tuple(config.model.fusion))

@@ -12,6 +12,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from cxrjax import checkpoint, models
 
@@ -20,62 +23,118 @@ def stage_dir(workdir: str, index: int, stage: Any) -> str:
     return os.path.join(workdir, "checkpoints", f"stage{index}_{stage.name}")
 
 
-def restore_variables(directory: str, template: dict, step: int | None = None) -> dict:
-    """Params and batch statistics of a saved step (default: best by val AUC, else latest)."""
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"no checkpoint directory {directory}")
-    manager = checkpoint.open_manager(directory, keep=1_000_000, read_only=True)
-    if step is None:
-        step = manager.best_step() or manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"no finished checkpoint in {directory}")
-    restored = manager.restore(step, args=checkpoint.ocp.args.Composite(
-        state=checkpoint.ocp.args.StandardRestore()))["state"]
-    out = {"params": restored["params"], "batch_stats": restored.get("batch_stats") or {}}
-    if jax.tree.structure(out) != jax.tree.structure(template):
-        raise checkpoint.CheckpointError(
-            f"checkpoint {step} in {directory} does not match this model's parameter tree")
-    return jax.tree.map(jnp.asarray, out)
-
-
-def final_stage_dir(workdir: str) -> str:
-    """Checkpoint directory of a run's last stage (or the directory itself if it is one)."""
-    root = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(root):
-        if os.path.isdir(workdir) and any(n.isdigit() for n in os.listdir(workdir)):
-            return workdir
-        raise FileNotFoundError(f"{workdir} is not a cxrjax workdir (no checkpoints/ in it)")
-    config = load_config(workdir)
-    stages = config.train.stages
-    return stage_dir(workdir, len(stages) - 1, stages[-1])
-
-
 def load_config(workdir: str) -> mlc.ConfigDict:
+    """The config a run was trained with (WORKDIR/config.json)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{workdir} is not a cxrjax workdir (no config.json in it)")
-    with open(path) as f:
-        config = mlc.ConfigDict(json.load(f))
+    try:
+        with open(path) as f:
+            config = mlc.ConfigDict(json.load(f))
+    except ValueError as e:
+        raise ValueError(f"{path} is not a readable config: {e}") from None
     # JSON lists stay lists of plain dicts: make the stages attribute-accessible again.
     config.train.stages = [mlc.ConfigDict(s) for s in config.train.stages]
     return config
 
 
+def final_stage_dir(workdir: str) -> str:
+    """Checkpoint directory of a run's last stage."""
+    stages = load_config(workdir).train.stages
+    return stage_dir(workdir, len(stages) - 1, stages[-1])
+
+
+def best_step(directory: str) -> int:
+    """The step with the best validation mean AUC (the latest if none was validated)."""
+    steps = []
+    if os.path.isdir(directory):
+        manager = checkpoint.open_manager(directory, keep=1_000_000, read_only=True)
+        steps = manager.all_steps()
+    if not steps:
+        raise FileNotFoundError(f"training has not finished a checkpoint yet (none in "
+                                f"{directory})")
+    return manager.best_step() or max(steps)
+
+
 def init_model(config: mlc.ConfigDict, dtype: Any) -> tuple[Any, dict]:
-    """The configured model and randomly initialised variables (the tree to restore into)."""
+    """The configured model and randomly initialised variables."""
     model = models.build_model(config.model, dtype=dtype)
-    crop = config.data.crop
-    dummy = jnp.zeros((1, crop, crop, 1), jnp.uint8)
     # rbg keys: the same quality for initialisation, and init compiles ~5x faster on CPU.
-    variables = jax.jit(lambda r: model.init(r, dummy, train=False))(
+    variables = jax.jit(lambda r: model.init(r, _dummy_images(config), train=False))(
         jax.random.key(config.seed, impl="rbg"))
     return model, {"params": variables["params"],
                    "batch_stats": variables.get("batch_stats", {})}
 
 
-def load_run(workdir: str, dtype: Any = jnp.float32) -> tuple[mlc.ConfigDict, Any, dict]:
-    """(config, model, best variables of the last stage) of a trained run."""
+def abstract_variables(model: Any, config: mlc.ConfigDict) -> dict:
+    """Shapes and dtypes of the model's variables, without compiling an init."""
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0, impl="rbg"),
+                                               _dummy_images(config), train=False))
+    return {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
+
+
+def _dummy_images(config: mlc.ConfigDict) -> jax.Array:
+    crop = config.data.crop
+    return jnp.zeros((1, crop, crop, 1), jnp.uint8)
+
+
+def restore_variables(directory: str, template: dict, step: int | None = None) -> dict:
+    """Params and batch statistics of a saved step (default: the best), replicated here.
+
+    Works whatever device topology saved it (8 GPUs -> 1 CPU): the target carries the
+    shardings, and only these two collections are read (not the optimizer state). A tree that
+    does not fit ``template`` (another model's checkpoint) is a CheckpointError.
+    """
+    ocp = checkpoint.ocp
+    step = best_step(directory) if step is None else step
+    path = os.path.join(directory, str(step), "state")
+    empty = {k: {} for k, v in template.items() if not jax.tree.leaves(v)}  # e.g. no BatchNorm
+    template = {k: v for k, v in template.items() if k not in empty}
+    unreadable = f"checkpoint {step} in {directory} is unreadable (truncated or corrupt?)"
+    try:
+        saved = ocp.StandardCheckpointer().metadata(path).item_metadata
+    except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many kinds: one line each
+        raise checkpoint.CheckpointError(f"{unreadable}: {type(e).__name__}") from None
+    missing = [k for k in template if saved is None or k not in saved]
+    if missing:
+        raise checkpoint.CheckpointError(f"{unreadable}: no {', '.join(missing)} in its "
+                                         "parameter metadata")
+    saved = {k: saved[k] for k in template}
+    shape = lambda leaf: tuple(leaf.shape)  # noqa: E731
+    if (jax.tree.structure(saved) != jax.tree.structure(template)
+            or jax.tree.leaves(jax.tree.map(shape, saved)) !=
+            jax.tree.leaves(jax.tree.map(shape, template))):
+        raise checkpoint.CheckpointError(f"checkpoint {step} in {directory} does not match this "
+                                         "model's parameter tree (another config's run?)")
+    repl = NamedSharding(Mesh(np.asarray(jax.devices()), ("data",)), P())
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
+                          template)
+    manager = checkpoint.open_manager(directory, keep=1_000_000, read_only=True)
+    args = ocp.args.PyTreeRestore(item=target, partial_restore=True,
+                                  restore_args=ocp.checkpoint_utils.construct_restore_args(target))
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+    except Exception as e:  # noqa: BLE001
+        first = (str(e).splitlines() or [""])[0][:300]
+        raise checkpoint.CheckpointError(f"{unreadable}: {type(e).__name__} {first}") from None
+    return {**empty, **restored}
+
+
+def load_run(workdir: str) -> tuple[mlc.ConfigDict, Any, dict, int]:
+    """(config, model, variables, step): a trained run's best checkpoint of its last stage.
+
+    The model is built in the run's compute dtype. A missing/broken workdir, an unfinished run
+    or a checkpoint of another model is a one-line error.
+    """
+    from cxrjax import train  # the config checks and dtype rule live with training
+
     workdir = os.path.abspath(os.path.expanduser(workdir))
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"workdir not found: {workdir}")
     config = load_config(workdir)
-    model, template = init_model(config, dtype)
-    return config, model, restore_variables(final_stage_dir(workdir), template)
+    train.check_config(config)
+    directory = final_stage_dir(workdir)
+    step = best_step(directory)
+    model = models.build_model(config.model, dtype=train.compute_dtype(config))
+    template = abstract_variables(model, config)
+    return config, model, restore_variables(directory, template, step), step

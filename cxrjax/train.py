@@ -418,8 +418,7 @@ def evaluate_run(config: mlc.ConfigDict, workdir: str) -> dict:
     workdir = os.path.abspath(os.path.expanduser(workdir))
     ds = _datasets(config, workdir)
     mesh = create_mesh()
-    model, template = runs.init_model(config, compute_dtype(config))
-    variables = runs.restore_variables(runs.final_stage_dir(workdir), template)
+    _, model, variables, _ = runs.load_run(workdir)
     predict_fn = evaluate.make_predict_fn(model, tuple(config.model.fusion), mesh)
     return evaluate_test_split(config, workdir, variables, ds, mesh, predict_fn)
 
