@@ -1,11 +1,12 @@
 """The grain input pipeline: per-host shards, seeded epochs, crops, padded + masked eval batches.
 
-Train: the host's shard of the split, reshuffled every epoch (grain's index shuffle, seeded by
-``seed + epoch``), cut to whole batches so epochs stay aligned, random ``crop`` from
-``resolution`` (plus an optional horizontal flip), batched with ``drop_remainder``. Batch k is
-a pure function of (seed, k), so the iterator's ``get_state()`` is ``{"step": k, ...}`` (JSON)
-and ``set_state()`` resumes the exact sequence, whatever the number of grain workers. Every
-host gets the same number of steps.
+Train: the whole split, reshuffled every epoch (grain's index shuffle, seeded by
+``seed + epoch``), cut to whole global batches so epochs stay aligned, random ``crop`` from
+``resolution`` (plus an optional horizontal flip), batched with ``drop_remainder``; each host
+reads only its slice of every global batch. Global batch k is a pure function of (seed, k),
+whatever the number of hosts or grain workers, so the iterator's ``get_state()`` is
+``{"step": k, ...}`` (JSON) and ``set_state()`` resumes the exact sequence, also on another
+number of hosts. Every host gets the same number of steps.
 
 Eval: centre crop; each host's strided shard is padded to the same number of batches, and
 ``mask``/``index`` say which rows are real and where they go in ``image_ids(split)``.
@@ -60,19 +61,28 @@ class TfdsRecords:
 # ------------------------------------------------------------------- transforms ---
 
 class _TrainExample:
-    """Global position -> cropped example; picklable so grain workers can run it."""
+    """Local position -> cropped example; picklable so grain workers can run it.
 
-    def __init__(self, records: Any, shard: np.ndarray, epoch_len: int, seed: int, crop: int,
-                 flip: bool):
-        self.records, self.shard, self.epoch_len = records, shard, epoch_len
+    Global batch k is positions [k*G, (k+1)*G) of the epoch's permutation of the whole train
+    split; host i reads only rows [i*b, (i+1)*b) of it. So the global batches, crops and flips
+    are the same for any number of hosts, and each host reads only its share of them.
+    """
+
+    def __init__(self, records: Any, rows: np.ndarray, epoch_len: int, local_batch: int,
+                 process_index: int, process_count: int, seed: int, crop: int, flip: bool):
+        self.records, self.rows, self.epoch_len = records, rows, epoch_len
+        self.local_batch, self.process_index = local_batch, process_index
+        self.global_batch = local_batch * process_count
         self.seed, self.crop, self.flip = seed, crop, flip
         # grain's index shuffle: epoch e of ``shuffled`` is a permutation seeded by seed + e.
-        self.shuffled = grain.MapDataset.range(len(shard)).shuffle(seed=seed)
+        self.shuffled = grain.MapDataset.range(len(rows)).shuffle(seed=seed)
 
     def __call__(self, position: int, _: Any) -> dict[str, np.ndarray]:
-        epoch, k = divmod(int(position), self.epoch_len)
-        image, labels = self.records[self.shard[self.shuffled[epoch * len(self.shard) + k]]]
-        rng = np.random.default_rng([self.seed, int(position)])
+        k, offset = divmod(int(position), self.local_batch)
+        g = k * self.global_batch + self.process_index * self.local_batch + offset
+        epoch, j = divmod(g, self.epoch_len)
+        image, labels = self.records[self.rows[self.shuffled[epoch * len(self.rows) + j]]]
+        rng = np.random.default_rng([self.seed, g])
         r = image.shape[0]
         y, x = rng.integers(0, r - self.crop + 1, size=2)
         image = image[y:y + self.crop, x:x + self.crop]
@@ -133,12 +143,6 @@ class Datasets:
             raise ValueError(f"unknown split {split!r}; expected one of {list(self.split_rows)}")
         return self.split_rows[split]
 
-    def train_shard(self) -> np.ndarray:
-        """Record indices this host trains on (equal length on every host)."""
-        rows = self._rows("train")
-        per_host = len(rows) // self.process_count
-        return rows[self.process_index::self.process_count][:per_host]
-
     def _iter(self, ds: grain.MapDataset) -> grain.DatasetIterator:
         threads = 2 if self.workers else 4  # each element is a whole batch
         it = ds.to_iter_dataset(grain.ReadOptions(
@@ -162,10 +166,12 @@ class Datasets:
 
     def train_batches(self, start_step: int = 0) -> grain.MapDataset:
         """Batch ``k`` of this host's endless train sequence is element ``k - start_step``."""
-        epoch_len = self.steps_per_epoch * self.local_batch_size
-        fn = _TrainExample(self.records, self.train_shard(), epoch_len, self.seed, self.crop,
-                           self.flip)
-        ds = (grain.MapDataset.range(epoch_len).repeat(None).map_with_index(fn)
+        local_epoch = self.steps_per_epoch * self.local_batch_size
+        fn = _TrainExample(self.records, self._rows("train"),
+                           local_epoch * self.process_count,
+                           self.local_batch_size, self.process_index, self.process_count,
+                           self.seed, self.crop, self.flip)
+        ds = (grain.MapDataset.range(local_epoch).repeat(None).map_with_index(fn)
               .batch(self.local_batch_size, drop_remainder=True))
         return ds[start_step:]
 
@@ -202,10 +208,10 @@ class TrainIterator:
         return batch
 
     def _identity(self) -> dict[str, int]:
+        """What fixes the global sequence (not the host count: a run may resume on more)."""
         d = self._ds
-        return {"seed": d.seed, "local_batch_size": d.local_batch_size,
-                "steps_per_epoch": d.steps_per_epoch, "process_index": d.process_index,
-                "process_count": d.process_count}
+        return {"seed": d.seed, "global_batch_size": d.local_batch_size * d.process_count,
+                "steps_per_epoch": d.steps_per_epoch}
 
     def get_state(self) -> dict[str, int]:
         return {"step": self._step, **self._identity()}
@@ -216,8 +222,8 @@ class TrainIterator:
         other = {k: state.get(k) for k in ours}
         if other != ours:
             raise ValueError(f"train iterator state {other} is from a different input pipeline "
-                             f"than this one {ours}; resume with the same seed, batch size, "
-                             "dataset and process count")
+                             f"than this one {ours}; resume with the same seed, global batch "
+                             "size and dataset")
         self._step = int(state["step"])
         self._it = self._ds._iter(self._ds.train_batches(self._step))
 
@@ -252,7 +258,7 @@ def create_datasets(data_cfg: Any, *, global_batch_size: int, eval_batch_size: i
         raise ValueError(f"data.crop={crop} must be in [1, {records.resolution}] (the stored "
                          "resolution)")
     local = _per_host(global_batch_size, process_count, "global_batch_size")
-    steps = len(split_rows["train"]) // process_count // local
+    steps = len(split_rows["train"]) // global_batch_size
     if steps == 0:
         raise ValueError(f"the train split has {len(split_rows['train'])} images: fewer than "
                          f"one global batch of {global_batch_size}")

@@ -116,15 +116,29 @@ def test_each_epoch_is_a_fresh_permutation_with_whole_batches(coded_npz):
         [_decode(b) for b, _ in zip(other.train_iter(), range(12), strict=False)]), epochs[0])
 
 
-def test_host_shards_partition_train_and_eval(coded_npz):
+def test_host_slices_make_the_same_global_batches_and_eval_partitions(coded_npz):
     hosts = [pipeline.create_datasets(_coded(coded_npz), global_batch_size=12,
                                       eval_batch_size=9, seed=0, process_index=p,
                                       process_count=3) for p in range(3)]
-    shards = [set(h.train_shard().tolist()) for h in hosts]
-    assert not (shards[0] & shards[1]) and not (shards[1] & shards[2])
-    assert len({h.steps_per_epoch for h in hosts}) == 1
-    first = [set(_decode(next(h.train_iter())).tolist()) for h in hosts]
-    assert all(f <= s for f, s in zip(first, shards, strict=True))
+    single = pipeline.create_datasets(_coded(coded_npz), global_batch_size=12,
+                                      eval_batch_size=9, seed=0, process_index=0,
+                                      process_count=1)
+    assert len({h.steps_per_epoch for h in hosts + [single]}) == 1
+    iters, whole = [h.train_iter() for h in hosts], single.train_iter()
+    for _ in range(single.steps_per_epoch + 2):  # across an epoch boundary
+        parts = [next(it) for it in iters]
+        ids = [_decode(p) for p in parts]
+        assert all(len(i) == 4 for i in ids)  # each host reads only its slice
+        assert not set(ids[0]) & set(ids[1]) and not set(ids[1]) & set(ids[2])
+        # The hosts' slices, in host order, are exactly the 1-host global batch.
+        full = next(whole)
+        for key in ("image", "labels"):
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), full[key])
+    # A 3-host iterator state resumes the same global sequence on 1 host.
+    resumed = single.train_iter(iters[0].get_state())
+    parts = [next(it) for it in iters]
+    np.testing.assert_array_equal(np.concatenate([p["image"] for p in parts]),
+                                  next(resumed)["image"])
     for split, n in (("val", 31), ("test", 47)):
         seen = np.zeros(n, int)
         n_batches = []
