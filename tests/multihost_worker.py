@@ -1,0 +1,43 @@
+"""One process of a multi-process run on this machine (used by tests/test_multihost.py).
+
+    python tests/multihost_worker.py DATA_ROOT WORKDIR EPOCHS [PROCESS_ID NUM_PROCESSES PORT]
+
+Without the last three it is a plain single-process run. Devices come from XLA_FLAGS.
+"""
+
+import json
+import os
+import pathlib
+import sys
+
+import jax
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main(argv: list[str]) -> None:
+    data_root, workdir, epochs = pathlib.Path(argv[0]), argv[1], int(argv[2])
+    if len(argv) > 3:
+        process_id, num_processes, port = (int(a) for a in argv[3:6])
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=f"localhost:{port}",
+                                   num_processes=num_processes, process_id=process_id)
+    from helpers import run_config
+
+    from cxrjax import train
+
+    config = run_config("r18_msml", data_root, epochs=epochs)
+    config.train.log_every_steps = 1
+    config.train.eval_batch_size = 8
+    config.train.checkpoint_every_steps = 1000
+    results = train.train_and_evaluate(config, workdir)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "worker_result.json"), "w") as f:
+            json.dump({"devices": jax.device_count(), "processes": jax.process_count(),
+                       "n_images": results["fused"]["n_images"],
+                       "mean_auc": results["fused"]["mean_auc"]}, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
