@@ -349,9 +349,14 @@ def write_report(workdir: str, config: Any, results: dict[str, dict],
                         results["fused"].get("per_class"),
                         title=f"ROC curves, fused prediction, test split: {row_label(name)}")
     try:
-        records = read_metrics(workdir)
-        log_problem = None if records else "no training log (metrics.jsonl) in this workdir"
-    except (ValueError, OSError) as e:  # e.g. a line cut by a kill: say so, keep the report
+        with warnings.catch_warnings(record=True) as cut:  # lines cut short by a kill
+            warnings.simplefilter("always")
+            records = read_metrics(workdir)
+        log_problem = None
+        if not records:
+            log_problem = (f"metrics.jsonl unreadable ({cut[0].message})" if cut else
+                           "no training log (metrics.jsonl) in this workdir")
+    except OSError as e:
         records, log_problem = [], f"metrics.jsonl unreadable ({e})"
     plot_training_curves(os.path.join(workdir, "training_curves.png"), records,
                          log_problem or "")

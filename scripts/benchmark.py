@@ -2,7 +2,7 @@
 
     python scripts/benchmark.py train --configs r18,r18_msml --batch 256 --size 224 \
         [--torch-reference PATH/torch_reference.py]     # train step, JAX beside PyTorch
-    python scripts/benchmark.py end-to-end --config configs/demo.py ...  # with the grain input
+    python scripts/benchmark.py end-to-end --configs r18 [--data-dir D] # fed by grain
     python scripts/benchmark.py backbone ...            # forward / forward+backward per arch
     python scripts/benchmark.py data-prepare ...        # builder vs a bare PIL decode loop
     python scripts/benchmark.py data-pipeline ...       # grain images/s per worker count
@@ -135,6 +135,67 @@ def run_train(args) -> None:
 
 
 # ------------------------------------------------------------------------------------------
+# end-to-end: the same step fed by the real grain pipeline (prepared data), beside step-only.
+# ------------------------------------------------------------------------------------------
+
+
+def run_end_to_end(args) -> None:
+    """Images/s of the train loop's step fed by grain + prefetch, and of the step alone."""
+    import jax
+    import numpy as np
+
+    from cxrjax import runs, train
+    from cxrjax.data import pipeline
+
+    p = argparse.ArgumentParser(prog="benchmark.py end-to-end")
+    p.add_argument("--data_dir", help="a prepared dataset (default: a synthetic one)")
+    p.add_argument("--resolution", type=int, default=256, help="stored image size")
+    p.add_argument("--synthetic_n", type=int, default=2000)
+    p.add_argument("--workers", type=int, default=0, help="grain worker processes")
+    opts = p.parse_args(args.extra)
+    for name in args.configs.split(","):
+        config = load_config(name)
+        config.model.init = "scratch"
+        config.train.batch_size = args.batch
+        config.data.crop = args.size
+        config.dtype = args.dtype
+        if opts.data_dir:
+            config.data.source, config.data.data_dir = "nih", opts.data_dir
+            config.data.resolution = opts.resolution
+        else:  # a synthetic set made (once) under .bench/
+            config.data.source, config.data.synthetic_n = "synthetic", opts.synthetic_n
+            config.data.synthetic_size = config.data.resolution = opts.resolution
+        config.data.workers = opts.workers
+        data_cfg = pipeline.ensure_prepared(config.data, os.path.join(ROOT, ".bench"))
+        ds = pipeline.create_datasets(data_cfg, global_batch_size=args.batch,
+                                      eval_batch_size=args.batch, seed=0)
+        mesh = train.create_mesh()
+        model, variables = runs.init_model(config, train.compute_dtype(config))
+        state, step = train.create_stage(config, 0, model, variables, ds.steps_per_epoch, mesh)
+        batches = train.prefetch_to_mesh(ds.train_iter(), train.NamedSharding(
+            mesh, train.P("data")), size=max(config.data.prefetch, 1))
+        batch = None
+        for _ in range(args.warmup):
+            batch, _ = next(batches)
+            state, m = step(state, batch)
+        jax.block_until_ready(m)
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            state, m = step(state, next(batches)[0])
+        jax.block_until_ready(m)
+        fed = args.batch * args.steps / (time.perf_counter() - t0)
+        t0 = time.perf_counter()  # the same step on one device-resident batch
+        for _ in range(args.steps):
+            state, m = step(state, batch)
+        jax.block_until_ready(m)
+        alone = args.batch * args.steps / (time.perf_counter() - t0)
+        emit({"bench": "end_to_end", "config": name, "batch": args.batch, "size": args.size,
+              "workers": opts.workers, "img_per_s": round(fed, 1),
+              "step_only_img_per_s": round(alone, 1), "ratio": round(fed / alone, 3),
+              "loss": round(float(np.asarray(m["loss"])), 4)}, args.out)
+
+
+# ------------------------------------------------------------------------------------------
 # Modes implemented next to the code they measure.
 # ------------------------------------------------------------------------------------------
 
@@ -163,7 +224,8 @@ def run_data_pipeline(args) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["train", "backbone", "data-prepare", "data-pipeline"])
+    p.add_argument("mode", choices=["train", "end-to-end", "backbone", "data-prepare",
+                                    "data-pipeline"])
     p.add_argument("--out", help="also append the JSON lines to this file")
     p.add_argument("--configs", default="r18,r18_msml")
     p.add_argument("--batch", type=int, default=256)
@@ -175,8 +237,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--torch-compile", default="both", choices=["no", "yes", "both"])
     args, extra = p.parse_known_args(argv)
     args.extra = extra
-    {"train": run_train, "backbone": run_backbone, "data-prepare": run_data_prepare,
-     "data-pipeline": run_data_pipeline}[args.mode](args)
+    modes = {"train": run_train, "end-to-end": run_end_to_end, "backbone": run_backbone,
+             "data-prepare": run_data_prepare, "data-pipeline": run_data_pipeline}
+    modes[args.mode](args)
 
 
 if __name__ == "__main__":

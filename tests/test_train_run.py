@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from helpers import run_config
 
-from cxrjax import evaluate, runs, train
+from cxrjax import evaluate, models, runs, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_CONFIGS = ["r18", "r18_bl", "r18_r18_bl", "r18_msml", "r18_msml_local",
@@ -70,11 +70,12 @@ def _main(workdir, data_root, extra=()):
 
 
 def _final_params(workdir):
-    config, _, variables = runs.load_run(str(workdir))
-    manager_dir = runs.final_stage_dir(str(workdir))
-    last = max(int(d) for d in os.listdir(manager_dir) if d.isdigit())
-    _, template = runs.init_model(config, np.float32)
-    return last, runs.restore_variables(manager_dir, template, last)
+    """The last step of the run and its parameters and batch statistics."""
+    config = runs.load_config(str(workdir))
+    directory = runs.final_stage_dir(str(workdir))
+    last = max(int(d) for d in os.listdir(directory) if d.isdigit())
+    template = runs.abstract_variables(models.build_model(config.model), config)
+    return last, runs.restore_variables(directory, template, last)
 
 
 def test_killed_run_resumes_to_the_parameters_of_an_uninterrupted_run(tiny_data, tmp_path):

@@ -95,7 +95,8 @@ class LabelTable:
         return self.labels.mean(axis=0, dtype=np.float64)
 
 
-def _open_text(path: str | os.PathLike) -> io.TextIOBase:
+def open_text(path: str | os.PathLike) -> io.TextIOBase:
+    """A text file, gzip-compressed (.gz) or plain; a missing file names its path."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"label table not found: {path}")
@@ -154,9 +155,9 @@ def load_label_table(path: str | os.PathLike | None = None) -> LabelTable:
     """The NIH label table; with no path, the copy shipped in the package (112,120 rows)."""
     if path is None:
         with resources.as_file(_RESOURCES / "Data_Entry_2017_v2020.csv.gz") as p:
-            with _open_text(p) as f:
+            with open_text(p) as f:
                 return parse_data_entry(f, "Data_Entry_2017_v2020.csv.gz")
-    with _open_text(path) as f:
+    with open_text(path) as f:
         return parse_data_entry(f, os.fspath(path))
 
 
@@ -173,9 +174,9 @@ class BoundingBox:
 def load_bboxes(path: str | os.PathLike | None = None) -> list[BoundingBox]:
     """The 984 hand-drawn NIH boxes (1024-px coordinates); ``Infiltrate`` -> ``Infiltration``."""
     if path is None:
-        with resources.as_file(_RESOURCES / "BBox_List_2017.csv.gz") as p, _open_text(p) as f:
+        with resources.as_file(_RESOURCES / "BBox_List_2017.csv.gz") as p, open_text(p) as f:
             return _parse_bboxes(f)
-    with _open_text(path) as f:
+    with open_text(path) as f:
         return _parse_bboxes(f)
 
 

@@ -162,13 +162,13 @@ def find_images(manual_dir: str) -> tuple[dict[str, str], list[Problem]]:
 def read_rows(csv_path: str, image_paths: dict[str, str]
               ) -> tuple[list[Row], list[Problem]]:
     """Parses the table, matches it against the files, and collects every problem."""
-    from cxrjax.data.labels import _open_text  # same gz/plain handling as the label module
+    from cxrjax.data.labels import open_text  # same gz/plain handling as the label module
 
     problems: list[Problem] = []
     rows: dict[str, Row] = {}
     first_line: dict[str, int] = {}
     duplicated: set[str] = set()
-    with _open_text(csv_path) as f:
+    with open_text(csv_path) as f:
         reader = csv.reader(f)
         header = [h.strip() for h in next(reader, [])]
         missing = [c for c in DATA_ENTRY_COLUMNS if c not in header]
