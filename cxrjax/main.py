@@ -53,9 +53,13 @@ def _setup_logging() -> None:
     ours.setLevel(py_logging.INFO)
     ours.addHandler(handler)
     ours.propagate = False
-    # orbax warns on every checkpoint saved without a validation score (mid-epoch ones).
+    # Library warnings that are no news: orbax on mid-epoch checkpoints (no validation score)
+    # and read-only restores, TFDS on every load of our resolution-named builder configs.
+    noise = ("did not provide metrics", "Using custom data configuration",
+             "has no dataset_info.json", "Metadata file does not exist", "read_only=True",
+             "Given directory is read only")
     py_logging.getLogger("absl").addFilter(
-        lambda record: "did not provide metrics" not in record.getMessage())
+        lambda record: not any(n in record.getMessage() for n in noise))
 
 
 def main(argv):

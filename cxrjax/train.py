@@ -384,7 +384,22 @@ def validate(predict_fn: Callable, state: TrainState, ds: Any, mesh: Mesh,
     """Fused mean AUC and W-AUC on the validation split (no bootstrap)."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     _, probs, labels = evaluate.predict_split(predict_fn, variables, ds, "val", mesh)
-    return metrics.summary(probs["fused"], labels, n_boot=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = metrics.summary(probs["fused"], labels, n_boot=0)
+    _log_once("validation split: ", [str(w.message) for w in caught])
+    return summary
+
+
+_LOGGED: set[str] = set()
+
+
+def _log_once(prefix: str, messages: list[str]) -> None:
+    """Logs each message the first time only (a split's caveats are the same every epoch)."""
+    for message in dict.fromkeys(messages):
+        if message not in _LOGGED:
+            _LOGGED.add(message)
+            log.warning("%s%s", prefix, message)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,8 +448,7 @@ def evaluate_test_split(config: mlc.ConfigDict, workdir: str, variables: dict, d
         warnings.simplefilter("always")
         results = {head: metrics.summary(p, labels, n_boot=config.eval.n_boot)
                    for head, p in probs.items()}
-    for message in dict.fromkeys(str(w.message) for w in caught):
-        log.warning("test split: %s", message)
+    _log_once("test split: ", [str(w.message) for w in caught])
     if jax.process_index() == 0:
         eval_dir = os.path.join(workdir, "eval")
         evaluate.write_predictions(os.path.join(eval_dir, "test_predictions.csv"), ids,
