@@ -342,6 +342,7 @@ def run_stage(config: mlc.ConfigDict, workdir: str, index: int, model: Any, ds: 
 
         end_of_epoch = step % steps_per_epoch == 0
         if end_of_epoch or step % t.checkpoint_every_steps == 0:
+            _check_finite(*pending, manager)  # never checkpoint a step that was not applied
             val_auc = None
             meta = {"stage": stage.name, "epoch": step / steps_per_epoch}
             if end_of_epoch:
@@ -352,7 +353,7 @@ def run_stage(config: mlc.ConfigDict, workdir: str, index: int, model: Any, ds: 
                              stage=stage.name)
                 meta.update(val_mean_auc=val["mean_auc"], val_w_auc=val["w_auc"])
                 log.info("stage %s epoch %d: val mean AUC %.4f, W-AUC %.4f", stage.name,
-                             step // steps_per_epoch, val["mean_auc"], val["w_auc"])
+                         step // steps_per_epoch, val["mean_auc"], val["w_auc"])
                 if step < total_steps:
                     bar = progress(total=steps_per_epoch, desc=f"{stage.name} epoch "
                                    f"{step // steps_per_epoch + 1}/{stage.epochs}")
