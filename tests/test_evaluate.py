@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import TINY, random_variables
 from sklearn.metrics import roc_auc_score
 
 from cxrjax import evaluate
@@ -225,28 +226,6 @@ def test_python_dash_m_runs_and_reports_bad_input_on_stderr(tmp_path, small):
 # --workdir: trained runs (tiny "trained" runs: saved checkpoints, no training) and ensembles.
 # ---------------------------------------------------------------------------------------------
 
-TINY = {"resnet18": "resnet_tiny", "densenet121": "densenet_tiny", "vgg16": "vgg_tiny"}
-
-
-def random_variables(model, crop, seed):
-    """Random variables of ``model`` without compiling its init (slow on 2 cores): normal
-    weights scaled by fan-in, BatchNorm statistics mean 0, variance 1."""
-    import jax
-    import jax.numpy as jnp
-
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
-                                               jnp.zeros((1, crop, crop, 1), jnp.uint8)))
-    rng = np.random.default_rng(seed)
-
-    def value(path, leaf):
-        name = jax.tree_util.keystr(path)
-        if "batch_stats" in name:
-            return jnp.full(leaf.shape, 1.0 if "var" in name else 0.0, leaf.dtype)
-        fan_in = max(int(np.prod(leaf.shape[:-1])), 1)
-        return jnp.asarray(rng.normal(0, 1 / np.sqrt(fan_in), leaf.shape), leaf.dtype)
-
-    out = jax.tree_util.tree_map_with_path(value, dict(shapes))
-    return {"params": out["params"], "batch_stats": out.get("batch_stats", {})}
 
 
 def tiny_run(workdir, seed=0, split_seed=0, shared_data=None):

@@ -10,13 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import TINY, random_variables
 from PIL import Image
 
 from cxrjax import checkpoint, evaluate, models, predict, runs, train
 from cxrjax.data import prepare
 from cxrjax.data.labels import CLASSES
 
-TINY = {"resnet18": "resnet_tiny", "densenet121": "densenet_tiny", "vgg16": "vgg_tiny"}
 RES, CROP = 72, 64  # the tiny trunk (stride 32) sees a 2x2 feature map
 
 
@@ -31,23 +31,6 @@ def tiny_config(name):
     return c
 
 
-def random_variables(model, seed=0):
-    """Variables without compiling the model's init: fan-in-scaled normal weights, BN 0/1."""
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
-                                               jnp.zeros((1, CROP, CROP, 1), jnp.uint8)))
-    rng = np.random.default_rng(seed)
-
-    def value(path, leaf):
-        name = jax.tree_util.keystr(path)
-        if "batch_stats" in name:
-            return jnp.full(leaf.shape, 1.0 if "var" in name else 0.0, leaf.dtype)
-        fan_in = max(int(np.prod(leaf.shape[:-1])), 1)
-        return jnp.asarray(rng.normal(0, 1 / np.sqrt(fan_in), leaf.shape), leaf.dtype)
-
-    out = jax.tree_util.tree_map_with_path(value, dict(shapes))
-    return {"params": out["params"], "batch_stats": out["batch_stats"]}
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """(workdir, model, variables): an R18 + R18-F-MSML run with one saved checkpoint."""
@@ -55,7 +38,7 @@ def run(tmp_path_factory):
     c = tiny_config("r18_msml")
     (workdir / "config.json").write_text(c.to_json_best_effort(indent=2))
     model = models.build_model(c.model)
-    variables = random_variables(model)
+    variables = random_variables(model, CROP)
     manager = checkpoint.open_manager(runs.stage_dir(str(workdir), 0, c.train.stages[0]), 3)
     state, _ = train.create_stage(c, 0, model, variables, 10, train.create_mesh())
     checkpoint.save(manager, 10, state, {"step": 10}, {"stage": "global"}, None)
@@ -146,7 +129,7 @@ def test_grad_cam_is_the_top_class_weights_on_stream_a_for_a_gap_dense_head():
     relu(A . W[:, k]) / max."""
     c = tiny_config("r18")
     model = models.build_model(c.model)
-    variables = random_variables(model, seed=3)
+    variables = random_variables(model, CROP, seed=3)
     images = np.stack([xray((CROP, CROP), s) for s in range(3)])[..., None]
     probs, cam, top = predict.make_predict_fn(model, ("ce", "fce"))(variables, images)
     _, state = model.apply(variables, images, train=False,
