@@ -67,7 +67,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     _setup_logging()
     _maybe_initialize_distributed()
-    from cxrjax import checkpoint, train
+    from cxrjax import checkpoint, config_checks, train
     from cxrjax.data.labels import LabelError
 
     try:
@@ -75,7 +75,7 @@ def main(argv):
             train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
         else:
             train.evaluate_run(_CONFIG.value, _WORKDIR.value)
-    except (train.ConfigError, checkpoint.CheckpointError, LabelError, FileNotFoundError,
+    except (config_checks.ConfigError, checkpoint.CheckpointError, LabelError, FileNotFoundError,
             FloatingPointError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -16,7 +16,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cxrjax import checkpoint, models
+from cxrjax import checkpoint, config_checks, models
 
 
 def stage_dir(workdir: str, index: int, stage: Any) -> str:
@@ -126,15 +126,13 @@ def load_run(workdir: str) -> tuple[mlc.ConfigDict, Any, dict, int]:
     The model is built in the run's compute dtype. A missing/broken workdir, an unfinished run
     or a checkpoint of another model is a one-line error.
     """
-    from cxrjax import train  # the config checks and dtype rule live with training
-
     workdir = os.path.abspath(os.path.expanduser(workdir))
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"workdir not found: {workdir}")
     config = load_config(workdir)
-    train.check_config(config)
+    config_checks.check_config(config)
     directory = final_stage_dir(workdir)
     step = best_step(directory)
-    model = models.build_model(config.model, dtype=train.compute_dtype(config))
+    model = models.build_model(config.model, dtype=config_checks.compute_dtype(config))
     template = abstract_variables(model, config)
     return config, model, restore_variables(directory, template, step), step

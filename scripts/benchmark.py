@@ -68,7 +68,7 @@ def bench_train_step(name: str, batch: int, size: int, steps: int, warmup: int,
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from cxrjax import runs, train
+    from cxrjax import config_checks, runs, train
 
     config = load_config(name)
     config.model.init = "scratch"
@@ -76,7 +76,7 @@ def bench_train_step(name: str, batch: int, size: int, steps: int, warmup: int,
     config.train.batch_size = batch
     config.dtype = dtype
     mesh = train.create_mesh()
-    model, variables = runs.init_model(config, train.compute_dtype(config))
+    model, variables = runs.init_model(config, config_checks.compute_dtype(config))
     state, step = train.create_stage(config, 0, model, variables, steps_per_epoch=1000,
                                      mesh=mesh)
     rng = np.random.default_rng(0)
@@ -96,7 +96,8 @@ def bench_train_step(name: str, batch: int, size: int, steps: int, warmup: int,
     dt = time.perf_counter() - t0
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     return {"bench": "train_step", "impl": "jax", "config": name,
-            "dtype": str(jnp.dtype(train.compute_dtype(config))), "batch": batch, "size": size,
+            "dtype": str(jnp.dtype(config_checks.compute_dtype(config))), "batch": batch,
+            "size": size,
             "img_per_s": round(batch * steps / dt, 1), "step_ms": round(1e3 * dt / steps, 2),
             "warmup_s": round(warm, 1), "loss": round(float(m["loss"]), 4),
             "params": int(n_params), "compiles": step._cache_size()}
@@ -144,7 +145,7 @@ def run_end_to_end(args) -> None:
     import jax
     import numpy as np
 
-    from cxrjax import runs, train
+    from cxrjax import config_checks, runs, train
     from cxrjax.data import pipeline
 
     p = argparse.ArgumentParser(prog="benchmark.py end-to-end")
@@ -170,7 +171,7 @@ def run_end_to_end(args) -> None:
         ds = pipeline.create_datasets(data_cfg, global_batch_size=args.batch,
                                       eval_batch_size=args.batch, seed=0)
         mesh = train.create_mesh()
-        model, variables = runs.init_model(config, train.compute_dtype(config))
+        model, variables = runs.init_model(config, config_checks.compute_dtype(config))
         state, step = train.create_stage(config, 0, model, variables, ds.steps_per_epoch, mesh)
         batches = train.prefetch_to_mesh(ds.train_iter(), train.NamedSharding(
             mesh, train.P("data")), size=max(config.data.prefetch, 1))

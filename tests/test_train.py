@@ -98,24 +98,7 @@ def test_non_finite_batch_leaves_state_unchanged_and_names_step_and_head():
         train._check_finite(2, metrics, Manager())
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("model.trunk_a", "resnet19", "model.trunk_a='resnet19': unknown architecture"),
-    ("train.batch_size", 7, "train.batch_size=7 must be a positive multiple of the device"),
-    ("data.crop", 300, "data.crop=300 is larger than data.resolution=256"),
-])
-def test_config_errors_name_the_field(field, value, message):
-    config = tiny_config("r18_msml")
-    section, key = field.split(".")
-    config[section][key] = value
-    with pytest.raises(train.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        train.check_config(config)
-
-
-def test_negative_loss_weight_and_empty_trainable_pattern_are_refused():
-    config = tiny_config("r18_msml")
-    config.train.stages[0].loss_weights.msml = -0.2
-    with pytest.raises(train.ConfigError, match=r"stages\[0\].loss_weights.msml=-0.2 is negative"):
-        train.check_config(config)
+def test_a_stage_pattern_that_matches_no_parameter_is_refused():
     config = tiny_config("r18_msml_local_fixed")
     config.train.stages[1].trainable = "^nothing_matches$"
     model, variables = runs.init_model(config, jnp.float32)

@@ -78,22 +78,41 @@ def _final_params(workdir):
     return last, runs.restore_variables(directory, template, last)
 
 
+def _kill_when(proc, ready, timeout: float = 600) -> bool:
+    """SIGKILLs ``proc`` as soon as ``ready()`` holds; False if it ended first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if ready():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.05)
+    proc.wait()
+    return False
+
+
 def test_killed_run_resumes_to_the_parameters_of_an_uninterrupted_run(tiny_data, tmp_path):
+    """kill -9 three times (during a checkpoint write, right after one, mid-epoch)."""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     proc = _main(straight, tiny_data)
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out[-3000:]
 
-    proc = _main(killed, tiny_data)
     ckpt = killed / "checkpoints" / "stage0_global"
-    deadline = time.time() + 600
-    while time.time() < deadline:  # kill -9 once the second checkpoint is being made
-        if ckpt.is_dir() and len([d for d in os.listdir(ckpt) if d.isdigit()]) >= 2:
-            break
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "eval" / "test_metrics.json").exists()
+    entries = lambda: os.listdir(ckpt) if ckpt.is_dir() else []  # noqa: E731
+    steps = lambda: [int(d) for d in entries() if d.isdigit()]  # noqa: E731
+    kill_points = [
+        lambda: any("tmp" in d for d in entries()),  # a checkpoint write in flight
+        lambda: len(steps()) >= 1 and max(steps()) >= 6,  # a finished checkpoint, mid-epoch
+        lambda: len(steps()) >= 1 and max(steps()) >= 16,  # into the second epoch
+    ]
+    killed_at = []
+    for ready in kill_points:
+        proc = _main(killed, tiny_data)
+        proc.stdout.close()  # nobody reads it: keep the pipe from filling
+        if _kill_when(proc, ready):
+            killed_at.append(sorted(steps()))
+    assert len(killed_at) >= 2, killed_at  # at least two kills landed before the run ended
     proc = _main(killed, tiny_data)
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out[-3000:]
