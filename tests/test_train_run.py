@@ -51,7 +51,7 @@ def test_every_paper_config_trains_an_epoch_and_leaves_its_report(name, tiny_dat
     assert any("val/mean_auc" in r for r in log) and any("train/loss" in r for r in log)
 
 
-def _main(workdir, data_root, extra=()):
+def _main(workdir, data_root, extra=(), quiet=False):
     c = run_config("r18_msml", data_root, epochs=2)
     overrides = [
         f"--config.model.trunk_a={c.model.trunk_a}", f"--config.model.trunk_b={c.model.trunk_b}",
@@ -66,7 +66,8 @@ def _main(workdir, data_root, extra=()):
         [sys.executable, "-m", "cxrjax.main", "--config", os.path.join(ROOT, "configs",
                                                                       "r18_msml.py"),
          "--workdir", str(workdir), *overrides, *extra],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL if quiet else subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
 
 
 def _final_params(workdir):
@@ -108,8 +109,7 @@ def test_killed_run_resumes_to_the_parameters_of_an_uninterrupted_run(tiny_data,
     ]
     killed_at = []
     for ready in kill_points:
-        proc = _main(killed, tiny_data)
-        proc.stdout.close()  # nobody reads it: keep the pipe from filling
+        proc = _main(killed, tiny_data, quiet=True)  # nobody reads its output
         if _kill_when(proc, ready):
             killed_at.append(sorted(steps()))
     assert len(killed_at) >= 2, killed_at  # at least two kills landed before the run ended
