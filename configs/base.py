@@ -13,6 +13,17 @@ def stage(name: str, epochs: int, trainable: str = ".*", **loss_weights: float) 
                                loss_weights=dict(loss_weights)))
 
 
+def densenet121_streams(c: mlc.ConfigDict) -> mlc.ConfigDict:
+    """An R18 row with DenseNet121 trunks. DenseNet121 gives 1024 channels: each stream is reduced
+    to 256 by a 1x1 conv before the bilinear product (1024 x 1024 features would make the
+    projection 0.5 G parameters)."""
+    c.model.trunk_a = "densenet121"
+    if c.model.trunk_b is not None:
+        c.model.trunk_b = "densenet121"
+    c.model.bilinear_reduce = 256 if c.model.bilinear else None
+    return c
+
+
 def get_config() -> mlc.ConfigDict:
     c = mlc.ConfigDict()
     c.seed = 0
