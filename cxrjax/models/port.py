@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -287,8 +288,8 @@ def _open_npz(path: str):
     try:
         npz = np.load(path, allow_pickle=False)
         meta = json.loads(str(npz["__meta__"]))
-    except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"{path}: not a cxrjax variables file ({e})") from e
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: not a cxrjax variables file, or truncated ({e})") from e
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: unknown variables format {meta.get('format')!r}")
     return npz, meta

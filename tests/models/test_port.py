@@ -187,3 +187,16 @@ def test_port_script_converts_a_checkpoint_file(tmp_path, r18_sd, ported):
                         "--out", out]) == 1
     assert script.main(["--arch", "resnet18", "--src", str(tmp_path / "none.pth"),
                         "--out", out]) == 1
+
+
+def test_truncated_weight_files_are_refused_with_their_name(tmp_path, r18_sd, ported):
+    npz = tmp_path / "r18.npz"
+    port.save_variables(str(npz), ported("resnet18"), arch="resnet18")
+    npz.write_bytes(npz.read_bytes()[: npz.stat().st_size // 2])
+    with pytest.raises(ValueError, match="r18.npz"):
+        port.load_variables(str(npz))
+    pth = tmp_path / "r18.pth"
+    torch.save({k: torch.as_tensor(v) for k, v in r18_sd.items()}, pth)
+    pth.write_bytes(pth.read_bytes()[: pth.stat().st_size // 2])
+    with pytest.raises(ValueError, match="r18.pth"):
+        port.load_torch_file(str(pth))
