@@ -38,7 +38,7 @@ def test_every_paper_config_trains_an_epoch_and_leaves_its_report(name, tiny_dat
     assert [s._cache_size() for s in steps] == [1] * len(config.train.stages)  # no recompiles
     ids, scores = evaluate.load_predictions(tmp_path / "eval" / "test_predictions.csv")
     assert len(ids) == len(set(ids)) == results["fused"]["n_images"] > 0
-    np.testing.assert_allclose(scores.mean(), np.asarray(scores).mean())
+    assert scores.shape == (len(ids), 14) and np.all((scores >= 0) & (scores <= 1))
     with open(tmp_path / "eval" / "test_metrics.json") as f:
         saved = json.load(f)
     assert {"per_class", "mean_auc", "w_auc", "d_auc", "n_auc", "mean_auc_ci95",
