@@ -1,10 +1,9 @@
 """The paper's metric family: per-class ROC AUC, W-AUC, D-AUC, N-AUC, and a bootstrap CI.
 
-Two implementations of the same AUC (ties count half, exactly as scikit-learn):
-* a NumPy reference (`roc_auc`, `summary`) that computes a *weighted* Mann-Whitney statistic
-  from per-tie-group weight sums, so bootstrap resamples (multinomial counts as weights) reuse
-  one sort per class;
-* a jitted JAX version (`roc_auc_jax`, `auc_family_jax`) with a mask for padded eval batches.
+The AUC (ties count half, exactly as scikit-learn) is a weighted Mann-Whitney statistic from
+per-tie-group weight sums, written twice for two jobs: in float64 NumPy for the exact point
+estimates (`roc_auc`, `summary`), and jitted in float32 for the bootstrap, where a resample is
+a vector of counts over the images, pre-sorted once per class, so 1,000 resamples need no sort.
 
 A class with a single label value in the evaluated set gets NaN (with a warning) and is left
 out of every mean; `summary` lists the excluded classes.
@@ -22,8 +21,12 @@ import numpy as np
 
 from cxrjax.data.labels import CLASSES, load_label_table
 
-# Bootstrap replicates are processed this many at a time: (chunk, N) float64 per class.
-_BOOT_CHUNK = 50
+# Bootstrap resamples vectorised together inside the jitted loop (memory: batch x N x C).
+_BOOT_BATCH = 16
+# The conditional bootstrap of the mean AUC draws at most this many times n_boot resamples.
+_MAX_DRAW_FACTOR = 20
+# A class with fewer test positives than this has an unreliable AUC: tables and reports flag it.
+FEW_POSITIVES = 5
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,28 +118,6 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray,
     return out
 
 
-def bootstrap_auc(scores: np.ndarray, labels: np.ndarray, *, n_boot: int = 1000,
-                  seed: int = 0) -> np.ndarray:
-    """Per-class AUCs on ``n_boot`` resamples of the images (with replacement) -> (n_boot, C).
-
-    Each resample is a multinomial count vector used as sample weights, so each class is sorted
-    once. A class with one label value in a resample is NaN there.
-    """
-    scores, labels = _check(scores, labels)
-    n, num_classes = scores.shape
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    groups = [_tie_groups(scores[:, c]) for c in range(num_classes)]
-    rng = np.random.default_rng(seed)
-    out = np.empty((n_boot, num_classes))
-    for lo in range(0, n_boot, _BOOT_CHUNK):
-        b = min(_BOOT_CHUNK, n_boot - lo)
-        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=b).astype(np.float64)
-        for c, (order, starts) in enumerate(groups):
-            out[lo:lo + b, c] = _weighted_auc(labels[order, c], starts, counts[:, order])
-    return out
-
-
 def _nanmean(x: np.ndarray, axis=None) -> np.ndarray | float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -151,9 +132,13 @@ def summary(scores: np.ndarray, labels: np.ndarray, *, weights: np.ndarray | Non
       scores, labels: (N, C) arrays; labels 0/1.
       weights: (C,) W-AUC class weights; default: share of ALL NIH images carrying each class
         (the paper's Table 1; they sum to ~0.724, so its W-AUC is ~0.58).
-      n_boot: bootstrap resamples of the images for ``mean_auc_ci95`` (0 disables it): the
-        2.5/97.5 percentiles of the resampled mean AUC over the classes that have a point AUC
-        (a class that is one-valued in a resample is skipped in that resample's mean).
+      n_boot: bootstrap resamples (0 disables the CIs). ``mean_auc_ci95``: 2.5/97.5
+        percentiles of the mean AUC over image-level resamples in which every class that has a
+        point AUC has positives and negatives (others are redrawn; ``n_boot_drawn`` counts all
+        draws), so every resampled mean is over the point estimate's classes.
+        ``per_class_ci95``: each class's CI from a bootstrap stratified by its label (its
+        positives and negatives resampled separately). ``few_positive_classes``: fewer than
+        ``FEW_POSITIVES`` positives, AUC unreliable.
       seed: bootstrap seed.
 
     Returns a dict of plain Python values (floats may be NaN: ``evaluate.write_json`` writes
@@ -195,11 +180,12 @@ def summary(scores: np.ndarray, labels: np.ndarray, *, weights: np.ndarray | Non
                       f"classes are NaN and left out of the mean: {listed}", RuntimeWarning,
                       stacklevel=2)
 
-    ci = [float("nan"), float("nan")]
+    ci, drawn = [float("nan"), float("nan")], 0
+    class_ci = np.full((num_classes, 2), np.nan)
     if n_boot > 0 and valid.any():
-        boot = bootstrap_auc(scores, labels, n_boot=n_boot, seed=seed)
-        boot_mean = _nanmean(boot[:, valid], axis=1)
-        ci = [float(v) for v in np.nanpercentile(boot_mean, [2.5, 97.5])]
+        ci, drawn = _mean_auc_ci(scores, labels, valid, n_boot, seed)
+        stratified = bootstrap_auc(scores, labels, n_boot=n_boot, seed=seed, stratified=True)
+        class_ci[valid] = np.percentile(stratified[:, valid], [2.5, 97.5], axis=0).T
 
     def per_class(values: np.ndarray) -> dict[str, float]:
         return {name: float(v) for name, v in zip(names, values, strict=True)}
@@ -213,6 +199,8 @@ def summary(scores: np.ndarray, labels: np.ndarray, *, weights: np.ndarray | Non
         "d_auc": float(_nanmean(d_auc)),
         "n_auc": float(_nanmean(n_auc)),
         "mean_auc_ci95": ci,
+        "per_class_ci95": {name: [float(lo), float(hi)]
+                           for name, (lo, hi) in zip(names, class_ci, strict=True)},
         "n_images": int(n),
         "per_class_d_auc": per_class(d_auc),
         "per_class_n_auc": per_class(n_auc),
@@ -221,75 +209,113 @@ def summary(scores: np.ndarray, labels: np.ndarray, *, weights: np.ndarray | Non
         "excluded_classes": [names[c] for c in np.flatnonzero(~valid)],
         "d_auc_excluded_classes": [names[c] for c in np.flatnonzero(np.isnan(d_auc))],
         "n_auc_excluded_classes": [names[c] for c in np.flatnonzero(np.isnan(n_auc))],
+        "few_positive_classes": [names[c] for c in np.flatnonzero(n_pos < FEW_POSITIVES)],
         "n_boot": int(n_boot),
+        "n_boot_drawn": int(drawn),
         "seed": int(seed),
     }
 
 
 # ----------------------------------------------------------------------------------------------
-# JAX (jitted, for use inside training and evaluation loops).
+# Bootstrap (jitted): resampled AUCs from one sort per class, resamples as count weights.
 # ----------------------------------------------------------------------------------------------
 
-# Above this many rows the exact int32 sum of 2*n_pos*n_neg could overflow.
-_INT32_EXACT_ROWS = 65535
+
+def _sorted_layout(scores: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Per class (rows): ascending score order, tie-group id along it, labels in that order,
+    and the image indices with positives first (for stratified draws)."""
+    n, num_classes = scores.shape
+    order = np.empty((num_classes, n), np.int32)
+    group = np.empty((num_classes, n), np.int32)
+    for c in range(num_classes):
+        order[c], starts = _tie_groups(scores[:, c])
+        step = np.zeros(n, np.int32)
+        step[starts[1:]] = 1
+        group[c] = np.cumsum(step)
+    positives_first = np.argsort(~labels.T, axis=1, kind="stable").astype(np.int32)
+    return {"order": order, "group": group,
+            "y_sorted": np.take_along_axis(labels.T, order, axis=1),
+            "positives_first": positives_first, "n_pos": labels.sum(0).astype(np.int32)}
 
 
-@jax.jit
-def roc_auc_jax(scores: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    """Per-class ROC AUC in JAX, ties counted half -> (C,) float32 (NaN for a one-value class).
+def _weighted_auc_sorted(w: jax.Array, group: jax.Array, y: jax.Array) -> jax.Array:
+    """One class: weighted Mann-Whitney AUC of weights ``w`` already in score order (float32)."""
+    n = w.shape[0]
+    pos = jax.ops.segment_sum(jnp.where(y, w, 0.0), group, n, indices_are_sorted=True)
+    neg = jax.ops.segment_sum(w, group, n, indices_are_sorted=True) - pos
+    neg_below = jnp.cumsum(neg) - neg
+    num = jnp.sum(pos * (neg_below + 0.5 * neg))
+    den = jnp.sum(pos) * jnp.sum(neg)
+    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), jnp.nan)
 
-    ``scores``/``labels``: (N, C) or (N,). ``mask``: (N,) or (N, C) bool; masked-out rows (e.g.
-    padding of the last eval batch) count as neither positive nor negative. Scores are compared
-    in float32 (+-inf rank as extremes; NaN is not supported). For each positive it counts, in
-    integers, the negatives below (2x) and tied (1x); for N <= 65535 the sum over positives is
-    exact in int32.
+
+@functools.partial(jax.jit, static_argnames=("n_resamples", "stratified"))
+def _resampled_aucs(key: jax.Array, layout: dict, n_resamples: int, stratified: bool
+                    ) -> jax.Array:
+    """(n_resamples, C) AUCs. Image-level: one count vector per resample shared by all classes.
+    Stratified: per class, its positives and its negatives are resampled separately."""
+    n = layout["order"].shape[1]
+    slot = jnp.arange(n)
+
+    def counts_of(idx):
+        return jnp.zeros(n, jnp.float32).at[idx].add(1.0)
+
+    def stratified_class(k, order, group, y, positives_first, n_pos):
+        u = jax.random.uniform(k, (n,))
+        p, q = n_pos.astype(jnp.float32), (n - n_pos).astype(jnp.float32)
+        in_pos = jnp.minimum((u * p).astype(jnp.int32), jnp.maximum(n_pos - 1, 0))
+        in_neg = jnp.minimum(n_pos + (u * q).astype(jnp.int32), n - 1)
+        idx = positives_first[jnp.where(slot < n_pos, in_pos, in_neg)]
+        return _weighted_auc_sorted(counts_of(idx)[order], group, y)
+
+    def one(k):
+        if stratified:
+            keys = jax.random.split(k, layout["order"].shape[0])
+            return jax.vmap(stratified_class)(keys, layout["order"], layout["group"],
+                                              layout["y_sorted"], layout["positives_first"],
+                                              layout["n_pos"])
+        counts = counts_of(jax.random.randint(k, (n,), 0, n))
+        return jax.vmap(_weighted_auc_sorted)(counts[layout["order"]], layout["group"],
+                                              layout["y_sorted"])
+
+    return jax.lax.map(one, jax.random.split(key, n_resamples), batch_size=_BOOT_BATCH)
+
+
+def bootstrap_auc(scores: np.ndarray, labels: np.ndarray, *, n_boot: int = 1000,
+                  seed: int = 0, stratified: bool = False, draw: int = 0) -> np.ndarray:
+    """Per-class AUCs on ``n_boot`` bootstrap resamples -> (n_boot, C) float64 (jitted).
+
+    Image-level (default): images are drawn with replacement, so the classes of one resample
+    stay correlated as in the data; a class that draws no positive (or no negative) is NaN
+    there. ``stratified``: each class's positives and negatives are resampled separately (its
+    counts stay fixed), the usual bootstrap for one AUC's CI. ``draw`` selects an independent
+    batch of resamples for the same seed.
     """
-    s = jnp.asarray(scores, jnp.float32)
-    squeeze = s.ndim == 1
-    s = s.reshape(s.shape[0], -1)
-    y = jnp.asarray(labels).reshape(s.shape).astype(bool)
-    if mask is None:
-        valid = jnp.ones(s.shape, bool)
-    else:
-        m = jnp.asarray(mask).astype(bool)
-        valid = jnp.broadcast_to(m.reshape(s.shape[0], -1), s.shape)
-    pos, neg = y & valid, ~y & valid
-
-    # Negatives' scores sorted per class; everything else sits at +inf, past any finite score.
-    neg_sorted = jnp.sort(jnp.where(neg, s, jnp.inf), axis=0)
-    n_pos = pos.sum(axis=0, dtype=jnp.int32)
-    n_neg = neg.sum(axis=0, dtype=jnp.int32)
-
-    def search(side: str) -> jax.Array:  # clamped: a +inf score never counts the fillers
-        found = jax.vmap(functools.partial(jnp.searchsorted, side=side), in_axes=1, out_axes=1)(
-            neg_sorted, s)
-        return jnp.minimum(found.astype(jnp.int32), n_neg)
-
-    below = search("left")  # negatives strictly below
-    below_or_tied = search("right")
-    twice_count = below + below_or_tied  # 2 * below + tied
-    if s.shape[0] <= _INT32_EXACT_ROWS:
-        total = jnp.where(pos, twice_count, 0).sum(axis=0, dtype=jnp.int32)
-        den = 2.0 * n_pos.astype(jnp.float32) * n_neg.astype(jnp.float32)
-        auc = total.astype(jnp.float32) / jnp.maximum(den, 1.0)
-    else:  # Divide per positive first so every term is in [0, 1].
-        per = twice_count.astype(jnp.float32) / (2.0 * jnp.maximum(n_neg, 1).astype(jnp.float32))
-        auc = jnp.where(pos, per, 0.0).sum(axis=0) / jnp.maximum(n_pos, 1).astype(jnp.float32)
-    auc = jnp.where((n_pos > 0) & (n_neg > 0), auc, jnp.nan)
-    return auc[0] if squeeze else auc
+    scores, labels = _check(scores, labels)
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    layout = {k: jnp.asarray(v) for k, v in _sorted_layout(scores, labels).items()}
+    key = jax.random.fold_in(jax.random.key(seed), draw)
+    return np.asarray(_resampled_aucs(key, layout, n_boot, stratified), np.float64)
 
 
-@jax.jit
-def auc_family_jax(scores: jax.Array, labels: jax.Array,
-                   mask: jax.Array | None = None) -> dict[str, jax.Array]:
-    """Per-class AUC, D-AUC and N-AUC (each (C,)) and their NaN-skipping means, in one jit."""
-    y = jnp.asarray(labels).astype(bool)
-    valid = jnp.ones(y.shape[0], bool) if mask is None else jnp.asarray(mask).astype(bool)
-    any_finding = y.any(axis=1)
-    per = {
-        "auc": roc_auc_jax(scores, y, valid),
-        "d_auc": roc_auc_jax(scores, y, valid & any_finding),
-        "n_auc": roc_auc_jax(scores, y, valid[:, None] & (y | ~any_finding[:, None])),
-    }
-    means = {f"mean_{k}": jnp.nanmean(v) for k, v in per.items()}
-    return per | means
+def _mean_auc_ci(scores: np.ndarray, labels: np.ndarray, valid: np.ndarray, n_boot: int,
+                 seed: int) -> tuple[list[float], int]:
+    """95% CI of the mean AUC over the ``valid`` classes, and how many resamples were drawn.
+
+    Only resamples in which every valid class has positives and negatives are kept, so each
+    resampled mean is over the same classes as the point estimate (dropping a rare class from
+    some resamples' means biases the interval towards the mean without it).
+    """
+    kept, drawn = [], 0
+    for draw in range(_MAX_DRAW_FACTOR):
+        boot = bootstrap_auc(scores, labels, n_boot=n_boot, seed=seed, draw=draw)[:, valid]
+        drawn += n_boot
+        kept.append(boot[~np.isnan(boot).any(axis=1)].mean(axis=1))
+        if sum(len(k) for k in kept) >= n_boot:
+            means = np.concatenate(kept)[:n_boot]
+            return [float(v) for v in np.percentile(means, [2.5, 97.5])], drawn
+    warnings.warn(f"bootstrap: fewer than {n_boot} of {drawn} resamples held a positive and a "
+                  "negative of every scored class; no CI of the mean AUC", RuntimeWarning,
+                  stacklevel=3)
+    return [float("nan"), float("nan")], drawn

@@ -38,57 +38,6 @@ def test_roc_auc_with_sample_weight_matches_sklearn():
                                _sklearn_per_class(scores, labels, sample_weight=w), atol=1e-12)
 
 
-def test_roc_auc_jax_matches_sklearn_to_1e6_with_heavy_ties_at_test_set_size():
-    scores, labels = _tied_data(25_000, decimals=2, seed=3)
-    got = np.asarray(metrics.roc_auc_jax(scores, labels))
-    np.testing.assert_allclose(got, _sklearn_per_class(scores, labels), rtol=0, atol=1e-6)
-
-
-def test_roc_auc_jax_matches_sklearn_above_int32_exact_size():
-    scores, labels = _tied_data(70_000, num_classes=2, decimals=3, seed=4)
-    got = np.asarray(metrics.roc_auc_jax(scores, labels))
-    np.testing.assert_allclose(got, _sklearn_per_class(scores, labels), rtol=0, atol=1e-6)
-
-
-def test_roc_auc_jax_masked_rows_count_as_neither_positive_nor_negative():
-    scores, labels = _tied_data(500, num_classes=3, seed=5)
-    pad = 100  # padding rows with labels and scores that would change every AUC if counted
-    padded_scores = np.concatenate([scores, np.full((pad, 3), 0.99, np.float32)])
-    padded_labels = np.concatenate([labels, np.zeros((pad, 3), np.uint8)])
-    mask = np.arange(len(padded_scores)) < len(scores)
-    got = np.asarray(metrics.roc_auc_jax(padded_scores, padded_labels, mask))
-    np.testing.assert_allclose(got, _sklearn_per_class(scores, labels), atol=1e-6)
-    unmasked = np.asarray(metrics.roc_auc_jax(padded_scores, padded_labels))
-    assert np.all(np.abs(unmasked - got) > 1e-3)
-
-
-def test_roc_auc_jax_accepts_per_class_mask_and_1d_input():
-    scores, labels = _tied_data(400, num_classes=2, seed=6)
-    mask = np.random.default_rng(0).random((400, 2)) < 0.6
-    got = np.asarray(metrics.roc_auc_jax(scores, labels, mask))
-    want = [roc_auc_score(labels[mask[:, c], c], scores[mask[:, c], c]) for c in range(2)]
-    np.testing.assert_allclose(got, want, atol=1e-6)
-    one = metrics.roc_auc_jax(scores[:, 0], labels[:, 0])
-    assert one.shape == () and abs(float(one) - roc_auc_score(labels[:, 0], scores[:, 0])) < 1e-6
-
-
-def test_roc_auc_jax_ranks_infinite_scores_as_extremes():
-    scores, labels = _tied_data(300, num_classes=2, seed=17)
-    scores[:20] = np.inf
-    scores[20:40] = -np.inf
-    finite = np.where(np.isposinf(scores), 2.0, np.where(np.isneginf(scores), -1.0, scores))
-    got = np.asarray(metrics.roc_auc_jax(scores, labels))
-    np.testing.assert_allclose(got, _sklearn_per_class(finite, labels), atol=1e-6)
-
-
-def test_roc_auc_jax_single_valued_class_is_nan():
-    scores, labels = _tied_data(200, num_classes=3, seed=7)
-    labels[:, 1] = 0
-    labels[:, 2] = 1
-    got = np.asarray(metrics.roc_auc_jax(scores, labels))
-    assert np.isfinite(got[0]) and np.isnan(got[1]) and np.isnan(got[2])
-
-
 def test_roc_auc_single_valued_class_is_nan_with_warning_naming_it():
     scores, labels = _tied_data(300, seed=8)
     labels[:, CLASSES.index("Hernia")] = 0
@@ -154,19 +103,47 @@ def test_d_auc_and_n_auc_match_sklearn_on_their_subsets():
     assert out["n_auc"] == pytest.approx(n_ref.mean(), abs=1e-12)
 
 
-def test_auc_family_jax_matches_numpy_summary_with_padding():
-    scores, labels = _tied_data(3000, seed=13)
-    out = metrics.summary(scores, labels, n_boot=0)
-    pad_s = np.concatenate([scores, np.zeros((77, 14), np.float32)])
-    pad_l = np.concatenate([labels, np.ones((77, 14), np.uint8)])
-    mask = np.arange(len(pad_s)) < len(scores)
-    fam = {k: np.asarray(v) for k, v in metrics.auc_family_jax(pad_s, pad_l, mask).items()}
-    np.testing.assert_allclose(fam["auc"], list(out["per_class"].values()), atol=1e-6)
-    np.testing.assert_allclose(fam["d_auc"], list(out["per_class_d_auc"].values()), atol=1e-6)
-    np.testing.assert_allclose(fam["n_auc"], list(out["per_class_n_auc"].values()), atol=1e-6)
-    assert fam["mean_auc"] == pytest.approx(out["mean_auc"], abs=1e-6)
-    assert fam["mean_d_auc"] == pytest.approx(out["d_auc"], abs=1e-6)
-    assert fam["mean_n_auc"] == pytest.approx(out["n_auc"], abs=1e-6)
+def test_jitted_weighted_auc_matches_sklearn_with_sample_weights_and_ties():
+    scores, labels = _tied_data(3000, num_classes=3, decimals=2, seed=21)
+    w = np.random.default_rng(3).integers(0, 5, size=3000).astype(np.float32)
+    layout = metrics._sorted_layout(scores.astype(np.float64), labels.astype(bool))
+    got = [float(metrics._weighted_auc_sorted(w[layout["order"][c]], layout["group"][c],
+                                              layout["y_sorted"][c])) for c in range(3)]
+    np.testing.assert_allclose(got, _sklearn_per_class(scores, labels, sample_weight=w),
+                               atol=1e-6)
+
+
+def _one_rare_bad_class(n=600, seed=0):
+    """Like the demo's test split: 13 well-ranked classes and one with 2 positives, ranked low."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((n, 14)) < 0.15).astype(np.uint8)
+    labels[:, 13] = 0
+    labels[[5, 9], 13] = 1
+    scores = rng.random((n, 14)) * 0.5 + 0.45 * labels
+    scores[[5, 9], 13] = 0.05
+    return scores, labels
+
+
+def test_mean_auc_ci_holds_the_point_estimate_when_a_class_has_two_positives():
+    scores, labels = _one_rare_bad_class()
+    out = metrics.summary(scores, labels, n_boot=300, seed=0)
+    lo, hi = out["mean_auc_ci95"]
+    assert lo < out["mean_auc"] < hi
+    # Resamples without a Hernia positive were redrawn, not averaged over 13 classes: the upper
+    # bound stays below the mean without Hernia (the old, biased interval reached it).
+    without_rare = np.mean(list(out["per_class"].values())[:13])
+    assert hi < without_rare
+    assert out["n_boot_drawn"] > 300
+    assert out["few_positive_classes"] == ["Hernia"]
+
+
+def test_per_class_ci_is_stratified_and_holds_each_point_estimate():
+    scores, labels = _one_rare_bad_class(seed=1)
+    out = metrics.summary(scores, labels, n_boot=300, seed=0)
+    for name, (lo, hi) in out["per_class_ci95"].items():
+        assert lo <= out["per_class"][name] <= hi, name
+    # Stratified: every resample keeps Hernia's 2 positives, so its CI is defined.
+    assert not np.isnan(out["per_class_ci95"]["Hernia"]).any()
 
 
 def test_bootstrap_ci_contains_point_estimate_and_is_reproducible_with_seed():
