@@ -1,6 +1,8 @@
 """Losses of the paper: sigmoid cross-entropy (CE/FCE heads) and the Multi-label Softmax Loss.
 
 All functions take logits in any float dtype, compute in float32, and are jit/vmap friendly.
+Which head trains with which loss is the model's to say (`models.output_heads`); this module
+only knows the losses, by name (`LOSSES`).
 """
 
 from __future__ import annotations
@@ -12,10 +14,6 @@ import jax.numpy as jnp
 
 # A finite stand-in for -inf: keeps gradients NaN-free when a row has no negative label.
 _MASKED = -1e30
-
-# The paper's F-MSML weighting: alpha * (E_MSML + E_CE) + beta * E_FCE.
-PAPER_ALPHA = 0.2
-PAPER_BETA = 0.6
 
 
 def bce(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -48,16 +46,22 @@ def msml(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.where(has_positive, per_example, 0.0).sum() / jnp.maximum(count, 1)
 
 
-# Which loss each model head trains with: "msml" with MSML, every other head with sigmoid CE.
-LOSS_OF_HEAD = {"ce": bce, "ce_b": bce, "fce": bce, "msml": msml}
+# Every loss by the name the model's head table (`models.HEADS`) gives it.
+LOSSES = {"bce": bce, "msml": msml}
 
 
-def head_losses(logits: Mapping[str, jax.Array], labels: jax.Array) -> dict[str, jax.Array]:
-    """The loss of every head in ``logits`` (keys as the model outputs them)."""
-    unknown = set(logits) - set(LOSS_OF_HEAD)
+def head_losses(logits: Mapping[str, jax.Array], labels: jax.Array,
+                loss_of_head: Mapping[str, str]) -> dict[str, jax.Array]:
+    """The loss of every head in ``logits``; ``loss_of_head`` (head -> name in LOSSES) says
+    which, as ``models.output_heads`` gives it."""
+    unnamed = set(logits) - set(loss_of_head)
+    if unnamed:
+        raise ValueError(f"no loss named for head(s) {sorted(unnamed)}; named: "
+                         f"{sorted(loss_of_head)}")
+    unknown = {loss_of_head[h] for h in logits} - set(LOSSES)
     if unknown:
-        raise ValueError(f"no loss for head(s) {sorted(unknown)}; known: {sorted(LOSS_OF_HEAD)}")
-    return {name: LOSS_OF_HEAD[name](x, labels) for name, x in logits.items()}
+        raise ValueError(f"unknown loss(es) {sorted(unknown)}; known: {sorted(LOSSES)}")
+    return {name: LOSSES[loss_of_head[name]](x, labels) for name, x in logits.items()}
 
 
 def weighted_total(losses: Mapping[str, jax.Array], weights: Mapping[str, float]) -> jax.Array:
@@ -67,8 +71,3 @@ def weighted_total(losses: Mapping[str, jax.Array], weights: Mapping[str, float]
         raise ValueError(f"loss weights missing for head(s) {sorted(missing)}")
     return sum(weights[name] * value for name, value in losses.items())
 
-
-def paper_total(ce: jax.Array, msml_loss: jax.Array, fce: jax.Array,
-                alpha: float = PAPER_ALPHA, beta: float = PAPER_BETA) -> jax.Array:
-    """The F-MSML objective alpha * (E_MSML + E_CE) + beta * E_FCE (paper section 2.3)."""
-    return alpha * (msml_loss + ce) + beta * fce

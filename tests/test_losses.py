@@ -123,21 +123,31 @@ def test_bce_matches_numpy_formula():
     np.testing.assert_allclose(losses.bce(x, y), expected, rtol=1e-5)
 
 
-def test_paper_total_weights_heads_as_in_section_2_3():
+def test_f_msml_weights_give_the_objective_of_section_2_3():
+    """alpha * (E_MSML + E_CE) + beta * E_FCE with the paper's alpha=0.2, beta=0.6."""
     x, y = random_batch(8)
     logits = {"ce": x, "msml": x[::-1], "fce": x * 0.5}
-    per_head = losses.head_losses(logits, y)
+    per_head = losses.head_losses(logits, y, {"ce": "bce", "msml": "msml", "fce": "bce"})
     total = losses.weighted_total(per_head, {"ce": 0.2, "msml": 0.2, "fce": 0.6})
     expected = 0.2 * (msml_numpy(x[::-1], y) + float(losses.bce(x, y))) + 0.6 * float(
         losses.bce(x * 0.5, y))
     np.testing.assert_allclose(total, expected, rtol=1e-5)
-    np.testing.assert_allclose(
-        losses.paper_total(per_head["ce"], per_head["msml"], per_head["fce"]), total, rtol=1e-6)
 
 
-def test_head_losses_rejects_unknown_head_and_missing_weight():
+def test_head_losses_use_the_loss_named_for_each_head():
+    x, y = random_batch(10)
+    per_head = losses.head_losses({"a": x, "b": x}, y, {"a": "msml", "b": "bce", "unused": "bce"})
+    assert set(per_head) == {"a", "b"}
+    np.testing.assert_allclose(per_head["a"], msml_numpy(x, y), rtol=1e-5)
+    np.testing.assert_allclose(per_head["b"], losses.bce(x, y), rtol=1e-6)
+
+
+def test_head_losses_reject_unnamed_head_unknown_loss_and_missing_weight():
     x, y = random_batch(9)
-    with pytest.raises(ValueError, match="no loss for head"):
-        losses.head_losses({"bogus": x}, y)
+    with pytest.raises(ValueError, match=r"no loss named for head\(s\) \['bogus'\]"):
+        losses.head_losses({"bogus": x}, y, {"ce": "bce"})
+    with pytest.raises(ValueError,
+                       match=r"unknown loss\(es\) \['focal'\]; known: \['bce', 'msml'\]"):
+        losses.head_losses({"ce": x}, y, {"ce": "focal"})
     with pytest.raises(ValueError, match="weights missing"):
         losses.weighted_total({"ce": 1.0, "fce": 2.0}, {"ce": 1.0})

@@ -2,7 +2,8 @@
 
     model = create_classifier("resnet18")            # torchvision-equivalent, {"trunk", "head"}
     trunk = create_trunk("densenet121")              # last conv feature map, NHWC
-    model = build_model(config.model, jnp.bfloat16)  # the paper's networks (networks.py)
+    model = build_model(config.model, compute_dtype("auto"))  # the paper's networks
+    output_heads(config.model)                       # {"ce": "bce", "msml": "msml", "fce": "bce"}
 """
 
 from __future__ import annotations
@@ -20,10 +21,20 @@ from cxrjax.models.common import (
     trunk_channels,
     trunk_stride,
 )
-from cxrjax.models.networks import build_model, load_pretrained_trunks, probabilities
+from cxrjax.models.networks import (
+    HEADS,
+    Head,
+    build_model,
+    check_model_config,
+    compute_dtype,
+    load_pretrained_trunks,
+    output_heads,
+    probabilities,
+)
 
 __all__ = [
-    "ARCHS", "IMAGENET_MEAN", "IMAGENET_STD", "Classifier", "build_model", "create_classifier",
-    "create_trunk", "get_spec", "load_pretrained_trunks", "preprocess", "probabilities",
-    "trunk_channels", "trunk_stride",
+    "ARCHS", "HEADS", "IMAGENET_MEAN", "IMAGENET_STD", "Classifier", "Head", "build_model",
+    "check_model_config", "compute_dtype", "create_classifier", "create_trunk", "get_spec",
+    "load_pretrained_trunks", "output_heads", "preprocess", "probabilities", "trunk_channels",
+    "trunk_stride",
 ]

@@ -17,6 +17,7 @@ from cxrjax.models.common import (
     pad2,
     register,
 )
+from cxrjax.models.heads import GlobalAvgPoolDense
 
 
 class DenseLayer(nn.Module):
@@ -95,19 +96,6 @@ class DenseNetTrunk(nn.Module):
         return nn.relu(norm(name="norm5")(x))
 
 
-class DenseNetHead(nn.Module):
-    """torchvision's head: global average pool + classifier. Logits in float32."""
-
-    num_classes: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, feats: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        x = jnp.mean(feats.astype(jnp.float32), axis=(1, 2))
-        x = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
-        return x.astype(jnp.float32)
-
-
 def _densenet(block_config, growth=32, init_features=64, bn_size=4, tv=None):
     channels = init_features
     for i, n in enumerate(block_config):
@@ -116,7 +104,7 @@ def _densenet(block_config, growth=32, init_features=64, bn_size=4, tv=None):
             channels //= 2
     return ArchSpec(
         trunk=functools.partial(DenseNetTrunk, block_config, growth, init_features, bn_size),
-        head=DenseNetHead,
+        head=functools.partial(GlobalAvgPoolDense, dense_name="classifier"),
         channels=channels,
         stride=32,
         torchvision=tv,

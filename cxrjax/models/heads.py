@@ -1,4 +1,5 @@
-"""The paper's heads: average-pool classifiers and (self-)bilinear pooling (Ge et al. 2.2-2.3).
+"""The heads: global-average-pool classifiers (every backbone's and the paper's CE/MSML heads)
+and (self-)bilinear pooling (Ge et al. 2.2-2.3).
 
 Bilinear pooling of `fa (B,H,W,Ca)` and `fb (B,H,W,Cb)`: the outer product fa_l fb_l^T at each
 location l, averaged over locations, signed square root, L2 normalisation, then "a further 1x1
@@ -42,16 +43,24 @@ def bilinear_pool(fa: jnp.ndarray, fb: jnp.ndarray) -> jnp.ndarray:
     return z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), L2_EPS)
 
 
-class GapDense(nn.Module):
-    """Global average pool (float32) + dense classifier: the CE and MSML heads. Logits float32."""
+class GlobalAvgPoolDense(nn.Module):
+    """Global average pool (float32) + dense layer: logits (B, num_classes) in float32.
+
+    The one "pool and classify" head: torchvision's ResNet (`fc`) and DenseNet (`classifier`)
+    heads and the paper's CE and MSML heads. `dense_name` is the dense layer's parameter name,
+    torchvision's own, so that porting weights stays a renaming. `train` is accepted (and
+    unused) so that every architecture's head is called the same way.
+    """
 
     num_classes: int
     dtype: Any = jnp.float32
+    dense_name: str = "fc"
 
     @nn.compact
-    def __call__(self, feats: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, feats: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         x = jnp.mean(feats.astype(jnp.float32), axis=(1, 2))
-        return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x).astype(jnp.float32)
+        return nn.Dense(self.num_classes, dtype=self.dtype,
+                        name=self.dense_name)(x).astype(jnp.float32)
 
 
 class Bilinear(nn.Module):

@@ -1,8 +1,9 @@
 """The paper's model family (Ge et al., Tables 1-2), built from a config, and its pretrained init.
 
 One module covers every row: one or two trunks, an optional CE head on stream A, an optional CE
-or MSML head on stream B and an optional (self-)bilinear FCE head. Output keys:
-`"ce"` (head on A), `"ce_b"` / `"msml"` (head on B), `"fce"` (bilinear head).
+or MSML head on stream B and an optional (self-)bilinear FCE head. `HEADS` is the one place that
+names the heads and the loss each trains with: the model's output keys, `output_heads()` and
+`check_model_config()` all read it.
 Parameter tree: `trunk_a`, `trunk_b`, `head_a`, `head_b`, `bilinear`, `head_fce`.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import flax.linen as nn
@@ -18,13 +19,26 @@ import jax
 import jax.numpy as jnp
 
 from cxrjax.models.common import ARCHS, get_spec, preprocess
-from cxrjax.models.heads import Bilinear, GapDense
+from cxrjax.models.heads import Bilinear, GlobalAvgPoolDense
 
-HEAD_KEYS = {"a": {"ce": "ce"}, "b": {"ce": "ce_b", "msml": "msml"}}
+
+class Head(NamedTuple):
+    """One output of the model: its key in the logits dict and its loss (`losses.LOSSES` key)."""
+
+    output: str
+    loss: str
+
+
+# Model config field -> {the field's value that adds the head: Head}, in output order.
+HEADS: dict[str, dict[Any, Head]] = {
+    "head_a": {"ce": Head("ce", "bce")},  # average pool + dense on stream A
+    "head_b": {"ce": Head("ce_b", "bce"), "msml": Head("msml", "msml")},  # ... on stream B
+    "bilinear": {True: Head("fce", "bce")},  # (self-)bilinear pooling + dense
+}
 
 
 class PaperNet(nn.Module):
-    """uint8 gray images (B,H,W,1) -> {head name: logits (B, num_classes) float32}."""
+    """uint8 gray images (B,H,W,1) -> {head output name (see HEADS): logits (B, C) float32}."""
 
     trunk_a: str
     trunk_b: str | None = None
@@ -50,16 +64,16 @@ class PaperNet(nn.Module):
             fb = get_spec(self.trunk_b).trunk(dtype=self.dtype, name="trunk_b")(x, t_train)
         out = {}
         if self.head_a is not None:
-            out[HEAD_KEYS["a"][self.head_a]] = GapDense(self.num_classes, self.dtype,
-                                                        name="head_a")(fa)
+            out[HEADS["head_a"][self.head_a].output] = GlobalAvgPoolDense(
+                self.num_classes, self.dtype, name="head_a")(fa)
         if self.head_b is not None:
-            out[HEAD_KEYS["b"][self.head_b]] = GapDense(self.num_classes, self.dtype,
-                                                        name="head_b")(fb)
+            out[HEADS["head_b"][self.head_b].output] = GlobalAvgPoolDense(
+                self.num_classes, self.dtype, name="head_b")(fb)
         if self.bilinear:
             z = Bilinear(self.bilinear_dim, self.bilinear_reduce, self.dtype,
                          name="bilinear")(fa, fb)
-            out["fce"] = nn.Dense(self.num_classes, dtype=self.dtype,
-                                  name="head_fce")(z).astype(jnp.float32)
+            out[HEADS["bilinear"][True].output] = nn.Dense(
+                self.num_classes, dtype=self.dtype, name="head_fce")(z).astype(jnp.float32)
         return out
 
 
@@ -71,41 +85,86 @@ def _field(cfg: Any, name: str, default: Any) -> Any:
     return default if value is None and default is not None else value
 
 
-def build_model(model_cfg: Any, dtype: Any = jnp.float32) -> PaperNet:
-    """The paper network described by `model_cfg` (ConfigDict or any attribute object).
+def output_heads(model_cfg: Any) -> dict[str, str]:
+    """Output name -> loss name of every head of the model `model_cfg` describes, in output order.
 
-    Fields: trunk_a, trunk_b (None: one stream), head_a ("ce"|None), head_b ("ce"|"msml"|None),
-    bilinear (self-bilinear of A without trunk_b), bilinear_dim (512), bilinear_reduce (None),
-    num_classes (14). Inconsistent fields raise a ValueError naming them.
+    `model_cfg` is a checked model config (see `check_model_config`) or a built PaperNet: both
+    carry the fields `head_a`, `head_b` and `bilinear` that HEADS is keyed by.
     """
-    trunk_a = _field(model_cfg, "trunk_a", None)
+    added = {"head_a": _field(model_cfg, "head_a", None),
+             "head_b": _field(model_cfg, "head_b", None),
+             "bilinear": True if _field(model_cfg, "bilinear", False) else None}
+    return dict(HEADS[field][value] for field, value in added.items() if value is not None)
+
+
+def _choices(field: str) -> str:
+    """"'ce', 'msml' or None": the values `field` accepts, as the error messages list them."""
+    return ", ".join(repr(v) for v in HEADS[field]) + " or None"
+
+
+def check_model_config(model_cfg: Any) -> None:
+    """Raises a one-line ValueError naming the first bad or inconsistent `model.*` field.
+
+    Fields: trunk_a, trunk_b (None: one stream), head_a, head_b (values: HEADS), bilinear
+    (self-bilinear of A without trunk_b), bilinear_dim, bilinear_reduce (None), num_classes.
+    """
     trunk_b = _field(model_cfg, "trunk_b", None)
     head_a = _field(model_cfg, "head_a", None)
     head_b = _field(model_cfg, "head_b", None)
     bilinear = bool(_field(model_cfg, "bilinear", False))
-    dim = int(_field(model_cfg, "bilinear_dim", 512))
     reduce = _field(model_cfg, "bilinear_reduce", None)
-    num_classes = int(_field(model_cfg, "num_classes", 14))
-    for name, arch in (("trunk_a", trunk_a), ("trunk_b", trunk_b)):
-        if (arch is not None or name == "trunk_a") and arch not in ARCHS:
-            raise ValueError(f"model.{name}={arch!r}: unknown; known: {', '.join(sorted(ARCHS))}")
-    if head_a not in (None, "ce"):
-        raise ValueError(f"model.head_a={head_a!r}: expected 'ce' or None")
-    if head_b not in (None, "ce", "msml"):
-        raise ValueError(f"model.head_b={head_b!r}: expected 'ce', 'msml' or None")
+    for field in ("trunk_a", "trunk_b"):
+        arch = _field(model_cfg, field, None)
+        if (arch is not None or field == "trunk_a") and arch not in ARCHS:
+            raise ValueError(f"model.{field}={arch!r}: unknown architecture; known: "
+                             f"{', '.join(sorted(ARCHS))}")
+    for field, value in (("head_a", head_a), ("head_b", head_b)):
+        if value is not None and value not in HEADS[field]:
+            raise ValueError(f"model.{field}={value!r}: expected {_choices(field)}")
     if head_b is not None and trunk_b is None:
         raise ValueError(f"model.head_b={head_b!r} needs a second stream: model.trunk_b is None")
     if trunk_b is not None and head_b is None and not bilinear:
-        raise ValueError("model.trunk_b is set but nothing uses it: set head_b or bilinear")
+        raise ValueError(f"model.trunk_b={trunk_b!r} is set but nothing uses it: set "
+                         "model.head_b or model.bilinear")
     if head_a is None and head_b is None and not bilinear:
-        raise ValueError("model has no head: set head_a, head_b or bilinear")
-    if dim < 1 or (reduce is not None and int(reduce) < 1):
-        raise ValueError(f"model.bilinear_dim={dim} / bilinear_reduce={reduce}: must be positive")
-    if num_classes < 1:
-        raise ValueError(f"model.num_classes={num_classes}: must be positive")
-    return PaperNet(trunk_a, trunk_b, head_a, head_b, bilinear, dim,
-                    None if reduce is None else int(reduce), num_classes,
-                    jnp.dtype(jnp.float32 if dtype is None else dtype))
+        raise ValueError("model has no head: set model.head_a, model.head_b or model.bilinear")
+    for field, value in (("bilinear_dim", _field(model_cfg, "bilinear_dim", 512)),
+                         ("bilinear_reduce", reduce),
+                         ("num_classes", _field(model_cfg, "num_classes", 14))):
+        if value is not None and int(value) < 1:
+            raise ValueError(f"model.{field}={value}: must be positive")
+
+
+def compute_dtype(name: str) -> jnp.dtype:
+    """The dtype a model computes in: "auto" is bfloat16 on accelerators and float32 on CPU.
+
+    Parameters stay float32 whatever this is. Any name other than "auto", "float32" and
+    "bfloat16" is a one-line ValueError naming the `dtype` field.
+    """
+    resolved = name
+    if name == "auto":
+        resolved = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+    if resolved not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype={name!r}: expected 'auto', 'float32' or 'bfloat16'")
+    return jnp.dtype(resolved)
+
+
+def build_model(model_cfg: Any, dtype: Any = jnp.float32) -> PaperNet:
+    """The paper network described by `model_cfg` (ConfigDict or any attribute object).
+
+    Checked first by `check_model_config`; `dtype` is the compute dtype (see `compute_dtype`).
+    """
+    check_model_config(model_cfg)
+    reduce = _field(model_cfg, "bilinear_reduce", None)
+    return PaperNet(trunk_a=_field(model_cfg, "trunk_a", None),
+                    trunk_b=_field(model_cfg, "trunk_b", None),
+                    head_a=_field(model_cfg, "head_a", None),
+                    head_b=_field(model_cfg, "head_b", None),
+                    bilinear=bool(_field(model_cfg, "bilinear", False)),
+                    bilinear_dim=int(_field(model_cfg, "bilinear_dim", 512)),
+                    bilinear_reduce=None if reduce is None else int(reduce),
+                    num_classes=int(_field(model_cfg, "num_classes", 14)),
+                    dtype=jnp.dtype(jnp.float32 if dtype is None else dtype))
 
 
 def probabilities(logits: Mapping[str, jnp.ndarray],

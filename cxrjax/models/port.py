@@ -25,7 +25,9 @@ import numpy as np
 from cxrjax.models.common import create_classifier, get_spec
 
 FORMAT = "cxrjax-variables-v1"
-_HEAD_KEYS = {"resnet": "fc.weight", "densenet": "classifier.weight", "vgg": "classifier.6.weight"}
+# The torchvision state-dict key of each family's last classifier weight (gives num_classes).
+_TORCHVISION_HEAD_WEIGHT = {"resnet": "fc.weight", "densenet": "classifier.weight",
+                            "vgg": "classifier.6.weight"}
 # Old DenseNet checkpoints (torchvision < 0.3, CheXNet reproductions) say `norm.1` for `norm1`.
 _OLD_DENSENET = re.compile(
     r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
@@ -35,7 +37,7 @@ def _family(arch: str) -> str:
     tv = get_spec(arch).torchvision
     if tv is None:
         raise ValueError(f"architecture {arch!r} has no torchvision counterpart to port from")
-    return next(f for f in _HEAD_KEYS if tv.startswith(f))
+    return next(f for f in _TORCHVISION_HEAD_WEIGHT if tv.startswith(f))
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -141,7 +143,7 @@ def torchvision_to_flax(arch: str, state_dict: Mapping[str, Any]) -> dict:
     otherwise a ValueError names the missing, unused, duplicated and mis-shaped keys.
     """
     family = _family(arch)
-    head_key = _HEAD_KEYS[family]
+    head_key = _TORCHVISION_HEAD_WEIGHT[family]
     num_classes = int(np.shape(state_dict[head_key])[0]) if head_key in state_dict else 1000
     model = create_classifier(arch, num_classes)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))

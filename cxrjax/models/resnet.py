@@ -17,6 +17,7 @@ from cxrjax.models.common import (
     pad2,
     register,
 )
+from cxrjax.models.heads import GlobalAvgPoolDense
 
 
 class BasicBlock(nn.Module):
@@ -88,23 +89,10 @@ class ResNetTrunk(nn.Module):
         return x
 
 
-class ResNetHead(nn.Module):
-    """torchvision's head: global average pool + fc. Logits in float32."""
-
-    num_classes: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, feats: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        x = jnp.mean(feats.astype(jnp.float32), axis=(1, 2))
-        x = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
-        return x.astype(jnp.float32)
-
-
 def _resnet(stage_sizes, block, width=64, tv=None):
     return ArchSpec(
         trunk=functools.partial(ResNetTrunk, stage_sizes, block, width),
-        head=ResNetHead,
+        head=functools.partial(GlobalAvgPoolDense, dense_name="fc"),
         channels=width * 8 * block.expansion,
         stride=32,
         torchvision=tv,

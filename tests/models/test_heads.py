@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cxrjax.models.heads import Bilinear, GapDense, bilinear_pool, match_spatial
+from cxrjax.models.heads import Bilinear, GlobalAvgPoolDense, bilinear_pool, match_spatial
 
 
 def _numpy_bilinear(fa: np.ndarray, fb: np.ndarray) -> np.ndarray:
@@ -95,11 +95,12 @@ def test_self_bilinear_is_symmetric():
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_gap_dense_is_mean_pool_then_linear(dtype):
+def test_global_avg_pool_dense_is_mean_pool_then_linear(dtype):
     feats = jnp.asarray(np.random.RandomState(5).randn(2, 3, 3, 6), dtype)
-    head = GapDense(4, dtype)
+    head = GlobalAvgPoolDense(4, dtype, dense_name="classifier")
     logits, v = head.init_with_output(jax.random.key(0, impl="rbg"), feats)
     assert logits.shape == (2, 4) and logits.dtype == jnp.float32
-    k, bias = v["params"]["fc"]["kernel"], v["params"]["fc"]["bias"]
+    assert set(v["params"]) == {"classifier"}  # the dense layer carries the name it is given
+    k, bias = v["params"]["classifier"]["kernel"], v["params"]["classifier"]["bias"]
     ref = np.asarray(feats, np.float32).mean((1, 2)) @ np.asarray(k) + np.asarray(bias)
     np.testing.assert_allclose(np.asarray(logits), ref, atol=1e-5 if dtype == jnp.float32 else 0.05)

@@ -1,4 +1,5 @@
-"""The paper's model family: outputs and parameter trees of every combination, pretrained init."""
+"""The paper's model family: heads, outputs and parameter trees of every combination, config
+checks, compute dtype, pretrained init."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +7,17 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cxrjax.models import build_model, create_classifier, load_pretrained_trunks, probabilities
+from cxrjax import losses
+from cxrjax.models import (
+    HEADS,
+    build_model,
+    check_model_config,
+    compute_dtype,
+    create_classifier,
+    load_pretrained_trunks,
+    output_heads,
+    probabilities,
+)
 from cxrjax.models.port import save_variables
 
 KEY = jax.random.key(0, impl="rbg")  # rbg: much faster to compile on CPU than threefry
@@ -19,21 +30,21 @@ def cfg(**kw) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(base)
 
 
-# paper row -> (config fields, output keys, top-level params)
+TWO_STREAMS = {"trunk_a", "trunk_b", "head_a", "head_b", "bilinear", "head_fce"}
+F_MSML_HEADS = {"ce": "bce", "msml": "msml", "fce": "bce"}
+# paper row -> (config fields, {output key: loss name} in output order, top-level params)
 FAMILY = {
-    "R18": (dict(), {"ce"}, {"trunk_a", "head_a"}),
-    "R18-BL": (dict(head_a=None, bilinear=True), {"fce"}, {"trunk_a", "bilinear", "head_fce"}),
-    "R18+R18-BL": (dict(trunk_b="resnet_tiny", head_b="ce", bilinear=True), {"ce", "ce_b", "fce"},
-                   {"trunk_a", "trunk_b", "head_a", "head_b", "bilinear", "head_fce"}),
-    "R18+R18-F-MSML": (dict(trunk_b="resnet_tiny", head_b="msml", bilinear=True),
-                       {"ce", "msml", "fce"},
-                       {"trunk_a", "trunk_b", "head_a", "head_b", "bilinear", "head_fce"}),
+    "R18": (dict(), {"ce": "bce"}, {"trunk_a", "head_a"}),
+    "R18-BL": (dict(head_a=None, bilinear=True), {"fce": "bce"},
+               {"trunk_a", "bilinear", "head_fce"}),
+    "R18+R18-BL": (dict(trunk_b="resnet_tiny", head_b="ce", bilinear=True),
+                   {"ce": "bce", "ce_b": "bce", "fce": "bce"}, TWO_STREAMS),
+    "R18+R18-F-MSML": (dict(trunk_b="resnet_tiny", head_b="msml", bilinear=True), F_MSML_HEADS,
+                       TWO_STREAMS),
     "D121+D121-F-MSML": (dict(trunk_a="densenet_tiny", trunk_b="densenet_tiny", head_b="msml",
-                              bilinear=True, bilinear_reduce=4), {"ce", "msml", "fce"},
-                         {"trunk_a", "trunk_b", "head_a", "head_b", "bilinear", "head_fce"}),
-    "R18+VGG-F-MSML": (dict(trunk_b="vgg_tiny", head_b="msml", bilinear=True),
-                       {"ce", "msml", "fce"},
-                       {"trunk_a", "trunk_b", "head_a", "head_b", "bilinear", "head_fce"}),
+                              bilinear=True, bilinear_reduce=4), F_MSML_HEADS, TWO_STREAMS),
+    "R18+VGG-F-MSML": (dict(trunk_b="vgg_tiny", head_b="msml", bilinear=True), F_MSML_HEADS,
+                       TWO_STREAMS),
 }
 
 
@@ -42,12 +53,14 @@ def _images(b=2, size=64, seed=0):
 
 
 @pytest.mark.parametrize("row", list(FAMILY))
-def test_family_outputs_and_parameter_tree(row):
-    fields, keys, tops = FAMILY[row]
+def test_family_outputs_are_the_named_heads_and_parameter_tree(row):
+    fields, heads, tops = FAMILY[row]
+    assert list(output_heads(cfg(**fields)).items()) == list(heads.items())  # order too
     model = build_model(cfg(**fields), jnp.float32)
+    assert output_heads(model) == heads  # a built model names the same heads as its config
     out, variables = jax.jit(lambda k, x: model.init_with_output(k, x, train=False))(
         KEY, _images())
-    assert set(out) == keys
+    assert set(out) == set(heads)
     for v in out.values():
         assert v.shape == (2, 14) and v.dtype == jnp.float32 and bool(jnp.isfinite(v).all())
     assert set(variables["params"]) == tops
@@ -93,17 +106,39 @@ def test_frozen_trunks_use_and_keep_running_statistics_in_train_mode():
         np.testing.assert_allclose(np.asarray(out[k]), np.asarray(ref[k]), atol=1e-6)
 
 
+def test_every_head_trains_with_a_known_loss():
+    for options in HEADS.values():
+        for head in options.values():
+            assert head.loss in losses.LOSSES, head
+
+
 @pytest.mark.parametrize("fields,match", [
-    (dict(head_b="msml"), "needs a second stream"),
-    (dict(trunk_a="resnet19"), "trunk_a='resnet19'"),
-    (dict(head_a="msml"), "head_a='msml'"),
-    (dict(head_a=None), "no head"),
-    (dict(trunk_b="resnet_tiny"), "nothing uses it"),
-    (dict(bilinear=True, bilinear_dim=0), "bilinear_dim"),
+    (dict(head_b="msml"), r"model.head_b='msml' needs a second stream: model.trunk_b is None"),
+    (dict(trunk_a="resnet19"), r"model.trunk_a='resnet19': unknown architecture; known: "),
+    (dict(trunk_a=None), r"model.trunk_a=None: unknown architecture"),
+    (dict(head_a="msml"), r"model.head_a='msml': expected 'ce' or None"),
+    (dict(trunk_b="resnet_tiny", head_b="bce"),
+     r"model.head_b='bce': expected 'ce', 'msml' or None"),
+    (dict(head_a=None), r"model has no head: set model.head_a, model.head_b or model.bilinear"),
+    (dict(trunk_b="resnet_tiny"), r"model.trunk_b='resnet_tiny' is set but nothing uses it"),
+    (dict(bilinear=True, bilinear_dim=0), r"model.bilinear_dim=0: must be positive"),
+    (dict(bilinear=True, bilinear_reduce=-1), r"model.bilinear_reduce=-1: must be positive"),
+    (dict(num_classes=0), r"model.num_classes=0: must be positive"),
 ])
-def test_build_model_refuses_inconsistent_configs(fields, match):
-    with pytest.raises(ValueError, match=match):
+def test_inconsistent_model_configs_are_one_line_errors_naming_the_field(fields, match):
+    with pytest.raises(ValueError, match=match) as err:
+        check_model_config(cfg(**fields))
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=match):  # build_model checks through the same function
         build_model(cfg(**fields), jnp.float32)
+
+
+def test_compute_dtype_auto_is_float32_on_cpu_bfloat16_elsewhere_and_unknown_names_fail():
+    on_cpu = jax.default_backend() == "cpu"
+    assert compute_dtype("auto") == (jnp.float32 if on_cpu else jnp.bfloat16)
+    assert compute_dtype("bfloat16") == jnp.bfloat16 and compute_dtype("float32") == jnp.float32
+    with pytest.raises(ValueError, match="dtype='float16': expected 'auto', 'float32' or "):
+        compute_dtype("float16")
 
 
 def test_probabilities_fuse_ce_and_fce_and_skip_missing_heads():
