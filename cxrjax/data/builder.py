@@ -14,16 +14,26 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import os
+import re
+import tempfile
 
 import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
+from cxrjax import fileio
 from cxrjax.data import labels as labels_lib
-from cxrjax.data import prepare as prepare_lib
+from cxrjax.data import nih_layout
 
 SPLIT = "images"
+DEFAULT_RESOLUTION = 256
+MANIFEST_NAME = "skipped_manifest.tsv"  # written next to the records when images were skipped
+# Written in data_dir (beside the dataset folder, not in it, so no unfinished build can look
+# complete) when a download cannot be prepared: every problem, where the message shows a few.
+PROBLEMS_NAME = "prepare_problems.tsv"
+log = logging.getLogger("cxrjax")
 MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Download ChestX-ray14 from https://nihcc.app.box.com/v/ChestXray-NIHCC (12 image archives,
 ~42 GB, and Data_Entry_2017_v2020.csv; optionally train_val_list.txt and test_list.txt).
@@ -34,9 +44,9 @@ then run: python -m cxrjax.data.prepare --manual_dir THAT_FOLDER --data_dir OUT
 
 @dataclasses.dataclass
 class ChestXray14Config(tfds.core.BuilderConfig):
-    """One stored resolution; the config name is e.g. ``256px``."""
+    """One stored resolution; the config name is e.g. ``256px`` (any side in [8, 1024])."""
 
-    resolution: int = prepare_lib.DEFAULT_RESOLUTION
+    resolution: int = DEFAULT_RESOLUTION
 
 
 _CONFIGS: dict[int, ChestXray14Config] = {}
@@ -61,6 +71,30 @@ class ChestXray14(tfds.core.GeneratorBasedBuilder):
                      "1.1.0": "The image stored as raw bytes (16x faster to write and read)."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
     BUILDER_CONFIGS = [config_for(256), config_for(512), config_for(128)]
+
+    @classmethod
+    def get_builder_config(cls, name: str, version=None) -> ChestXray14Config | None:
+        """Every ``<side>px`` is a config of ours, not only the three listed above.
+
+        TFDS looks a config up by name here; one it does not find it calls "custom" and warns
+        about on every load (in every grain worker too).
+        """
+        match = re.fullmatch(r"(\d+)px", name)
+        if match and 8 <= int(match.group(1)) <= 1024:
+            return config_for(int(match.group(1)))
+        return super().get_builder_config(name, version)
+
+    def is_prepared(self) -> bool:
+        """TFDS's check, without its warning about a dataset folder that does not exist yet."""
+        return (self.data_path / "dataset_info.json").exists() and super().is_prepared()
+
+    def _log_download_bytes(self) -> None:
+        """Replaces TFDS's "Downloading and preparing dataset Unknown size": nothing is
+        downloaded (the images are a manual download), and the size is known only after."""
+        log.info("preparing %s at %dpx in %s", self.name, self.resolution, self.data_dir)
+
+    def _log_download_done(self) -> None:
+        """Replaces TFDS's "downloaded and prepared" line: the caller says what was made."""
 
     @tfds.core.utils.classproperty
     @classmethod
@@ -105,29 +139,22 @@ class ChestXray14(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
-        manual_dir = os.fspath(dl_manager.manual_dir)
-        rows, problems = scan(manual_dir)
-        if problems and not self._skip_bad:
-            raise prepare_lib.PrepareError(
-                f"{len(problems)} problem(s) in {manual_dir}; nothing was written (pass "
-                f"--skip_bad to write the rest):\n{prepare_lib.format_problems(problems)}")
-        if not rows:
-            raise prepare_lib.PrepareError(f"no usable images in {manual_dir}")
+        rows, problems = nih_layout.usable_rows(os.fspath(dl_manager.manual_dir), self._skip_bad)
         return {SPLIT: self._generate_examples(rows, problems)}
 
-    def _generate_examples(self, rows: list[prepare_lib.Row],
-                           skipped: list[prepare_lib.Problem]):
+    def _generate_examples(self, rows: list[nih_layout.Row],
+                           skipped: list[nih_layout.Problem]):
         """Decodes on all cores (in row order) and records what was converted or skipped."""
         tasks = [(i, row.path, self.resolution) for i, row in enumerate(rows)]
         converted: collections.Counter[str] = collections.Counter()
-        bad: list[prepare_lib.Problem] = []
+        bad: list[nih_layout.Problem] = []
         written: list[str] = []
         results = _imap(tasks, self._workers)
         for i, image, note in tqdm.tqdm(results, total=len(tasks), desc="decoding PNGs",
                                         unit="img", smoothing=0.05):
             row = rows[i]
             if image is None:
-                bad.append(prepare_lib.Problem(row.image_id, note))
+                bad.append(nih_layout.Problem(row.image_id, note))
                 continue
             if note != "L":
                 converted[note] += 1
@@ -138,9 +165,9 @@ class ChestXray14(tfds.core.GeneratorBasedBuilder):
                       "patient_id": row.patient_id, "follow_up": row.follow_up,
                       "age": row.age, "sex": row.sex, "view": row.view}
         if bad and not self._skip_bad:
-            raise prepare_lib.PrepareError(
-                f"{len(bad)} image(s) could not be decoded; no dataset was written (pass "
-                f"--skip_bad to write the rest):\n{prepare_lib.format_problems(bad)}")
+            raise nih_layout.PrepareError(
+                f"{len(bad):,} image(s) could not be decoded; no dataset was written (pass "
+                "--skip_bad to write the rest)", bad)
         meta = self.info.metadata
         meta["image_ids"] = written
         meta["num_images"] = len(written)
@@ -152,23 +179,10 @@ class ChestXray14(tfds.core.GeneratorBasedBuilder):
 def _imap(tasks, workers: int):
     """``decode_task`` over tasks, in order, on ``workers`` processes (0: this process)."""
     # Looked up at call time so that tests can replace it.
-    return prepare_lib.ordered_map(prepare_lib.decode_task, tasks, workers)
+    return nih_layout.ordered_map(nih_layout.decode_task, tasks, workers)
 
 
-def scan(manual_dir: str) -> tuple[list[prepare_lib.Row], list[prepare_lib.Problem]]:
-    """Every problem that is visible without decoding, and the rows that are fine so far."""
-    if not os.path.isdir(manual_dir):
-        raise FileNotFoundError(f"manual_dir not found: {manual_dir}")
-    csv_path = prepare_lib.find_data_entry(manual_dir)
-    paths, problems = prepare_lib.find_images(manual_dir)
-    if not paths:
-        raise FileNotFoundError(f"no PNG images in {manual_dir}/images/ or "
-                                f"{manual_dir}/images_*/images/")
-    rows, row_problems = prepare_lib.read_rows(csv_path, paths)
-    return rows, problems + row_problems
-
-
-def load(data_dir: str, resolution: int = prepare_lib.DEFAULT_RESOLUTION) -> ChestXray14:
+def load(data_dir: str, resolution: int = DEFAULT_RESOLUTION) -> ChestXray14:
     """The prepared builder; a missing or unfinished build is a FileNotFoundError."""
     b = ChestXray14(data_dir=data_dir, config=config_for(resolution))
     if not b.is_prepared() or "image_ids" not in b.info.metadata:
@@ -179,22 +193,39 @@ def load(data_dir: str, resolution: int = prepare_lib.DEFAULT_RESOLUTION) -> Che
     return b
 
 
-def build(manual_dir: str, data_dir: str, resolution: int = prepare_lib.DEFAULT_RESOLUTION,
+def build(manual_dir: str, data_dir: str, resolution: int = DEFAULT_RESOLUTION,
           workers: int | None = None, skip_bad: bool = False) -> ChestXray14:
-    """Prepares the dataset unless a complete one exists; writes the skip manifest if any."""
+    """Prepares the dataset unless a complete one exists; writes the skip manifest if any.
+
+    A download with problems raises ``PrepareError`` naming the first few and
+    ``data_dir/PROBLEMS_NAME``, where all of them are written; no dataset is written.
+    """
     manual_dir = os.fspath(manual_dir)
     b = ChestXray14(data_dir=data_dir, config=config_for(resolution), workers=workers,
                     skip_bad=skip_bad)
     if not b.is_prepared():
-        _, problems = scan(manual_dir)  # fail fast, before TFDS creates any folder
-        if problems and not skip_bad:
-            raise prepare_lib.PrepareError(
-                f"{len(problems)} problem(s) in {manual_dir}; nothing was written (pass "
-                f"--skip_bad to write the rest):\n{prepare_lib.format_problems(problems)}")
-        b.download_and_prepare(download_config=tfds.download.DownloadConfig(
-            manual_dir=manual_dir))
+        problems_path = os.path.join(os.fspath(data_dir), PROBLEMS_NAME)
+        try:
+            nih_layout.usable_rows(manual_dir, skip_bad)  # fail fast, before TFDS makes folders
+            tfds.disable_progress_bar()  # TFDS's bars count its own steps; ours counts images
+            # Nothing is downloaded: TFDS's empty downloads/extracted goes to a temporary folder.
+            with tempfile.TemporaryDirectory(prefix="cxrjax-tfds-") as no_downloads:
+                b.download_and_prepare(download_dir=no_downloads, download_config=(
+                    tfds.download.DownloadConfig(manual_dir=manual_dir)))
+        except nih_layout.PrepareError as e:
+            if not e.problems:
+                raise
+            fileio.makedirs(data_dir)
+            nih_layout.write_problems(problems_path, e.problems)
+            raise e.listed(problems_path) from None
+        fileio.remove(problems_path, missing_ok=True)  # a list from an earlier try is stale
     skipped = b.info.metadata.get("skipped", [])
     if skipped:
-        prepare_lib.write_manifest(os.path.join(os.fspath(b.data_dir), prepare_lib.MANIFEST_NAME),
-                                   [prepare_lib.Problem(**p) for p in skipped])
+        write_manifest(os.path.join(os.fspath(b.data_dir), MANIFEST_NAME),
+                       [nih_layout.Problem(**p) for p in skipped])
     return b
+
+
+def write_manifest(path: str, skipped: list[nih_layout.Problem]) -> None:
+    """A TSV of every skipped image and why (``--skip_bad``), as the list of problems."""
+    nih_layout.write_problems(path, skipped)

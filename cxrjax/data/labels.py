@@ -1,4 +1,4 @@
-"""The 14 ChestX-ray14 findings, the NIH label table, and the bounding boxes.
+"""The 14 ChestX-ray14 findings, the NIH label table, and the boxes-file format.
 
 The real NIH tables ship inside the package (``resources/``), so a user never
 needs the development folder: ``load_label_table()`` with no argument reads them.
@@ -12,7 +12,7 @@ import functools
 import gzip
 import io
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 
 import numpy as np
@@ -95,11 +95,11 @@ class LabelTable:
         return self.labels.mean(axis=0, dtype=np.float64)
 
 
-def open_text(path: str | os.PathLike) -> io.TextIOBase:
-    """A text file, gzip-compressed (.gz) or plain; a missing file names its path."""
+def open_text(path: str | os.PathLike, what: str = "file") -> io.TextIOBase:
+    """A text file, gzip-compressed (.gz) or plain; a missing one is named: '<what> not found'."""
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"label table not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
     if path.endswith(".gz"):
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
     return open(path, encoding="utf-8", newline="")
@@ -157,42 +157,143 @@ def load_label_table(path: str | os.PathLike | None = None) -> LabelTable:
         with resources.as_file(_RESOURCES / "Data_Entry_2017_v2020.csv.gz") as p:
             with open_text(p) as f:
                 return parse_data_entry(f, "Data_Entry_2017_v2020.csv.gz")
-    with open_text(path) as f:
+    with open_text(path, "label table") as f:
         return parse_data_entry(f, os.fspath(path))
 
 
+# ------------------------------------------------------------------ boxes ---
+# NIH's BBox_List_2017.csv: header ``Image Index,Finding Label,Bbox [x,y,w,h],,,`` (unquoted,
+# so "Bbox [x,y,w,h]" spans four fields), rows ``name,label,x,y,w,h`` in the pixels of NIH's
+# 1024² PNGs (x, y = top-left corner). NIH spells Infiltration ``Infiltrate``; both are read,
+# and the NIH spelling is written.
+
+BOX_CLASSES: tuple[str, ...] = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration",
+                                "Mass", "Nodule", "Pneumonia", "Pneumothorax")  # NIH's 8
+BOX_FRAME = (1024, 1024)  # (width, height) of the frame NIH's boxes are drawn in
+BBOX_LIST_NAME = "BBox_List_2017.csv"
+_BOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h]"
+_NIH_SPELLING = {"Infiltration": "Infiltrate"}
+_READ_SPELLING = {"Infiltrate": "Infiltration"}
+
+
+class BoxError(LabelError):
+    """A boxes file or box array that cannot be used; the message says why in one line."""
+
+
 @dataclasses.dataclass(frozen=True)
-class BoundingBox:
-    image_id: str
-    label: str
-    x: float
-    y: float
-    w: float
-    h: float
+class Boxes:
+    """K boxes as columns, all in one frame (the caller's names say which).
+
+    ``xywh`` is (K, 4) float64: top-left corner, width, height in continuous pixel-edge
+    coordinates; ``labels`` are indices into ``CLASSES``; ``scores`` the peak normalised heat
+    of a predicted box (NaN for ground truth).
+    """
+
+    image_ids: np.ndarray  # (K,) str
+    labels: np.ndarray  # (K,) int64
+    xywh: np.ndarray  # (K, 4) float64
+    scores: np.ndarray  # (K,) float64
+
+    def __post_init__(self):
+        k = len(self.image_ids)
+        if self.labels.shape != (k,) or self.xywh.shape != (k, 4) or self.scores.shape != (k,):
+            raise BoxError(f"box columns disagree: {k} image ids, labels {self.labels.shape}, "
+                           f"xywh {self.xywh.shape}, scores {self.scores.shape}")
+
+    @classmethod
+    def create(cls, image_ids: Sequence[str], labels: Sequence[int | str], xywh,
+               scores=None) -> Boxes:
+        """Columns from lists; ``labels`` may be class names (NIH spellings too) or indices."""
+        names = np.asarray(list(image_ids), dtype=str).reshape(-1)
+        try:
+            labels = [CLASS_INDEX[_READ_SPELLING.get(v, v)] if isinstance(v, str) else int(v)
+                      for v in labels]
+        except KeyError as e:
+            raise BoxError(f"unknown class {e.args[0]!r}; expected one of {', '.join(CLASSES)}"
+                           ) from None
+        if any(not 0 <= v < NUM_CLASSES for v in labels):
+            raise BoxError(f"class indices must be in [0, {NUM_CLASSES}), got {labels}")
+        xywh = np.asarray(xywh, np.float64).reshape(-1, 4)
+        scores = np.full(len(names), np.nan) if scores is None else np.asarray(scores, float)
+        return cls(names, np.asarray(labels, np.int64).reshape(-1), xywh, scores)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __repr__(self) -> str:
+        return f"Boxes({len(self)} boxes on {len(np.unique(self.image_ids))} images)"
+
+    def select(self, keep: np.ndarray) -> Boxes:
+        """The boxes where ``keep`` (a bool mask or index array) says so."""
+        return Boxes(self.image_ids[keep], self.labels[keep], self.xywh[keep], self.scores[keep])
 
 
-def load_bboxes(path: str | os.PathLike | None = None) -> list[BoundingBox]:
-    """The 984 hand-drawn NIH boxes (1024-px coordinates); ``Infiltrate`` -> ``Infiltration``."""
-    if path is None:
-        with resources.as_file(_RESOURCES / "BBox_List_2017.csv.gz") as p, open_text(p) as f:
-            return _parse_bboxes(f)
+def read_boxes(path: str | os.PathLike, *,
+               image_sizes: Mapping[str, tuple[float, float]] | None = None,
+               default_size: tuple[float, float] = BOX_FRAME) -> Boxes:
+    """Reads a BBox_List_2017-format CSV (plain or .gz); every bad header, row, class or
+    out-of-image box is a one-line ``BoxError``.
+
+    ``image_sizes`` maps an image name to its (width, height); other images are taken to be
+    ``default_size`` (NIH's 1024²). A box must lie inside its image.
+    """
+    source = os.path.basename(os.fspath(path))
     with open_text(path) as f:
-        return _parse_bboxes(f)
+        reader = csv.reader(f)
+        # NIH's header is unquoted, so its "Bbox [x,y,w,h]" spans four fields; compare text.
+        header = ",".join(h.strip() for h in next(reader, [])).rstrip(",")
+        if header != _BOX_HEADER:
+            raise BoxError(f"{source}: header {header!r} is not BBox_List_2017's {_BOX_HEADER!r}")
+        names, labels, xywh = [], [], []
+        for line_no, row in enumerate(reader, start=2):
+            if not row or not any(v.strip() for v in row):
+                continue
+            where = f"{source} line {line_no}"
+            if len(row) < 6 or any(v.strip() for v in row[6:]):
+                raise BoxError(f"{where}: expected 6 fields (name,label,x,y,w,h), got {len(row)}")
+            name, label = row[0].strip(), row[1].strip()
+            label = _READ_SPELLING.get(label, label)
+            if label not in CLASS_INDEX:
+                raise BoxError(f"{where}: unknown class {row[1].strip()!r}; expected one of "
+                               f"{', '.join(CLASSES)} (or NIH's 'Infiltrate')")
+            try:
+                box = [float(v) for v in row[2:6]]
+            except ValueError:
+                raise BoxError(f"{where}: x,y,w,h must be numbers, got {row[2:6]}") from None
+            width, height = (image_sizes or {}).get(name, default_size)
+            _check_inside(box, width, height, f"{where} ({name})")
+            names.append(name)
+            labels.append(CLASS_INDEX[label])
+            xywh.append(box)
+    if not names:
+        raise BoxError(f"{source}: no boxes")
+    return Boxes.create(names, labels, np.array(xywh))
 
 
-def _parse_bboxes(lines: Iterable[str]) -> list[BoundingBox]:
-    reader = csv.reader(lines)
-    next(reader, None)
-    boxes = []
-    for line_no, row in enumerate(reader, start=2):
-        if not row:
-            continue
-        name = "Infiltration" if row[1] == "Infiltrate" else row[1]
-        if name not in CLASS_INDEX:
-            raise LabelError(f"BBox_List line {line_no}: unknown label {row[1]!r}")
-        x, y, w, h = (float(v) for v in row[2:6])
-        boxes.append(BoundingBox(row[0], name, x, y, w, h))
-    return boxes
+def _check_inside(box: Sequence[float], width: float, height: float, where: str) -> None:
+    x, y, w, h = box
+    if not all(np.isfinite(box)) or w <= 0 or h <= 0:
+        raise BoxError(f"{where}: box {box} needs finite values and positive width and height")
+    tol = 1e-6 * max(width, height)
+    if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
+        raise BoxError(f"{where}: box x={x:g} y={y:g} w={w:g} h={h:g} lies outside the "
+                       f"{width:g}x{height:g} image")
+
+
+def write_boxes(path: str | os.PathLike, boxes: Boxes) -> None:
+    """Writes ``boxes`` (original frame) as a BBox_List_2017 CSV, NIH spellings included."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        f.write(f"{_BOX_HEADER},,,\n")  # byte for byte NIH's header line
+        writer = csv.writer(f, lineterminator="\n")
+        for name, label, box in zip(boxes.image_ids, boxes.labels, boxes.xywh, strict=True):
+            cls = CLASSES[label]
+            writer.writerow([name, _NIH_SPELLING.get(cls, cls), *(repr(float(v)) for v in box)])
+
+
+def load_bboxes() -> Boxes:
+    """The 984 hand-drawn NIH boxes shipped in the package (1024² frame)."""
+    with resources.as_file(_RESOURCES / "BBox_List_2017.csv.gz") as p:
+        return read_boxes(p)
 
 
 def resource_path(name: str) -> str:

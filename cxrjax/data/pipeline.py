@@ -11,6 +11,10 @@ number of hosts. Every host gets the same number of steps.
 Eval: centre crop; each host's strided shard is padded to the same number of batches, and
 ``mask``/``index`` say which rows are real and where they go in ``image_ids(split)``.
 
+Batches are made by ``data.workers`` grain worker processes (-1, the default: one per core but
+one, at most 8; 0: in this process); ``grain_workers`` hands them over as plain arrays and
+releases grain's shared memory, also at exit. Call ``close()`` on an iterator no longer needed.
+
 Horizontal flips are off by default: a mirrored chest X-ray is anatomically implausible (the
 heart moves to the other side, and Cardiomegaly is read from its outline). CheXNet did flip
 at random, so ``data.flip = True`` reproduces that recipe.
@@ -27,10 +31,10 @@ from typing import Any
 
 import grain
 import jax
-import ml_collections
 import numpy as np
 from absl import flags
 
+from cxrjax.data import grain_workers, nih_layout
 from cxrjax.data import labels as labels_lib
 from cxrjax.data import splits as splits_lib
 
@@ -143,7 +147,7 @@ class Datasets:
             raise ValueError(f"unknown split {split!r}; expected one of {list(self.split_rows)}")
         return self.split_rows[split]
 
-    def _iter(self, ds: grain.MapDataset) -> grain.DatasetIterator:
+    def _iter(self, ds: grain.MapDataset) -> grain_workers.Batches:
         threads = 2 if self.workers else 4  # each element is a whole batch
         it = ds.to_iter_dataset(grain.ReadOptions(
             num_threads=threads, prefetch_buffer_size=max(self.prefetch, threads)))
@@ -152,7 +156,7 @@ class Datasets:
                 flags.FLAGS.mark_as_parsed()
             it = it.mp_prefetch(grain.MultiprocessingOptions(
                 num_workers=self.workers, per_worker_buffer_size=max(self.prefetch, 1)))
-        return iter(it)
+        return grain_workers.Batches(iter(it))
 
     def train_iter(self, state: dict | None = None) -> TrainIterator:
         """Endless per-host batches {"image": (b, crop, crop, 1) uint8, "labels": (b, 14)}.
@@ -199,6 +203,10 @@ class TrainIterator:
         self._step = 0
         self._it = datasets._iter(datasets.train_batches(0))
 
+    def close(self) -> None:
+        """Stops the worker processes; call it when the run needs no more batches."""
+        self._it.close()
+
     def __iter__(self) -> TrainIterator:
         return self
 
@@ -225,6 +233,7 @@ class TrainIterator:
                              f"than this one {ours}; resume with the same seed, global batch "
                              "size and dataset")
         self._step = int(state["step"])
+        self._it.close()
         self._it = self._ds._iter(self._ds.train_batches(self._step))
 
 
@@ -235,15 +244,18 @@ def _per_host(total: int, process_count: int, what: str) -> int:
     return total // process_count
 
 
-def create_datasets(data_cfg: Any, *, global_batch_size: int, eval_batch_size: int, seed: int,
-                    process_index: int | None = None, process_count: int | None = None
-                    ) -> Datasets:
-    """The train iterator factory and eval batches for ``data_cfg`` (see module docstring)."""
+def create_datasets(data_cfg: Any, prepared: PreparedData, *, global_batch_size: int,
+                    eval_batch_size: int, seed: int, process_index: int | None = None,
+                    process_count: int | None = None) -> Datasets:
+    """The train iterator factory and eval batches for ``data_cfg`` (see module docstring).
+
+    ``prepared`` (from ``ensure_prepared``) says where the data lies; ``data_cfg`` the rest.
+    """
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-    records, split_names = _load(data_cfg)
+    records, split_names = _load(data_cfg, prepared)
     index = {name: i for i, name in enumerate(records.image_ids)}
     split_rows = {}
     for split, names in split_names.items():
@@ -266,22 +278,22 @@ def create_datasets(data_cfg: Any, *, global_batch_size: int, eval_batch_size: i
         records=records, split_rows=split_rows, local_batch_size=local,
         eval_batch_size=_per_host(eval_batch_size, process_count, "eval_batch_size"),
         steps_per_epoch=steps, crop=crop, flip=bool(data_cfg.flip), seed=int(seed) % 2**32,
-        workers=int(data_cfg.workers), prefetch=int(data_cfg.prefetch),
+        workers=grain_workers.resolve_count(int(data_cfg.workers)),
+        prefetch=int(data_cfg.prefetch),
         process_index=process_index, process_count=process_count)
 
 
-def _load(data_cfg: Any) -> tuple[Any, dict[str, list[str]]]:
+def _load(data_cfg: Any, prepared: PreparedData) -> tuple[Any, dict[str, list[str]]]:
     """(records, split -> image names) for the configured source."""
     source = data_cfg.source
     if source == "chestmnist":
         from cxrjax.data import chestmnist
 
-        cache = data_cfg.get("chestmnist_cache")
-        return chestmnist.load(os.path.expanduser(data_cfg.chestmnist_path), cache or None)
+        return chestmnist.load(prepared.chestmnist_path, prepared.chestmnist_cache or None)
     if source not in SOURCES:
         raise ValueError(f"unknown data.source {source!r}; expected one of {SOURCES}")
-    records = TfdsRecords(os.path.expanduser(data_cfg.data_dir), int(data_cfg.resolution))
-    manual_dir = os.path.expanduser(data_cfg.get("manual_dir") or "")
+    records = TfdsRecords(prepared.data_dir, int(data_cfg.resolution))
+    manual_dir = prepared.manual_dir
     csv = _data_entry_in(manual_dir)
     lists_dir = manual_dir if data_cfg.split_scheme == "official" and manual_dir else None
     names = splits_lib.split_images(csv, data_cfg.split_scheme, seed=int(data_cfg.split_seed),
@@ -293,50 +305,78 @@ def _data_entry_in(manual_dir: str) -> str | None:
     """The download's own label table if there is one, else None (the shipped table)."""
     if not manual_dir or not os.path.isdir(manual_dir):
         return None
-    from cxrjax.data import prepare
-
     try:
-        return prepare.find_data_entry(manual_dir)
+        return nih_layout.find_data_entry(manual_dir)
     except FileNotFoundError:
         return None
 
 
 # ------------------------------------------------------------------ preparation ---
 
-def ensure_prepared(data_cfg: Any, workdir: str) -> Any:
-    """Makes sure the configured data exists; returns the config with resolved paths.
+@dataclasses.dataclass(frozen=True)
+class PreparedData:
+    """Where the configured data lies, resolved: what ``create_datasets`` reads.
 
-    ``synthetic``: generates the NIH-layout set under ``workdir/synthetic/n*_s*_seed*`` (if
+    Paths are absolute or ``~``-expanded; a field a source does not use is "".
+    """
+
+    data_dir: str = ""  # the prepared chest_xray14 TFDS dataset (nih, synthetic)
+    manual_dir: str = ""  # the NIH-layout download: its label table and lists choose the splits
+    chestmnist_path: str = ""  # the MedMNIST npz (chestmnist)
+    chestmnist_cache: str = ""  # where its members are extracted once ("" = read the npz)
+
+
+def open_datasets(config: Any, workdir: str) -> Datasets:
+    """THE way to the data of a run: ``ensure_prepared``, then ``create_datasets`` with the
+    run's batch sizes (``config.train``) and seed."""
+    prepared = ensure_prepared(config.data, workdir)
+    return create_datasets(config.data, prepared, global_batch_size=config.train.batch_size,
+                           eval_batch_size=config.train.eval_batch_size, seed=config.seed)
+
+
+def ensure_prepared(data_cfg: Any, workdir: str) -> PreparedData:
+    """Makes sure the configured data exists; returns where it lies.
+
+    ``synthetic``: generates the NIH-layout set under ``workdir/synthetic/n*_s*_seed*_v*`` (if
     absent) and prepares it through the real builder (if not complete), on process 0 while
     the other processes wait (the workdir must be shared, as for checkpoints). ``nih``: fails
-    fast if the dataset is not prepared. ``chestmnist``: checks (and caches) the npz.
+    fast if the dataset is not prepared. ``chestmnist``: checks the npz and extracts it once
+    under ``workdir/chestmnist_cache``.
+
+    gs://: a bucket workdir gets no data (ArrayRecord cannot be written there): each host makes
+    it in ``mirror.cache_root()``. A data_dir is read in place; of a manual_dir only the label
+    table and split lists, of a chestmnist_path the file, are fetched into that cache.
     """
-    cfg = ml_collections.ConfigDict(data_cfg.copy_and_resolve_references())
-    source = cfg.source
+    from cxrjax import fileio, mirror, storage_checks
+
+    remote_workdir = fileio.is_remote(workdir)
+    source = data_cfg.source
     if source == "synthetic":
         from cxrjax.data import builder, synthetic
 
-        n, size = int(cfg.synthetic_n), int(cfg.synthetic_size)
-        seed = int(cfg.get("synthetic_seed", 0))
-        root = os.path.join(workdir, "synthetic", f"n{n}_s{size}_seed{seed}")
+        n, size = int(data_cfg.synthetic_n), int(data_cfg.synthetic_size)
+        seed = int(data_cfg.synthetic_seed)
+        root = os.path.join(mirror.cache_root() if remote_workdir else workdir, "synthetic",
+                            f"n{n}_s{size}_seed{seed}_v{synthetic.VERSION}")
         manual, data_dir = os.path.join(root, "nih"), os.path.join(root, "tfds")
-        if jax.process_index() == 0:  # one writer; the workdir is shared like checkpoints
-            synthetic.generate(manual, n, size, seed)  # reuses a complete set
-            builder.build(manual, data_dir, resolution=int(cfg.resolution),
-                          workers=int(cfg.get("prepare_workers", 0)) or None)
+        # One writer for a shared workdir; one per host for a host's own cache.
+        if remote_workdir or jax.process_index() == 0:
+            with mirror.host_lock(root):
+                synthetic.generate(manual, n, size, seed)  # reuses a complete set
+                builder.build(manual, data_dir, resolution=int(data_cfg.resolution),
+                              workers=int(data_cfg.prepare_workers) or None)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
             multihost_utils.sync_global_devices("cxrjax: synthetic data prepared")
-        with cfg.unlocked():
-            cfg.manual_dir, cfg.data_dir = manual, data_dir
-        return cfg
+        return PreparedData(data_dir=data_dir, manual_dir=manual)
     if source == "nih":
         from cxrjax.data import builder
 
-        data_dir = os.path.expanduser(cfg.data_dir)
+        data_dir = fileio.expand(data_cfg.data_dir)
+        storage_checks.check_bucket(data_dir)  # a wrong bucket: one line, not minutes of retries
         try:
-            builder.load(data_dir, int(cfg.resolution))
+            builder.load(data_dir, int(data_cfg.resolution))
         except FileNotFoundError as e:
             raise FileNotFoundError(
                 f"data.source='nih': {e}.\n1) download ChestX-ray14 into MANUAL_DIR from "
@@ -344,19 +384,25 @@ def ensure_prepared(data_cfg: Any, workdir: str) -> Any:
                 "Data_Entry_2017_v2020.csv; NIH's batch_download_zips.py fetches them), then:\n"
                 "  cd MANUAL_DIR && for f in images_*.tar.gz; do tar xzf $f; done\n"
                 "2) prepare it once:\n  python -m cxrjax.data.prepare --manual_dir MANUAL_DIR "
-                f"--data_dir {data_dir} --resolution {cfg.resolution}") from None
-        return cfg
+                f"--data_dir {data_dir} --resolution {data_cfg.resolution}") from None
+        manual_dir = data_cfg.manual_dir or ""
+        if fileio.is_remote(manual_dir):
+            manual_dir = mirror.local_files(manual_dir, ("Data_Entry_2017*.csv*", "*_list.txt*"))
+        return PreparedData(data_dir=data_dir, manual_dir=os.path.expanduser(manual_dir))
     if source == "chestmnist":
-        path = os.path.expanduser(cfg.chestmnist_path or "")
+        path = data_cfg.chestmnist_path or ""
+        if fileio.is_remote(path) and fileio.exists(path):
+            path = mirror.local_file(path)
+        path = os.path.expanduser(path)
         if not path or not os.path.isfile(path):
             raise FileNotFoundError(
-                f"data.chestmnist_path={cfg.chestmnist_path!r} is not a file; get chestmnist.npz "
-                "or chestmnist_224.npz from MedMNIST (https://medmnist.com)")
+                f"data.chestmnist_path={data_cfg.chestmnist_path!r} is not a file; get "
+                "chestmnist.npz or chestmnist_224.npz from MedMNIST (https://medmnist.com)")
         from cxrjax.data import chestmnist
 
-        with cfg.unlocked():
-            cfg.chestmnist_cache = os.path.join(workdir, "chestmnist_cache")
-        chestmnist.NpzRecords(path, cfg.chestmnist_cache)  # extract once; fail fast if wrong
-        return cfg
+        cache = os.path.join(mirror.cache_root() if remote_workdir else workdir,
+                             "chestmnist_cache")
+        with mirror.host_lock(cache):
+            chestmnist.NpzRecords(path, cache)  # extract once; fail fast if wrong
+        return PreparedData(chestmnist_path=path, chestmnist_cache=cache)
     raise ValueError(f"unknown data.source {source!r}; expected one of {SOURCES}")
-

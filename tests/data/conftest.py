@@ -73,7 +73,7 @@ def make_nih_dir(root: pathlib.Path, rows, files=None, subdir="images") -> pathl
 
 
 @pytest.fixture
-def nih_layout():
-    """The folder-writing helpers, as ``nih_layout.make_nih_dir`` / ``nih_layout.write_png``."""
+def nih_folder():
+    """The folder-writing helpers, as ``nih_folder.make_nih_dir`` / ``nih_folder.write_png``."""
     import types
     return types.SimpleNamespace(make_nih_dir=make_nih_dir, write_png=write_png, header=HEADER)

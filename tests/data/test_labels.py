@@ -57,8 +57,31 @@ def test_rows_lookup_names_missing_images():
         table.rows(["00000001_000.png", "not_there.png"])
 
 
-def test_bboxes_map_infiltrate_spelling():
+def test_shipped_boxes_are_the_8_box_classes_with_infiltrate_read_as_infiltration():
     boxes = labels.load_bboxes()
     assert len(boxes) == 984
-    assert {b.label for b in boxes} <= set(labels.CLASSES)
-    assert any(b.label == "Infiltration" for b in boxes)
+    names = {labels.CLASSES[c] for c in boxes.labels}
+    assert names == set(labels.BOX_CLASSES)  # "Infiltrate" in the file, Infiltration here
+    assert (boxes.xywh[:, :2] + boxes.xywh[:, 2:] <= 1024).all()
+
+
+def test_written_boxes_have_nih_header_and_spelling_and_read_back(tmp_path):
+    path = tmp_path / labels.BBOX_LIST_NAME
+    boxes = labels.Boxes.create(["a.png", "a.png", "b.png"], ["Infiltration", "Mass", 1],
+                                [[0.5, 2, 10, 20], [100, 200, 30.25, 40], [0, 0, 1024, 1024]])
+    labels.write_boxes(path, boxes)
+    text = path.read_text()
+    assert text.splitlines()[:2] == ["Image Index,Finding Label,Bbox [x,y,w,h],,,",
+                                     "a.png,Infiltrate,0.5,2.0,10.0,20.0"]
+    again = labels.read_boxes(path)
+    np.testing.assert_array_equal(again.xywh, boxes.xywh)
+    np.testing.assert_array_equal(again.labels, boxes.labels)
+    assert list(again.image_ids) == ["a.png", "a.png", "b.png"]
+
+
+def test_a_bad_box_is_a_one_line_label_error(tmp_path):
+    path = tmp_path / "boxes.csv"
+    path.write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\na.png,Mass,1000,10,30,30\n")
+    with pytest.raises(labels.LabelError, match="outside the 1024x1024 image") as e:
+        labels.read_boxes(path)
+    assert "\n" not in str(e.value)

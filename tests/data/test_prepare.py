@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from cxrjax.data import builder, labels, prepare
+from cxrjax.data import builder, labels, nih_layout, prepare
 
 
 def _rows(n, label="No Finding"):
@@ -26,28 +26,17 @@ def test_sample_dataset_has_every_image_with_its_labels(prepared_sample, nih_sam
         assert name == ids[i]
         np.testing.assert_array_equal(rec["labels"], table.labels[table.index[name]])
         assert rec["patient_id"] == table.patient_ids[table.index[name]]
-    expected, _ = prepare.decode_image(str(nih_sample_dir / "images" / ids[5]), 256)
+    expected, _ = nih_layout.decode_image(str(nih_sample_dir / "images" / ids[5]), 256)
     np.testing.assert_array_equal(src[5]["image"], expected)
     assert b.info.metadata["converted"] == {"RGBA": 2}
     assert b.info.metadata["skipped"] == []
 
 
-def test_rgba_image_is_converted_to_its_gray_content(nih_sample_dir):
-    from PIL import Image
-    rgba = [p for p in sorted((nih_sample_dir / "images").iterdir())
-            if Image.open(p).mode == "RGBA"]
-    assert len(rgba) == 2
-    got, mode = prepare.decode_image(str(rgba[0]), 64)
-    ref = np.asarray(Image.open(rgba[0]).convert("RGB"))[..., 0]
-    ref = np.asarray(Image.fromarray(ref).resize((64, 64), Image.Resampling.BILINEAR))
-    assert mode == "RGBA" and np.abs(got.astype(int) - ref).max() <= 1
-
-
-def test_rgba_16bit_and_palette_images_are_converted_and_counted(tmp_path, nih_layout):
+def test_rgba_16bit_and_palette_images_are_converted_and_counted(tmp_path, nih_folder):
     rows = _rows(4)
     modes = ["L", "RGBA", "I;16", "P"]
     files = {r[0]: (200, m) for r, m in zip(rows, modes, strict=True)}
-    manual = nih_layout.make_nih_dir(tmp_path / "nih", rows, files)
+    manual = nih_folder.make_nih_dir(tmp_path / "nih", rows, files)
     b = builder.build(str(manual), str(tmp_path / "out"), resolution=16, workers=0)
     src = b.as_data_source(split=builder.SPLIT)
     for i in range(4):
@@ -55,9 +44,9 @@ def test_rgba_16bit_and_palette_images_are_converted_and_counted(tmp_path, nih_l
     assert b.info.metadata["converted"] == {"I;16": 1, "P": 1, "RGBA": 1}
 
 
-def test_nested_archive_layout_is_found(tmp_path, nih_layout):
+def test_nested_archive_layout_is_found(tmp_path, nih_folder):
     rows = _rows(3)
-    manual = nih_layout.make_nih_dir(tmp_path / "nih", rows, subdir="images_001/images")
+    manual = nih_folder.make_nih_dir(tmp_path / "nih", rows, subdir="images_001/images")
     b = builder.build(str(manual), str(tmp_path / "out"), resolution=16, workers=0)
     assert b.info.metadata["num_images"] == 3
 
@@ -68,7 +57,7 @@ def test_nested_archive_layout_is_found(tmp_path, nih_layout):
     ("unknown_label", "unknown label 'Pneumonitis'"),
     ("duplicate_row", "00000002_000.png: duplicate row: .* line 4 repeats line 3"),
 ])
-def test_bad_table_or_files_fail_before_writing_anything(tmp_path, case, message, nih_layout):
+def test_bad_table_or_files_fail_before_writing_any_dataset(tmp_path, case, message, nih_folder):
     rows, files = _rows(3), None
     if case == "missing_file":
         files = {rows[0][0]: (1, "L"), rows[2][0]: (1, "L")}
@@ -79,52 +68,119 @@ def test_bad_table_or_files_fail_before_writing_anything(tmp_path, case, message
     elif case == "duplicate_row":
         rows.insert(2, rows[1])
         files = {r[0]: (1, "L") for r in rows}
-    manual = nih_layout.make_nih_dir(tmp_path / "nih", rows, files)
+    manual = nih_folder.make_nih_dir(tmp_path / "nih", rows, files)
     out = tmp_path / "out"
-    with pytest.raises(prepare.PrepareError, match=message):
+    with pytest.raises(nih_layout.PrepareError, match=message):
         builder.build(str(manual), str(out), resolution=16, workers=0)
-    assert not out.exists()
+    assert os.listdir(out) == [builder.PROBLEMS_NAME]  # the list of problems, no dataset
 
 
-def test_every_problem_is_listed_and_cli_exits_nonzero(tmp_path, capsys, nih_layout):
+def test_building_through_tfds_alone_refuses_a_download_with_problems(tmp_path, nih_folder):
+    import tensorflow_datasets as tfds
+
+    rows = _rows(3)
+    rows[1] = (rows[1][0], "Flu", 2)
+    manual = nih_folder.make_nih_dir(tmp_path / "nih", rows)
+    b = builder.ChestXray14(data_dir=str(tmp_path / "out"), config=builder.config_for(16),
+                            workers=0)
+    with pytest.raises(nih_layout.PrepareError, match="1 problem\\(s\\) .*nothing was written"):
+        b.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            manual_dir=str(manual)))
+    assert not b.is_prepared()
+
+
+def test_every_problem_is_listed_and_cli_exits_nonzero(tmp_path, capsys, nih_folder):
     rows = _rows(4)
     rows[0] = (rows[0][0], "Flu", 1)
     files = {r[0]: (1, "L") for r in rows[:3]}
-    manual = nih_layout.make_nih_dir(tmp_path / "nih", rows, files)
+    manual = nih_folder.make_nih_dir(tmp_path / "nih", rows, files)
     rc = prepare.main(["--manual_dir", str(manual), "--data_dir", str(tmp_path / "o"),
                        "--resolution", "16", "--workers", "0"])
     err = capsys.readouterr().err
     assert rc == 1 and "2 problem(s)" in err
     assert "unknown label 'Flu'" in err and "00000004_000.png" in err
+    assert f"every problem is listed in {tmp_path / 'o' / builder.PROBLEMS_NAME}" in err
 
 
-def test_truncated_png_fails_and_leaves_no_dataset(tmp_path, nih_layout):
+def test_missing_images_print_the_count_the_first_twenty_and_a_file_listing_all(
+        tmp_path, capsys, nih_folder):
+    rows = _rows(60)
+    manual = nih_folder.make_nih_dir(tmp_path / "nih", rows, {rows[0][0]: (1, "L")})
+    out = tmp_path / "o"
+    rc = prepare.main(["--manual_dir", str(manual), "--data_dir", str(out),
+                       "--resolution", "16", "--workers", "0"])
+    captured = capsys.readouterr()
+    err = captured.err.splitlines()
+    assert rc == 1 and captured.out == ""
+    assert err[0].startswith(f"error: 59 problem(s) in {manual} (59 of them images not found: "
+                             "are all the archives unpacked into images/")
+    listed = [line for line in err if "image file not found" in line]
+    assert [line.split(":")[0].strip() for line in listed] == [r[0] for r in rows[1:21]]
+    assert "  ... and 39 more" in err
+    table = (out / builder.PROBLEMS_NAME).read_text().splitlines()
+    assert table[0] == "image\treason" and len(table) == 60
+    assert {line.split("\t")[0] for line in table[1:]} == {r[0] for r in rows[1:]}
+    assert err[-1] == f"every problem is listed in {out / builder.PROBLEMS_NAME}"
+    assert len(err) == 23
+    assert not builder.ChestXray14(data_dir=str(out), config=builder.config_for(16)).is_prepared()
+
+
+def test_a_successful_prepare_leaves_only_the_dataset_not_an_old_list_or_downloads(
+        tmp_path, nih_folder):
     rows = _rows(3)
-    manual = nih_layout.make_nih_dir(tmp_path / "nih", rows)
+    manual = nih_folder.make_nih_dir(tmp_path / "nih", rows, {rows[0][0]: (1, "L")})
+    out = tmp_path / "o"
+    with pytest.raises(nih_layout.PrepareError):
+        builder.build(str(manual), str(out), resolution=16, workers=0)
+    assert (out / builder.PROBLEMS_NAME).exists()
+    for name, _, _ in rows[1:]:
+        nih_folder.write_png(manual / "images" / name, 9)
+    builder.build(str(manual), str(out), resolution=16, workers=0)
+    assert os.listdir(out) == ["chest_xray14"]  # no stale problem list, no empty downloads/
+
+
+def test_cli_help_names_the_program_and_the_resolution_default():
+    text = prepare.make_parser().format_help()
+    assert text.startswith("usage: python -m cxrjax.data.prepare ")
+    assert f"(default: {builder.DEFAULT_RESOLUTION})" in " ".join(text.split())
+
+
+def test_resolution_outside_the_stored_range_is_a_one_line_error(tmp_path, capsys):
+    rc = prepare.main(["--manual_dir", str(tmp_path), "--data_dir", str(tmp_path / "o"),
+                       "--resolution", "4"])
+    assert rc == 1
+    assert capsys.readouterr().err == "error: resolution must be in [8, 1024], got 4\n"
+
+
+def test_truncated_png_fails_and_leaves_no_dataset(tmp_path, nih_folder):
+    rows = _rows(3)
+    manual = nih_folder.make_nih_dir(tmp_path / "nih", rows)
     png = manual / "images" / rows[1][0]
-    nih_layout.write_png(png, 7, size=300)
+    nih_folder.write_png(png, 7, size=300)
     data = png.read_bytes()
     png.write_bytes(data[: len(data) // 2])
     (manual / "images" / rows[2][0]).write_bytes(b"not a png at all")
-    with pytest.raises(prepare.PrepareError, match="2 image\\(s\\) could not be decoded"):
+    with pytest.raises(nih_layout.PrepareError, match="2 image\\(s\\) could not be decoded"):
         builder.build(str(manual), str(tmp_path / "out"), resolution=16, workers=0)
+    listed = (tmp_path / "out" / builder.PROBLEMS_NAME).read_text()
+    assert rows[1][0] in listed and rows[2][0] in listed and "cannot decode" in listed
     with pytest.raises(FileNotFoundError, match="no complete chest_xray14 dataset"):
         builder.load(str(tmp_path / "out"), 16)
 
 
-def test_skip_bad_writes_the_rest_and_a_manifest(tmp_path, nih_layout):
+def test_skip_bad_writes_the_rest_and_a_manifest(tmp_path, nih_folder):
     rows = _rows(5)
     rows[0] = (rows[0][0], "Flu", 1)
     files = {r[0]: (50, "L") for r in rows if r[2] != 2}
     files["00000077_000.png"] = (1, "L")
-    manual = nih_layout.make_nih_dir(tmp_path / "nih", rows, files)
+    manual = nih_folder.make_nih_dir(tmp_path / "nih", rows, files)
     (manual / "images" / rows[3][0]).write_bytes(b"\x89PNG broken")
     rc = prepare.main(["--manual_dir", str(manual), "--data_dir", str(tmp_path / "o"),
                        "--resolution", "16", "--workers", "0", "--skip_bad"])
     assert rc == 0
     b = builder.load(str(tmp_path / "o"), 16)
     assert b.info.metadata["image_ids"] == [rows[2][0], rows[4][0]]
-    manifest = os.path.join(str(b.data_dir), prepare.MANIFEST_NAME)
+    manifest = os.path.join(str(b.data_dir), builder.MANIFEST_NAME)
     assert "16px" in manifest
     lines = open(manifest).read().splitlines()[1:]
     skipped = {line.split("\t")[0]: line.split("\t")[1] for line in lines}
@@ -135,9 +191,9 @@ def test_skip_bad_writes_the_rest_and_a_manifest(tmp_path, nih_layout):
     assert "no row" in skipped["00000077_000.png"]
 
 
-def test_interrupted_build_does_not_look_complete(tmp_path, monkeypatch, nih_layout):
-    manual = nih_layout.make_nih_dir(tmp_path / "nih", _rows(6))
-    real = prepare.decode_task
+def test_interrupted_build_does_not_look_complete(tmp_path, monkeypatch, nih_folder):
+    manual = nih_folder.make_nih_dir(tmp_path / "nih", _rows(6))
+    real = nih_layout.decode_task
     calls = []
 
     def dying(task):
@@ -146,12 +202,12 @@ def test_interrupted_build_does_not_look_complete(tmp_path, monkeypatch, nih_lay
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C mid-build
         return real(task)
 
-    monkeypatch.setattr(prepare, "decode_task", dying)
+    monkeypatch.setattr(nih_layout, "decode_task", dying)
     with pytest.raises(KeyboardInterrupt):
         builder.build(str(manual), str(tmp_path / "out"), resolution=16, workers=0)
     with pytest.raises(FileNotFoundError, match="prepare it with"):
         builder.load(str(tmp_path / "out"), 16)
-    monkeypatch.setattr(prepare, "decode_task", real)
+    monkeypatch.setattr(nih_layout, "decode_task", real)
     b = builder.build(str(manual), str(tmp_path / "out"), resolution=16, workers=0)
     assert len(b.as_data_source(split=builder.SPLIT)) == 6
 
@@ -170,3 +226,26 @@ def test_builder_is_registered_with_tfds_by_name(prepared_sample):
     b = tfds.builder("chest_xray14", data_dir=str(prepared_sample), config="256px")
     assert isinstance(b, builder.ChestXray14) and b.is_prepared()
     assert b.info.features["image"].shape == (256, 256)
+
+
+def test_every_resolution_is_a_known_config_not_a_custom_one(tmp_path):
+    import tensorflow_datasets as tfds
+
+    b = tfds.builder("chest_xray14", data_dir=str(tmp_path), config="48px")
+    assert b.builder_config is builder.config_for(48)
+    assert builder.ChestXray14.get_builder_config("4px") is None
+    assert not b.is_prepared() and not tmp_path.joinpath("chest_xray14").exists()
+
+
+def test_prepare_into_a_bucket_builds_locally_and_copies_up_verified(
+        tmp_path, capsys, monkeypatch, nih_folder, gcs_bucket):
+    monkeypatch.setenv("CXRJAX_CACHE_DIR", str(tmp_path / "cache"))
+    manual = nih_folder.make_nih_dir(tmp_path / "nih", _rows(3))
+    out = f"{gcs_bucket}/tfds"
+    argv = ["--manual_dir", str(manual), "--data_dir", out, "--resolution", "16", "--workers", "0"]
+    assert prepare.main(argv) == 0, capsys.readouterr().err
+    assert "to " + out + ", verified" in capsys.readouterr().out
+    b = builder.load(out, 16)  # read straight from the bucket
+    assert b.info.metadata["num_images"] == 3 and len(b.as_data_source(split=builder.SPLIT)) == 3
+    assert prepare.main(argv) == 0
+    assert "copied 0 new file(s)" in capsys.readouterr().out  # a rerun copies nothing again
