@@ -1,7 +1,7 @@
 """Paper row D121: as r18.py with DenseNet121 trunks."""
 
-from configs import base, r18
+from cxrjax import recipe
 
 
 def get_config():
-    return base.densenet121_streams(r18.get_config())
+    return recipe.densenet121_streams(recipe.base_config())

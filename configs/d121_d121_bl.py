@@ -1,7 +1,7 @@
 """Paper row D121 + D121-BL: as r18_r18_bl.py with DenseNet121 trunks."""
 
-from configs import base, r18_r18_bl
+from cxrjax import recipe
 
 
 def get_config():
-    return base.densenet121_streams(r18_r18_bl.get_config())
+    return recipe.densenet121_streams(recipe.two_stream_bilinear(recipe.base_config()))

@@ -1,7 +1,7 @@
 """Paper row R18: one ImageNet ResNet18, CE head."""
 
-from configs import base
+from cxrjax import recipe
 
 
 def get_config():
-    return base.get_config()
+    return recipe.base_config()

@@ -3,13 +3,8 @@
 Stage 2 starts from stage 1's best checkpoint; everything trains in both stages.
 """
 
-from configs import base, r18_msml
+from cxrjax import recipe
 
 
 def get_config():
-    c = r18_msml.get_config()
-    c.train.stages = [
-        base.stage("streams", 6, ce=0.2, msml=0.2, fce=0.0),
-        base.stage("bilinear", 3, ce=0.0, msml=0.0, fce=1.0),
-    ]
-    return c
+    return recipe.local_strategy(recipe.f_msml(recipe.base_config()))

@@ -4,10 +4,10 @@ Frozen means: no optimizer update (masked), and the trunks run as at evaluation,
 BatchNorm statistics, which stay unchanged.
 """
 
-from configs import base, r18_msml_local
+from cxrjax import recipe
 
 
 def get_config():
-    c = r18_msml_local.get_config()
-    c.train.stages[1] = base.stage("bilinear", 3, trainable="^(?!trunk_).*", fce=1.0)
+    c = recipe.local_strategy(recipe.f_msml(recipe.base_config()))
+    c.train.stages[1] = recipe.stage("bilinear", 3, trainable="^(?!trunk_).*", fce=1.0)
     return c

@@ -3,10 +3,10 @@
 VGG16's trunk gives 14x14 at 224 px; it is average-pooled to ResNet's 7x7 before pooling.
 """
 
-from configs import r18_msml
+from cxrjax import recipe
 
 
 def get_config():
-    c = r18_msml.get_config()
+    c = recipe.f_msml(recipe.base_config())
     c.model.trunk_b = "vgg16"
     return c

@@ -1,12 +1,16 @@
-"""Config checks: one clear line per bad field, before anything is built; the dtype rule."""
+"""Config checks: one clear line per bad field, before anything is built.
+
+The `model.*` fields and `dtype` are the model family's to check (`models.check_model_config`,
+`models.compute_dtype`); this module adds the data and training fields and how they fit the model.
+"""
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections as mlc
 
 from cxrjax import models
@@ -16,32 +20,15 @@ class ConfigError(ValueError):
     """A config field with a bad value; the message names the field."""
 
 
-def model_heads(model_cfg: Any) -> tuple[str, ...]:
-    """Output heads of the configured model (the keys of its logits dict)."""
-    heads = []
-    if model_cfg.head_a:
-        heads.append("ce")
-    if model_cfg.head_b:
-        heads.append({"ce": "ce_b", "msml": "msml"}[model_cfg.head_b])
-    if model_cfg.bilinear:
-        heads.append("fce")
-    return tuple(heads)
-
-
 def check_config(config: mlc.ConfigDict) -> None:
     """Raises ConfigError naming the first bad field."""
     m, d, t = config.model, config.data, config.train
-    for field, arch in (("model.trunk_a", m.trunk_a), ("model.trunk_b", m.trunk_b)):
-        if arch is not None and arch not in models.ARCHS:
-            raise ConfigError(f"{field}={arch!r}: unknown architecture; known: "
-                              f"{', '.join(sorted(models.ARCHS))}")
-    if m.head_b is not None and m.head_b not in ("ce", "msml"):
-        raise ConfigError(f"model.head_b={m.head_b!r}: expected 'ce', 'msml' or None")
-    if m.head_b is not None and m.trunk_b is None:
-        raise ConfigError("model.head_b is set but model.trunk_b is None")
-    heads = model_heads(m)
-    if not heads:
-        raise ConfigError("model: no head (set head_a, head_b or bilinear)")
+    try:
+        models.check_model_config(m)
+        models.compute_dtype(config.dtype)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    heads = models.output_heads(m)
     if d.crop > d.resolution:
         raise ConfigError(f"data.crop={d.crop} is larger than data.resolution={d.resolution}")
     for arch in {m.trunk_a, m.trunk_b} - {None}:
@@ -74,13 +61,110 @@ def check_config(config: mlc.ConfigDict) -> None:
             re.compile(stage.trainable)
         except re.error as e:
             raise ConfigError(f"{where}.trainable={stage.trainable!r}: bad regex ({e})") from None
+    check_eval_config(config.get("eval") or mlc.ConfigDict(), m)
 
 
-def compute_dtype(config: mlc.ConfigDict) -> jnp.dtype:
-    """bfloat16 on accelerators and float32 on CPU for "auto"; else the named dtype."""
-    name = config.dtype
-    if name == "auto":
-        name = "float32" if jax.default_backend() == "cpu" else "bfloat16"
-    if name not in ("float32", "bfloat16"):
-        raise ConfigError(f"dtype={config.dtype!r}: expected 'auto', 'float32' or 'bfloat16'")
-    return jnp.dtype(name)
+
+# calibration.METHODS plus "none", and heatmaps.STREAMS: spelled here so that checking a config
+# imports neither plotting nor the heatmap functions.
+CALIBRATIONS = ("none", "temperature", "platt")
+HEATMAPS = ("gradcam", "gradcam_fine", "cam_a", "cam_b")
+
+
+def check_eval_config(e: mlc.ConfigDict, model: mlc.ConfigDict) -> None:
+    """The ``eval.*`` fields (a field an older run's config lacks takes its default)."""
+    from cxrjax.operating_points import RULES
+
+    rule = e.get("threshold_rule", "youden")
+    if rule not in RULES:
+        raise ConfigError(f"eval.threshold_rule={rule!r}: expected one of {', '.join(RULES)}")
+    target = e.get("target_sensitivity", 0.9)
+    if rule == "sensitivity" and not (isinstance(target, int | float) and 0 < target <= 1):
+        raise ConfigError(f"eval.target_sensitivity={target!r} must be in (0, 1] with "
+                          "eval.threshold_rule='sensitivity'")
+    calibration = e.get("calibration", "none")
+    if calibration not in CALIBRATIONS:
+        raise ConfigError(f"eval.calibration={calibration!r}: expected one of "
+                          f"{', '.join(CALIBRATIONS)}")
+    bins = e.get("calibration_bins", 15)
+    if not isinstance(bins, int) or bins < 1:
+        raise ConfigError(f"eval.calibration_bins={bins!r} must be a positive integer")
+    heatmap = e.get("localization_heatmap", "gradcam")
+    if heatmap not in HEATMAPS:
+        raise ConfigError(f"eval.localization_heatmap={heatmap!r}: expected one of "
+                          f"{', '.join(HEATMAPS)}")
+    if heatmap in ("cam_a", "cam_b") and model.get(f"head_{heatmap[-1]}") is None:
+        raise ConfigError(f"eval.localization_heatmap={heatmap!r} needs model.head_"
+                          f"{heatmap[-1]}, which this model does not have")
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line: a missing config file or a misspelled override is one line with a hint.
+# ---------------------------------------------------------------------------------------------
+
+
+def config_path(argv: list[str]) -> str | None:
+    """The ``--config`` file named on a command line, if any."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg[len("--config="):]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def flag_problem(argv: list[str], error: Exception) -> str:
+    """One line saying what is wrong with the command line, with a suggestion if one fits."""
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    path = config_path(argv)
+    if path is None:
+        return f"{first_line} (python -m cxrjax.main --help)"
+    file = path if os.path.isfile(path) else path.split(":")[0]  # config_flags' FILE:ARG
+    if not os.path.isfile(file):
+        return f"--config {path}: no such file ({os.path.abspath(file)})"
+    try:
+        import runpy
+
+        config = runpy.run_path(file)["get_config"]()
+    except Exception as e:  # noqa: BLE001 - whatever the config file raises
+        return f"--config {file}: cannot load it: {type(e).__name__}: {e}"
+    for arg in argv:
+        if arg.startswith("--config."):
+            field = arg[len("--config."):].split("=")[0]
+            problem = override_problem(config, field)
+            if problem:
+                return f"--config.{field}: {problem}"
+    return first_line
+
+
+def override_problem(config, field: str) -> str | None:
+    """Why ``--config.<field>`` names no field of ``config`` (None if it does): the first part
+    that is missing, and the closest existing field (difflib)."""
+    node, walked = config, ""
+    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", field):
+        if name:
+            if not hasattr(node, "keys") or name not in node:
+                where = f"in {walked}" if walked else "at the top of the config"
+                guess = difflib.get_close_matches(field, _field_names(config), n=1, cutoff=0.6)
+                hint = f"; did you mean --config.{guess[0]}?" if guess else ""
+                return f"no field {name!r} {where}{hint}"
+            node, walked = node[name], f"{walked}.{name}" if walked else name
+        else:
+            if not isinstance(node, list | tuple) or int(index) >= len(node):
+                size = len(node) if isinstance(node, list | tuple) else 0
+                return f"{walked} has {size} entr{'y' if size == 1 else 'ies'}, no [{index}]"
+            node, walked = node[int(index)], f"{walked}[{index}]"
+    return None
+
+
+def _field_names(node, prefix: str = "") -> list[str]:
+    """Every field's dotted name (``train.stages[0].epochs``), branches included."""
+    out = [prefix] if prefix else []
+    if hasattr(node, "keys"):
+        for key in node.keys():
+            out += _field_names(node[key], f"{prefix}.{key}" if prefix else key)
+    elif isinstance(node, list | tuple):
+        for i, item in enumerate(node):
+            if hasattr(item, "keys"):
+                out += _field_names(item, f"{prefix}[{i}]")
+    return out

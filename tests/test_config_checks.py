@@ -11,6 +11,8 @@ from cxrjax.config_checks import ConfigError
     ("model.trunk_a", "resnet19", "model.trunk_a='resnet19': unknown architecture"),
     ("train.batch_size", 7, "train.batch_size=7 must be a positive multiple of the device"),
     ("data.crop", 300, "data.crop=300 is larger than data.resolution=256"),
+    ("model.head_b", "focal", "model.head_b='focal': expected 'ce', 'msml' or None"),
+    ("model.trunk_b", None, "model.head_b='msml' needs a second stream: model.trunk_b is None"),
 ])
 def test_config_errors_name_the_field(field, value, message):
     config = tiny_config("r18_msml")
@@ -34,10 +36,45 @@ def test_crop_smaller_than_the_trunk_stride_is_refused():
         config_checks.check_config(config)
 
 
-def test_compute_dtype_is_float32_on_cpu_for_auto_and_rejects_unknown_names():
+def test_unknown_dtype_is_refused_before_anything_is_built():
     config = tiny_config("r18")
-    config.dtype = "auto"
-    assert config_checks.compute_dtype(config).name == "float32"
     config.dtype = "float16"
-    with pytest.raises(ConfigError, match="dtype='float16'"):
-        config_checks.compute_dtype(config)
+    with pytest.raises(ConfigError, match="dtype='float16': expected 'auto', 'float32' or "):
+        config_checks.check_config(config)
+
+
+def test_loss_weight_of_a_head_the_model_lacks_is_refused():
+    config = tiny_config("r18_msml")
+    config.train.stages[0].loss_weights.ce_b = 0.5
+    with pytest.raises(ConfigError, match=r"stages\[0\].loss_weights has 'ce_b', not a head of "
+                                          r"this model \(ce, msml, fce\)"):
+        config_checks.check_config(config)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"threshold_rule": "accuracy"}, "eval.threshold_rule='accuracy': expected one of youden"),
+    ({"threshold_rule": "sensitivity", "target_sensitivity": 1.5},
+     r"eval.target_sensitivity=1.5 must be in \(0, 1\]"),
+    ({"calibration": "isotonic"}, "eval.calibration='isotonic': expected one of none, "
+                                  "temperature, platt"),
+    ({"calibration_bins": 0}, "eval.calibration_bins=0 must be a positive integer"),
+    ({"localization_heatmap": "saliency"}, "eval.localization_heatmap='saliency': expected"),
+    ({"localization_heatmap": "cam_b"}, "needs model.head_b, which this model does not have"),
+])
+def test_bad_operating_point_or_calibration_field_is_refused_before_training(fields, message):
+    from cxrjax import calibration, heatmaps
+
+    assert config_checks.CALIBRATIONS == ("none", *calibration.METHODS)
+    assert config_checks.HEATMAPS == tuple(heatmaps.STREAMS)
+    config = tiny_config("r18")
+    config.eval.update(fields)
+    with pytest.raises(ConfigError, match=message):
+        config_checks.check_config(config)
+
+
+def test_config_of_an_older_run_without_the_eval_fields_passes():
+    config = tiny_config("r18")
+    for field in ("threshold_rule", "target_sensitivity", "calibration", "calibration_bins",
+                  "localization", "localization_heatmap"):
+        del config.eval[field]
+    config_checks.check_config(config)
