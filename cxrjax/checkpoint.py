@@ -1,18 +1,29 @@
 """Orbax checkpoints of a training stage: the latest N plus the best by validation mean AUC.
 
-Each step directory holds the train state (params, optimizer, batch statistics, step, rng),
-the data iterator's state (so a resumed run sees the same batches) and a small JSON record.
+Each step directory holds the train state (params, optimizer, batch statistics, step), the
+data iterator's state (so a resumed run sees the same batches) and a small JSON record.
+
+The directory may be local or ``gs://...``: orbax writes both through tensorstore. A step
+becomes visible only once complete: on a local disk orbax writes a temporary folder and
+renames it; in a bucket (no rename) it writes the step in place and marks it complete with a
+``commit_success.txt`` last, and skips a step without one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+from cxrjax import fileio
 
 VAL_METRIC = "val_mean_auc"
 
@@ -28,18 +39,20 @@ def _val_metric(metrics: dict) -> float:
 def open_manager(directory: str, keep: int, read_only: bool = False
                  ) -> ocp.CheckpointManager:
     """A manager that keeps the latest ``keep`` steps and the best one by validation mean AUC."""
-    directory = os.path.abspath(os.path.expanduser(directory))
+    directory = fileio.expand(directory)
     if read_only:
         options = ocp.CheckpointManagerOptions(read_only=True, create=False,
                                                best_fn=_val_metric, best_mode="max")
         return ocp.CheckpointManager(directory, options=options,
                                      item_names=("state", "data", "meta"))
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError as e:
-        raise CheckpointError(f"cannot create checkpoint directory {directory}: {e}") from None
-    if not os.access(directory, os.W_OK):
-        raise CheckpointError(f"checkpoint directory {directory} is not writable")
+    if not fileio.is_remote(directory):  # a bucket has no folders; main checked it is writable
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as e:
+            raise CheckpointError(f"cannot create checkpoint directory {directory}: {e}") \
+                from None
+        if not os.access(directory, os.W_OK):
+            raise CheckpointError(f"checkpoint directory {directory} is not writable")
     policy = pp.AnyPreservationPolicy([
         pp.LatestN(keep),
         pp.BestN(get_metric_fn=_val_metric, n=1,
@@ -71,14 +84,25 @@ def restore(manager: ocp.CheckpointManager, state_template: Any, step: int | Non
             ) -> tuple[int, Any, Any, dict] | None:
     """Restores ``step`` (default: the newest readable one, falling back past corrupt ones).
 
+    ``state_template`` is a dict or a dataclass (TrainState) of arrays; top-level fields the
+    saved state has and the template lacks are read and dropped, so a checkpoint from before a
+    field was removed (TrainState.rng) still restores.
     Returns (step, state, data_state, meta), or None when the directory holds no checkpoint.
     """
     steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
+    fields = _fields(state_template)
     for s in steps:
         try:
-            out = manager.restore(s, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(state_template),
-                data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+            saved = _saved_state_tree(manager, s)
+            other = tree_mismatch(saved, fields)
+            if other is None:
+                dropped = {k: _host_zeros(v) for k, v in saved.items() if k not in fields}
+                out = manager.restore(s, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore({**fields, **dropped}),
+                    data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+                restored = {k: out["state"][k] for k in fields}
+                state = (dataclasses.replace(state_template, **restored)
+                         if dataclasses.is_dataclass(state_template) else restored)
         except Exception as e:  # noqa: BLE001 - any unreadable checkpoint: say so, fall back
             if step is not None:
                 raise CheckpointError(f"checkpoint {s} in {manager.directory} is unreadable: "
@@ -88,19 +112,64 @@ def restore(manager: ocp.CheckpointManager, state_template: Any, step: int | Non
                 "checkpoint %d in %s is unreadable (%s: %s); kept as %s, trying an older one",
                 s, manager.directory, type(e).__name__, str(e)[:200], aside)
             continue
-        return s, out["state"], _unjsonable(out["data"]), dict(out["meta"])
+        if other is not None:  # readable, but not this state: never "unreadable", never moved
+            raise CheckpointError(f"checkpoint {s} in {manager.directory} is another model's or "
+                                  f"optimizer's ({other}); it was left as it is: train this "
+                                  "config in another workdir")
+        return s, state, _unjsonable(out["data"]), dict(out["meta"])
     return None
 
 
+def tree_mismatch(saved: Mapping, template: Mapping) -> str | None:
+    """How a saved state's array metadata differs from ``template``'s fields (paths and
+    shapes; fields only the saved state has are not compared); None when they agree."""
+    def shapes(tree: Mapping) -> dict[str, tuple]:
+        leaves = jax.tree_util.tree_flatten_with_path(dict(tree))[0]
+        return {"/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+                         for k in path): tuple(getattr(leaf, "shape", ())) for path, leaf in leaves}
+
+    want = shapes(template)
+    have = shapes({k: saved[k] for k in template if k in saved})
+    missing = [p for p in want if p not in have]
+    extra = [p for p in have if p not in want]
+    reshaped = [p for p in want if p in have and have[p] != want[p]]
+    parts = [f"{len(missing)} array(s) missing, e.g. {missing[0]}" if missing else "",
+             f"{len(extra)} unexpected, e.g. {extra[0]}" if extra else "",
+             f"{len(reshaped)} of another shape, e.g. {reshaped[0]} {have[reshaped[0]]} instead "
+             f"of {want[reshaped[0]]}" if reshaped else ""]
+    return "; ".join(p for p in parts if p) or None
+
+
+def _fields(state: Any) -> dict:
+    """The top-level fields of a state, as a dict."""
+    if dataclasses.is_dataclass(state):
+        return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+    return dict(state)
+
+
+def _saved_state_tree(manager: ocp.CheckpointManager, step: int) -> dict:
+    """The saved state's tree of array metadata (shape, dtype), read without the arrays."""
+    path = fileio.join(os.fspath(manager.directory), str(step), "state")
+    with ocp.StandardCheckpointer() as checkpointer:
+        return dict(checkpointer.metadata(path).item_metadata)
+
+
+def _host_zeros(tree: Any) -> Any:
+    """A restore target for leaves read only to be dropped: host arrays, whatever the sharding
+    they were saved with."""
+    return jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), tree)
+
+
 def _set_aside(manager: ocp.CheckpointManager, step: int) -> str:
-    """Renames an unreadable step out of the manager's sight (kept for inspection)."""
-    src = os.path.join(os.fspath(manager.directory), str(step))
+    """Renames an unreadable step out of the manager's sight (kept for inspection; in a bucket
+    a copy and a delete)."""
+    src = fileio.join(os.fspath(manager.directory), str(step))
     dst = f"{src}.unreadable"
     n = 1
-    while os.path.exists(dst):
+    while fileio.exists(dst):
         n += 1
         dst = f"{src}.unreadable{n}"
-    os.rename(src, dst)
+    fileio.rename(src, dst)
     manager.reload()
     return dst
 

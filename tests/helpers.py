@@ -1,12 +1,45 @@
-"""Shared test helpers: tiny variants of the paper configs."""
+"""Shared test helpers: the paper configs, tiny variants of them, counting compilations."""
 
+import collections
+import contextlib
 import importlib
+import os
+import re
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+# Every config under configs/ that is a row of the paper's Tables 1-2 (not base or demo).
+PAPER_CONFIGS = ["r18", "r18_bl", "r18_r18_bl", "r18_msml", "r18_msml_local",
+                 "r18_msml_local_fixed", "d121", "d121_bl", "d121_d121_bl", "d121_msml",
+                 "r18_vgg_msml", "d121_vgg_msml"]
+
 TINY = {"resnet18": "resnet_tiny", "densenet121": "densenet_tiny", "vgg16": "vgg_tiny"}
+
+_BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+
+
+@contextlib.contextmanager
+def count_compiles() -> Iterator[collections.Counter]:
+    """Counts XLA compilations per jitted function name ({"step": 1}) while the block runs.
+
+    Public API only: JAX reports every compilation to ``jax.monitoring`` listeners (a hit of
+    the persistent compilation cache counts too: it is a miss of the jitted function's own).
+    """
+    counts: collections.Counter = collections.Counter()
+
+    def listener(event: str, duration: float, **kwargs) -> None:
+        if event == _BACKEND_COMPILE:
+            name = str(kwargs.get("fun_name", "?"))
+            counts[re.sub(r"^jit\((.*)\)$", r"\1", name)] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield counts
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def tiny_config(name: str, crop: int = 32, batch: int = 8):
@@ -57,3 +90,12 @@ def random_variables(model, crop: int, seed: int = 0) -> dict:
 
     out = jax.tree_util.tree_map_with_path(value, dict(shapes))
     return {"params": out["params"], "batch_stats": out.get("batch_stats", {})}
+
+
+def truncate_files(directory: str) -> None:
+    """Cuts every file under ``directory`` to half its size (a crash mid-write, bit rot)."""
+    for root, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) // 2)
