@@ -1,25 +1,51 @@
-"""Entry point: ``python -m cxrjax.main --config configs/r18_msml.py --workdir runs/r18_msml``.
+"""Train one model of Ge et al. 2018 on ChestX-ray14 and test it: one command per run.
 
-Flags, distributed initialisation, one call into train.py (or evaluation of a finished run).
+    python -m cxrjax.main --config configs/r18_msml.py --workdir runs/r18_msml
+
+Trains the config's stages in order (validation mean AUC after every epoch), then scores the
+best checkpoint of the last stage on the test split. The last line printed is the result:
+"test mean AUC X [lo, hi] on N images, report at WORKDIR/report.md". WORKDIR holds:
+
+  config.json              the config as run (with every override)
+  checkpoints/stage<i>_*/  per stage, the latest train.keep_checkpoints steps and the best epoch
+  metrics.jsonl, tensorboard/   loss, learning rate and validation AUC while training
+  eval/                    test predictions (CSV), test_metrics.json, ROC curves
+  report.md                test AUC per class with 95% CIs, how the run differs from the
+                           paper's recipe, training curves
+
+Resuming: the same command again continues from the newest readable checkpoint (after a kill
+too). A SIGTERM while training (a spot VM's or Slurm's notice) finishes the step in flight,
+saves it and exits with code 75 and one line naming the step. WORKDIR may be gs://BUCKET/...
+(checked writable before any work). Only the learning rate, logging, checkpoint, evaluation,
+worker and path fields may change on resume (cxrjax.workdir.RESUMABLE_FIELDS), and a stage's
+epochs; a workdir that holds a run of another config is refused, untouched. --restart moves
+that run aside (WORKDIR.old-<time>) and starts over; nothing is ever deleted.
+
+Any config field can be overridden: --config.train.batch_size=32,
+--config.train.stages[0].epochs=2, --config.model.init=scratch. --mode eval scores a finished
+run's best checkpoint again and rewrites its eval/ files and report. To try it on a CPU in
+minutes, without any download: --config configs/demo.py (synthetic data).
 """
 
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
+from ml_collections import config_flags
 
-# Configs import `configs.base`: make the repository root importable wherever we run from.
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if os.path.isdir(os.path.join(_ROOT, "configs")) and _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+from cxrjax import config_checks
 
-from ml_collections import config_flags  # noqa: E402
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config (a .py file).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and reports.")
+# A config file imports only the installed package (cxrjax.recipe): any path, any directory.
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "The run's config: a .py file with get_config() (configs/*.py).",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run's folder (created if needed): "
+                               "checkpoints, logs, test results and report.md.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
-                          "train: train (resuming if possible), then test; eval: test only.")
+                          "train: train (resuming if possible), then test; eval: test the "
+                          "finished run in --workdir again.")
+_RESTART = flags.DEFINE_bool("restart", False, "Start over: move a run already in --workdir "
+                             "aside (renamed WORKDIR.old-<time>, not deleted) first.")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "yes", "no"],
     "Call jax.distributed.initialize(): auto = when a cluster environment is detected.")
@@ -30,7 +56,36 @@ _CLUSTER_ENV = ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "SLURM_NTASKS
                 "MEGASCALE_COORDINATOR_ADDRESS")
 
 
-def _maybe_initialize_distributed() -> None:
+# ---------------------------------------------------------------------------------------------
+# Flags: every mistake (a missing config file, a misspelled override) is one line, exit code 2.
+# ---------------------------------------------------------------------------------------------
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, and the config file loaded now, each failure one line."""
+    try:
+        rest = flags.FLAGS(argv)
+        _CONFIG.value.keys()  # a config file that failed to load raises on first use: here
+        return rest
+    except Exception as e:  # noqa: BLE001 - config_flags raises many kinds: one line each
+        print(f"error: {config_checks.flag_problem(argv, e)}", file=sys.stderr)
+        sys.exit(2)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run.
+# ---------------------------------------------------------------------------------------------
+
+
+def _command() -> dict:
+    """This command as the report shows it: the config file, the overrides, the argv."""
+    argv = sys.argv[1:]
+    return {"config_file": config_checks.config_path(argv),
+            "overrides": [a for a in argv if a.startswith("--config.")],
+            "argv": ["python", "-m", "cxrjax.main", *argv]}
+
+
+def _maybe_initialize_distributed(log) -> None:
     import jax
 
     mode = _DISTRIBUTED.value
@@ -38,48 +93,51 @@ def _maybe_initialize_distributed() -> None:
         os.environ.get("SLURM_NTASKS") == "1")
     if mode == "yes" or (mode == "auto" and detected):
         jax.distributed.initialize()
-        logging.info("process %d of %d", jax.process_index(), jax.process_count())
-
-
-def _setup_logging() -> None:
-    """Our messages at INFO on stderr; libraries (orbax logs every read) at WARNING."""
-    import logging as py_logging
-
-    logging.set_verbosity(logging.WARNING)
-    handler = py_logging.StreamHandler(sys.stderr)
-    handler.setFormatter(py_logging.Formatter("%(asctime)s %(levelname)s %(message)s",
-                                              "%H:%M:%S"))
-    ours = py_logging.getLogger("cxrjax")
-    ours.setLevel(py_logging.INFO)
-    ours.addHandler(handler)
-    ours.propagate = False
-    # Library warnings that are no news: orbax on mid-epoch checkpoints (no validation score)
-    # and read-only restores, TFDS on every load of our resolution-named builder configs.
-    noise = ("did not provide metrics", "Using custom data configuration",
-             "has no dataset_info.json", "Metadata file does not exist", "read_only=True",
-             "Given directory is read only")
-    py_logging.getLogger("absl").addFilter(
-        lambda record: not any(n in record.getMessage() for n in noise))
+        log.info("process %d of %d", jax.process_index(), jax.process_count())
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    _setup_logging()
-    _maybe_initialize_distributed()
-    from cxrjax import checkpoint, config_checks, train
+    from cxrjax import logs
+
+    log = logs.setup()
+    if _RESTART.value and _MODE.value != "train":
+        print("error: --restart applies to --mode train only", file=sys.stderr)
+        sys.exit(2)
+    from cxrjax import storage_checks
+
+    try:  # before any work: a wrong bucket or an unreachable server is one line, at once
+        storage_checks.check_writable(_WORKDIR.value)
+    except storage_checks.StorageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    _maybe_initialize_distributed(log)  # before the loop's PreemptionWatcher, which asks JAX
+    import jax
+
+    from cxrjax import checkpoint, compilation_cache, evaluator, preemption, train
+    from cxrjax import workdir as workdir_lib
     from cxrjax.data.labels import LabelError
+
+    compilation_cache.enable(_CONFIG.value.get("compile_cache_dir", compilation_cache.DEFAULT_DIR))
 
     try:
         if _MODE.value == "train":
-            train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-        else:
-            train.evaluate_run(_CONFIG.value, _WORKDIR.value)
-    except (config_checks.ConfigError, checkpoint.CheckpointError, LabelError, FileNotFoundError,
-            FloatingPointError, OSError) as e:
+            results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                                               restart=_RESTART.value, command=_command())
+        else:  # the path of `python -m cxrjax.evaluate --workdir`, writing the run's files
+            results = evaluator.evaluate_run(_WORKDIR.value, "test", config=_CONFIG.value,
+                                             write=True)[1].results
+    except preemption.Preempted as e:  # the step is saved: the same command resumes
+        print(e, file=sys.stderr)
+        sys.exit(preemption.PREEMPTED_EXIT_CODE)
+    except (config_checks.ConfigError, checkpoint.CheckpointError, workdir_lib.WorkdirError,
+            LabelError, FileNotFoundError, FloatingPointError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    if jax.process_index() == 0:
+        print(evaluator.summary_line(results["fused"], _WORKDIR.value), flush=True)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

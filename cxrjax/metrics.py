@@ -41,15 +41,17 @@ def class_names(num_classes: int) -> tuple[str, ...]:
     return tuple(f"class_{i}" for i in range(num_classes))
 
 
-def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(N, C) float64 scores and bool labels; a bad array is a ValueError naming the problem."""
+def check_scores(scores: np.ndarray, labels: np.ndarray, what: str = "scores"
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C) float64 scores and bool labels (N >= 1; (N,) is one class); a bad array is a
+    ValueError naming the problem, ``what`` naming the scores ("probabilities", ...)."""
     scores, labels = np.asarray(scores), np.asarray(labels)
     if scores.ndim == 1:
         scores, labels = scores[:, None], labels.reshape(-1, 1)
-    if scores.ndim != 2 or scores.shape != labels.shape:
-        raise ValueError(f"scores {scores.shape} and labels {labels.shape} must both be (N, C)")
+    if scores.ndim != 2 or scores.shape != labels.shape or not len(scores):
+        raise ValueError(f"{what} {scores.shape} and labels {labels.shape} must both be (N, C)")
     if not np.issubdtype(scores.dtype, np.number) or not np.isfinite(scores).all():
-        raise ValueError("scores must be finite numbers (found NaN, inf or non-numeric values)")
+        raise ValueError(f"{what} must be finite numbers (found NaN, inf or non-numeric values)")
     if not np.isin(labels, (0, 1)).all():
         raise ValueError("labels must be 0/1")
     return scores.astype(np.float64), labels.astype(bool)
@@ -107,7 +109,7 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray,
     for a class with one label value (or no weight on one side). Identical to
     ``sklearn.metrics.roc_auc_score`` per column, ``sample_weight`` (N,) >= 0 included.
     """
-    scores, labels = _check(scores, labels)
+    scores, labels = check_scores(scores, labels)
     if sample_weight is not None:
         sample_weight = np.asarray(sample_weight, np.float64)
         if sample_weight.shape != scores.shape[:1] or not (sample_weight >= 0).all():
@@ -148,7 +150,7 @@ def summary(scores: np.ndarray, labels: np.ndarray, *, weights: np.ndarray | Non
     mean over classes of the AUC among images with >= 1 finding; ``n_auc``: mean over classes
     of the AUC among images with that class or no finding.
     """
-    scores, labels = _check(scores, labels)
+    scores, labels = check_scores(scores, labels)
     n, num_classes = scores.shape
     names = class_names(num_classes)
     if weights is None:
@@ -291,7 +293,7 @@ def bootstrap_auc(scores: np.ndarray, labels: np.ndarray, *, n_boot: int = 1000,
     counts stay fixed), the usual bootstrap for one AUC's CI. ``draw`` selects an independent
     batch of resamples for the same seed.
     """
-    scores, labels = _check(scores, labels)
+    scores, labels = check_scores(scores, labels)
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     layout = {k: jnp.asarray(v) for k, v in _sorted_layout(scores, labels).items()}

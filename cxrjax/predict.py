@@ -4,10 +4,15 @@
 
 Each image (PNG or JPEG; 8- or 16-bit gray, RGB(A) or palette) becomes what training saw: gray
 uint8, resized to the run's ``data.resolution`` by the prepare step's own decoder, centre-cropped
-to ``data.crop``. Prints a table of the fused probabilities, writes ``DIR/predictions.csv``
-(fused and per-head columns; ``cxrjax.evaluate --predictions`` reads it) and
+to ``data.crop``. Prints a table of the fused probabilities, each marked ``+`` where it is a
+positive call at the run's per-class thresholds (``W/eval/thresholds.json``, chosen on the
+validation split when the run was tested; without it, probabilities only), writes
+``DIR/predictions.csv`` (fused, calls and per-head columns; ``cxrjax.evaluate --predictions``
+reads it) and
 ``DIR/heatmaps/<name>_gradcam.png``: Grad-CAM of the fused top class on stream A's last feature
-map, over the image at its own size. A directory argument means its files. A file that is not
+map, over the image at its own size (under 256 px, enlarged by a whole factor so the caption
+fits); a map that points nowhere (zero or constant) is not drawn, and the caption and a warning
+on stderr say so. A directory argument means its files. A file that is not
 an image, is empty, truncated or too large (checked from its header, before decoding) gets a
 one-line error; the others still run, and the exit code is 1.
 """
@@ -24,22 +29,32 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from cxrjax import models, runs
-from cxrjax.data import prepare
+from cxrjax import (
+    compilation_cache,
+    fileio,
+    heatmaps,
+    inference,
+    logs,
+    operating_points,
+    runs,
+    storage_checks,
+)
+from cxrjax.data import nih_layout
 from cxrjax.data.labels import CLASSES
+from cxrjax.overlay import cam_problem, overlay
+from cxrjax.predictions import IMAGE_COLUMN, SCORE_PREFIX
 
 MAX_PIXELS = 10_000 * 10_000  # ~40x a 1024-px NIH image; larger is refused before decoding
 FORMATS = ("PNG", "JPEG")
-CAM_STREAM = "trunk_a"  # the module whose output feature map Grad-CAM explains
 SHORT = ("Atel", "Card", "Effu", "Infi", "Mass", "Nodu", "Pneu", "PnTx", "Cons", "Edem",
          "Emph", "Fibr", "PlTh", "Hern")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+log = logging.getLogger("cxrjax")
 
 
 class ImageError(ValueError):
@@ -111,7 +126,7 @@ def check_header(path: str) -> tuple[str, int, int]:
 
 
 def _gray(path: str) -> np.ndarray:
-    """The image as uint8 gray at its own size, converted as ``prepare.decode_image`` does."""
+    """The image as uint8 gray at its own size, converted as ``nih_layout.decode_image`` does."""
     with Image.open(path, formats=FORMATS) as img:
         img.load()
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -124,14 +139,14 @@ def _gray(path: str) -> np.ndarray:
 def load_image(path: str, resolution: int, crop: int) -> tuple[np.ndarray, np.ndarray]:
     """(model input (crop, crop, 1) uint8, the gray image at its own size) for one file.
 
-    The input is the prepared dataset's record (``prepare.decode_image``: gray, antialiased
+    The input is the prepared dataset's record (``nih_layout.decode_image``: gray, antialiased
     resize to ``resolution``) centre-cropped like the eval pipeline. ImageError if unusable.
     """
     check_header(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            record, _ = prepare.decode_image(path, resolution)
+            record, _ = nih_layout.decode_image(path, resolution)
             gray = _gray(path)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         reason = str(e) or type(e).__name__
@@ -141,81 +156,21 @@ def load_image(path: str, resolution: int, crop: int) -> tuple[np.ndarray, np.nd
 
 
 # ---------------------------------------------------------------------------------------------
-# The jitted step: probabilities of every head and Grad-CAM of the fused top class.
+# The explainer: Grad-CAM of a class per image (the scores are inference.make_predict_fn's).
 # ---------------------------------------------------------------------------------------------
 
 
-def make_predict_fn(model: Any, fusion: Sequence[str]) -> Callable:
-    """Jitted (variables, uint8 images (B,H,W,1)) -> (probs {head: (B,14)}, cam (B,h,w) in
-    [0,1], top class (B,)). Grad-CAM: the gradient of the fused probability of each image's
-    top class w.r.t. stream A's feature map, averaged over space, weights that map's channels.
-    """
+def make_gradcam_fn(model: Any, fusion: Sequence[str], mesh: Any) -> Callable:
+    """(variables, uint8 images (B,H,W,1), classes (B,)) -> Grad-CAM (B,h,w) scaled to [0, 1]
+    per image: ``heatmaps``' jitted "gradcam" (the fused probability's gradient w.r.t. stream
+    A's last feature map, averaged over space, weighting that map's channels, then ReLU)."""
+    heat = heatmaps.make_heatmap_fn(model, fusion, mesh, ("gradcam",))
 
-    def forward(variables, images, delta):
-        # An interceptor adds `delta` to stream A's output: d(out)/d(delta) is the gradient
-        # w.r.t. that feature map, without any hook in the model itself.
-        box = {}
+    def run(variables, images, classes):
+        cam = heat(variables, images, classes)["gradcam"]
+        return cam / jnp.maximum(cam.max(axis=(1, 2), keepdims=True), 1e-12)
 
-        def interceptor(next_fun, args, kwargs, context):
-            out = next_fun(*args, **kwargs)
-            if context.method_name == "__call__" and context.module.path == (CAM_STREAM,):
-                box["map"] = out
-                if delta is not None:
-                    out = out + delta.astype(out.dtype)
-            return out
-
-        with nn.intercept_methods(interceptor):
-            logits = model.apply(variables, images, train=False)
-        if "map" not in box:
-            raise ValueError(f"the model has no {CAM_STREAM!r} stream for Grad-CAM")
-        return models.probabilities(logits, tuple(fusion)), box["map"]
-
-    def run(variables, images):
-        shape = jax.eval_shape(lambda: forward(variables, images, None)[1]).shape
-        probs, vjp, fmap = jax.vjp(lambda d: forward(variables, images, d),
-                                   jnp.zeros(shape, jnp.float32), has_aux=True)
-        top = jnp.argmax(probs["fused"], axis=-1)
-        cotangent = {k: jnp.zeros_like(v) for k, v in probs.items()}
-        cotangent["fused"] = jax.nn.one_hot(top, probs["fused"].shape[-1], dtype=jnp.float32)
-        (grads,) = vjp(cotangent)
-        weights = grads.mean(axis=(1, 2))  # (B, C)
-        cam = jax.nn.relu(jnp.einsum("bhwc,bc->bhw", fmap.astype(jnp.float32), weights))
-        cam = cam / jnp.maximum(cam.max(axis=(1, 2), keepdims=True), 1e-12)
-        return probs, cam, top
-
-    return jax.jit(run)
-
-
-def overlay(gray: np.ndarray, cam: np.ndarray, resolution: int, crop: int,
-            caption: str = "") -> Image.Image:
-    """An RGB image of ``gray``'s size: the heatmap (jet, opacity rising with heat) over the
-    region the centre crop saw; the rest of the X-ray is shown as it is."""
-    from matplotlib import colormaps  # only the colour table
-
-    h, w = gray.shape
-    o = (resolution - crop) // 2
-    x0, x1 = round(o * w / resolution), round((o + crop) * w / resolution)
-    y0, y1 = round(o * h / resolution), round((o + crop) * h / resolution)
-    heat = np.zeros((h, w), np.float32)
-    if x1 > x0 and y1 > y0:
-        region = Image.fromarray(np.asarray(cam, np.float32), mode="F").resize(
-            (x1 - x0, y1 - y0), Image.Resampling.BILINEAR)
-        heat[y0:y1, x0:x1] = np.clip(np.asarray(region), 0.0, 1.0)
-    lut = (colormaps["jet"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
-    color = lut[(heat * 255).astype(np.uint8)].astype(np.float32)
-    alpha = (0.5 * heat)[..., None]
-    rgb = gray[..., None].astype(np.float32) * (1 - alpha) + color * alpha
-    img = Image.fromarray(np.clip(rgb + 0.5, 0, 255).astype(np.uint8), mode="RGB")
-    if caption:
-        draw = ImageDraw.Draw(img)
-        try:  # readable on a 1024-px X-ray; PIL's fixed bitmap font without FreeType
-            font = ImageFont.load_default(size=max(10, min(h, w) // 40))
-        except (ImportError, TypeError, ValueError):
-            font = ImageFont.load_default()
-        box = draw.textbbox((4, 4), caption, font=font)
-        draw.rectangle((box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2), fill=(0, 0, 0))
-        draw.text((4, 4), caption, fill=(255, 255, 255), font=font)
-    return img
+    return run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,7 +201,7 @@ def _heatmap_path(out_dir: str, path: str, used: set[str]) -> str:
     while name in used:
         name, k = f"{stem}_{k}_gradcam.png", k + 1
     used.add(name)
-    return os.path.join(out_dir, "heatmaps", name)
+    return fileio.join(out_dir, "heatmaps", name)
 
 
 def predict_files(workdir: str, files: Sequence[str], out_dir: str, batch_size: int = 16,
@@ -255,50 +210,90 @@ def predict_files(workdir: str, files: Sequence[str], out_dir: str, batch_size: 
 
     Returns (rows: {"path", "probs": {head: (14,)}, "top", "heatmap"}, [(path, error)]).
     """
-    config, model, variables, _ = runs.load_run(workdir)
+    mesh = inference.create_mesh()
+    config, model, variables, _ = runs.load_run(workdir, mesh)
     resolution, crop = int(config.data.resolution), int(config.data.crop)
     size = min(batch_size, 1 << max(len(files) - 1, 0).bit_length())  # one shape, one compile
-    predict_fn = make_predict_fn(model, tuple(config.model.fusion))
-    os.makedirs(os.path.join(out_dir, "heatmaps"), exist_ok=True)
+    size = -(-size // mesh.size) * mesh.size  # a batch splits evenly over the devices
+    predict_fn = inference.make_predict_fn(model, tuple(config.model.fusion), mesh)
+    gradcam_fn = make_gradcam_fn(model, tuple(config.model.fusion), mesh)
+    fileio.makedirs(fileio.join(out_dir, "heatmaps"))
     rows, errors, used = [], [], set()
     for chunk in _batches(files, resolution, crop, size, errors):
         images = np.zeros((size, crop, crop, 1), np.uint8)
         images[:len(chunk)] = np.stack([c[1] for c in chunk])
-        probs, cams, tops = jax.device_get(predict_fn(variables, images))
+        probs = jax.device_get(predict_fn(variables, images))
+        tops = np.argmax(probs["fused"], axis=-1)
+        cams = jax.device_get(gradcam_fn(variables, images, tops))
         for i, (path, _, gray) in enumerate(chunk):
             top = int(tops[i])
             heatmap = _heatmap_path(out_dir, path, used)
             caption = f"Grad-CAM: {CLASSES[top]} {probs['fused'][i, top]:.3f}"
-            overlay(gray, cams[i], resolution, crop, caption).save(heatmap, compress_level=1)
+            problem = cam_problem(cams[i])
+            if problem is not None:
+                log.warning("%s: the Grad-CAM map of %s is %s; %s shows the image without a "
+                            "heatmap", path, CLASSES[top], problem, heatmap)
+            with fileio.open(heatmap, "wb") as f:  # local or gs://
+                overlay(gray, cams[i], resolution, crop, caption).save(f, format="PNG",
+                                                                       compress_level=1)
             rows.append({"path": path, "probs": {h: p[i] for h, p in probs.items()},
                          "top": CLASSES[top], "heatmap": heatmap})
     return rows, errors
 
 
+# ---------------------------------------------------------------------------------------------
+# Positive/negative calls at the run's thresholds, the CSV and the printed table.
+# ---------------------------------------------------------------------------------------------
+
+def mark_calls(rows: Sequence[dict], points: operating_points.OperatingPoints | None) -> None:
+    """Adds ``calls`` to each row: per class True (positive), False, or None (no threshold)."""
+    for r in rows:
+        r["calls"] = None if points is None else points.calls(r["probs"]["fused"])
+
+
+def _call_text(call: bool | None) -> str:
+    return "" if call is None else ("positive" if call else "negative")
+
+
 def write_csv(path: str, rows: Sequence[dict]) -> None:
-    """``Image Index`` (file name), path, top finding, ``prob_<Class>`` (fused), then
-    ``<head>_<Class>`` per head, then the heatmap path; scores as round-trip float32 text."""
+    """``Image Index`` (file name), path, top finding, ``prob_<Class>`` (fused); with the run's
+    thresholds ``positive_findings`` (``|``-joined) and ``call_<Class>`` (positive, negative,
+    or empty without a threshold); then ``<head>_<Class>`` per head and the heatmap path.
+    Scores as round-trip float32 text."""
     heads = [h for h in rows[0]["probs"] if h != "fused"]
-    header = ["Image Index", "path", "top_finding", *(f"prob_{c}" for c in CLASSES),
+    calls = rows[0].get("calls") is not None
+    header = [IMAGE_COLUMN, "path", "top_finding", *(f"{SCORE_PREFIX}{c}" for c in CLASSES),
+              *(["positive_findings", *(f"call_{c}" for c in CLASSES)] if calls else []),
               *(f"{h}_{c}" for h in heads for c in CLASSES), "heatmap"]
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with fileio.open(path, "w") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for r in rows:
-            scores = np.concatenate([r["probs"]["fused"], *(r["probs"][h] for h in heads)])
-            writer.writerow([os.path.basename(r["path"]), r["path"], r["top"],
-                             *np.asarray(scores, np.float32).astype(str), r["heatmap"]])
+            fused = np.asarray(r["probs"]["fused"], np.float32).astype(str)
+            marks = ["|".join(c for c, k in zip(CLASSES, r["calls"], strict=True) if k),
+                     *map(_call_text, r["calls"])] if calls else []
+            others = np.concatenate([np.zeros(0), *(r["probs"][h] for h in heads)])
+            writer.writerow([os.path.basename(r["path"]), r["path"], r["top"], *fused, *marks,
+                             *np.asarray(others, np.float32).astype(str), r["heatmap"]])
 
 
 def format_rows(rows: Sequence[dict]) -> str:
-    """The fused probabilities as a compact table, one image per line."""
+    """The fused probabilities as a compact table, one image per line; with the run's
+    thresholds each positive call is marked ``+`` and listed at the end of its line."""
     names = [os.path.basename(r["path"]) for r in rows]
     width = min(max(len("image"), *(len(n) for n in names)), 32)
-    lines = [f"{'image':<{width}} " + " ".join(f"{s:>5}" for s in SHORT) + "  top finding"]
+    calls = rows[0].get("calls") is not None
+    last = "positive calls" if calls else "top finding"
+    lines = [f"{'image':<{width}} " + " ".join(f"{s:>5}" + " " * calls for s in SHORT)
+             + f"  {last}"]
     for name, r in zip(names, rows, strict=True):
         name = name if len(name) <= width else "..." + name[-(width - 3):]
-        values = " ".join(f"{v:5.3f}" for v in r["probs"]["fused"])
-        lines.append(f"{name:<{width}} {values}  {r['top']}")
+        marks = [("+" if k else " ") for k in r["calls"]] if calls else [""] * len(CLASSES)
+        values = " ".join(f"{v:5.3f}{m}" for v, m in zip(r["probs"]["fused"], marks,
+                                                          strict=True))
+        end = (", ".join(c for c, k in zip(CLASSES, r["calls"], strict=True) if k) or "none"
+               if calls else r["top"])
+        lines.append(f"{name:<{width}} {values}  {end}")
     return "\n".join(lines)
 
 
@@ -308,21 +303,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", required=True, help="a trained run (cxrjax.main)")
     parser.add_argument("--out", default=None, help="output folder (default: WORKDIR/predict)")
-    parser.add_argument("--batch_size", type=int, default=16, help="images per jitted batch")
+    parser.add_argument("--batch_size", type=int, default=16,
+                        help="images per jitted batch (rounded up to a multiple of the devices)")
     parser.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
     args = parser.parse_args(argv)
-    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax chatter is not for users
-    out_dir = args.out or os.path.join(args.workdir, "predict")
+    logs.setup(logging.WARNING, libraries=logging.ERROR)  # our format; warnings only
+    compilation_cache.enable()  # warm starts: the scoring and Grad-CAM functions from disk
+    out_dir = args.out or fileio.join(args.workdir, "predict")
     files, errors, notes = expand_inputs(args.images)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     try:
         if args.batch_size < 1:
             raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
+        out_dir = storage_checks.check_writable(out_dir)  # a wrong bucket: one line, at once
         rows, bad = predict_files(args.workdir, files, out_dir, args.batch_size) if files \
             else ([], [])
+        points = operating_points.OperatingPoints.of_run(args.workdir) if rows else None
+        mark_calls(rows, points)
         if rows:
-            write_csv(os.path.join(out_dir, "predictions.csv"), rows)
+            write_csv(fileio.join(out_dir, "predictions.csv"), rows)
     except (ValueError, OSError, RuntimeError) as e:  # workdir, checkpoint, out dir
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -331,8 +331,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {path}: {reason}", file=sys.stderr)
     if rows:
         print(format_rows(rows))
-        print(f"wrote {os.path.join(out_dir, 'predictions.csv')} and {len(rows)} heatmap(s) in "
-              f"{os.path.join(out_dir, 'heatmaps')}")
+        if points is None:
+            print(f"note: {args.workdir} has no {operating_points.RUN_FILE} (written when a run "
+                  "is tested): probabilities only, no positive/negative calls", file=sys.stderr)
+        else:
+            target = (f" {points.target_sensitivity:g}" if points.rule == "sensitivity" else "")
+            print(f"+ = positive at the run's per-class thresholds ({points.rule}{target}, "
+                  f"chosen on validation: {fileio.join(args.workdir, operating_points.RUN_FILE)})")
+        print(f"wrote {fileio.join(out_dir, 'predictions.csv')} and {len(rows)} heatmap(s) in "
+              f"{fileio.join(out_dir, 'heatmaps')}")
     if errors:
         print(f"{len(errors)} input(s) failed, {len(rows)} image(s) scored", file=sys.stderr)
         return 1

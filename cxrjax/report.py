@@ -1,27 +1,26 @@
 """The end-of-run report: WORKDIR/report.md, ROC curves and training curves as PNG.
 
 Also holds the paper's reported numbers and the mapping from a config to its paper row, which
-``scripts/reproduce_tables.py`` shares. Plots use matplotlib's Agg backend (no display needed).
+``scripts/reproduce_tables.py`` shares. The plots are ``report_plots``'s.
 """
 
 from __future__ import annotations
 
 import datetime
-import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
-
-from cxrjax.data.labels import CLASSES  # noqa: E402
-from cxrjax.metric_writers import read_metrics  # noqa: E402
+from cxrjax import fileio
+from cxrjax.data.labels import CLASSES
+from cxrjax.metric_writers import read_metrics
+from cxrjax.metrics import FEW_POSITIVES
+from cxrjax.predictions import format_value
+from cxrjax.report_plots import plot_roc_curves, plot_training_curves
+from cxrjax.workdir import read_command
 
 # Mean AUC over the 14 classes as printed in Ge et al. 2018 (arXiv 1807.07247), keyed by our
 # config name ("chexnet" is the CheXNet figure the paper compares against). Only numbers we could
@@ -56,11 +55,8 @@ _TRUNK_ABBREV = {"resnet18": "r18", "densenet121": "d121", "vgg16": "vgg"}
 
 
 def fmt(value: Any, digits: int = 4) -> str:
-    """A metric as the tables print it: 4 decimals, ``n/a`` for NaN or a missing value."""
-    if value is None:
-        return "n/a"
-    value = float(value)
-    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+    """A metric as the report's tables print it: 4 decimals, ``n/a`` for NaN or missing."""
+    return format_value(value, digits)
 
 
 def _as_dict(config: Any) -> dict:
@@ -98,19 +94,37 @@ def row_label(name: str | None) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+FEW_MARK = "⚠"  # beside a positives count under FEW_POSITIVES
+
+
 def per_class_table(columns: Mapping[str, Mapping], class_names: Sequence[str] = CLASSES,
-                    extra_rows: Sequence[tuple[str, Sequence[str]]] = ()) -> str:
+                    extra_rows: Sequence[tuple[str, Sequence[str]]] = (),
+                    detail: Mapping | None = None) -> str:
     """The paper's Table 1 layout: one row per class, then AUC / W-AUC / D-AUC / N-AUC rows;
-    one column per summary (``{title: metrics.summary(...)}``). ``extra_rows``: (title, cells)."""
+    one column per summary (``{title: metrics.summary(...)}``). ``extra_rows``: (title, cells).
+    ``detail`` (a summary, the fused one): adds each class's test positives (marked
+    ``FEW_MARK`` when too few for a reliable AUC) and its 95% CI, and the CI of the mean."""
     titles = list(columns)
-    lines = ["| Finding | " + " | ".join(titles) + " |",
-             "|---|" + "---:|" * len(titles)]
+    pos = (detail or {}).get("n_positive") or {}
+    few = set((detail or {}).get("few_positive_classes") or ())
+    class_ci = (detail or {}).get("per_class_ci95") or {}
+    lead = ["Finding"] + (["Positives"] if detail else [])
+    tail = [f"95% CI ({titles[-1]})"] if detail else []
+    lines = ["| " + " | ".join(lead + titles + tail) + " |",
+             "|---|" + "---:|" * (len(lead) - 1 + len(titles) + len(tail))]
     for name in class_names:
         cells = [fmt((s.get("per_class") or {}).get(name)) for s in columns.values()]
+        if detail:
+            count = pos.get(name)
+            mark = f" {FEW_MARK}" if name in few else ""
+            cells = [f"{count if count is not None else 'n/a'}{mark}", *cells,
+                     ci_text({"mean_auc_ci95": class_ci.get(name)})]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     for key, title in SUMMARY_ROWS:
-        lines.append(f"| {title} | " + " | ".join(fmt(s.get(key)) for s in columns.values())
-                     + " |")
+        cells = [fmt(s.get(key)) for s in columns.values()]
+        if detail:
+            cells = ["", *cells, ci_text(detail) if key == "mean_auc" else ""]
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
     for title, cells in extra_rows:
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -145,9 +159,16 @@ def _stages_line(stages: Sequence[Mapping]) -> str:
 
 
 def render_markdown(workdir: str, config: Any, results: Mapping[str, Mapping],
-                    log_problem: str | None = None) -> str:
+                    log_problem: str | None = None, extras: Mapping | None = None, *,
+                    split_sizes: Mapping[str, int] | None = None,
+                    command: Mapping | None = None) -> str:
     """The text of report.md (see ``write_report``), without drawing the plots.
-    ``log_problem``: why the training curves are empty (no or an unreadable metrics.jsonl)."""
+    ``log_problem``: why the training curves are empty (no or an unreadable metrics.jsonl).
+    ``extras``: the operating-point, calibration and localization sections' numbers.
+    ``split_sizes``: images per split of the run's data; ``command``: the recorded command
+    (``workdir.read_command``): both for the recipe section."""
+    from cxrjax import paper_recipe
+
     c = _as_dict(config)
     name = config_row(c)
     curves_note = f" (empty: {log_problem})" if log_problem else ""
@@ -160,22 +181,33 @@ def render_markdown(workdir: str, config: Any, results: Mapping[str, Mapping],
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"# cxrjax run report: {row_label(name) if name else os.path.basename(workdir)}", "",
+        *paper_recipe.data_banner(source),
         "| | |", "|---|---|",
         f"| config | `{name or 'not a paper row'}` (workdir `{workdir}`) |",
-        f"| model | {_model_line(m)} |",
-        f"| training | {_stages_line((c.get('train') or {}).get('stages') or [])} |",
-        f"| data | source `{source}`, split `{data.get('split_scheme', '?')}` |",
+        f"| model | {_model_line(m)} (init `{m.get('init', '?')}`) |",
+        f"| training | {_stages_line((c.get('train') or {}).get('stages') or [])}; batch "
+        f"{(c.get('train') or {}).get('batch_size', '?')} |",
+        f"| data | source `{source}`, split `{data.get('split_scheme', '?')}`, "
+        f"{data.get('crop', '?')}-px crops of {data.get('resolution', '?')}-px images"
+        + (f"; {paper_recipe.describe_splits(split_sizes)}" if split_sizes else "") + " |",
         f"| test images | {fused.get('n_images', 'n/a')} |",
         f"| reported prediction | Fused = mean of the {fusion} probabilities |",
         f"| written | {now} |", "",
         "## Test split: AUC per class", "",
-        per_class_table(columns), "",
-        f"Fused mean AUC **{fmt(fused.get('mean_auc'))}**, 95% bootstrap CI {ci_text(fused)} "
-        f"({fused.get('n_boot', '?')} resamples of the test images). "
+        per_class_table(columns, detail=fused), "",
+        f"Fused mean AUC **{fmt(fused.get('mean_auc'))}**, 95% bootstrap CI {ci_text(fused)}: "
+        f"{fused.get('n_boot', '?')} resamples of the test images, each scoring the same "
+        f"classes as the point estimate (resamples in which a scored class had no positive or "
+        f"no negative were drawn again: {fused.get('n_boot_drawn', '?')} draws in all). A "
+        f"class's CI resamples its positives and its negatives separately. "
         f"W-AUC weights each class by its share of all NIH images (the paper's definition); "
         f"weighted by this test set's positives instead it is "
         f"{fmt(fused.get('w_auc_normalized'))}.",
     ]
+    few = fused.get("few_positive_classes") or []
+    if few:
+        lines.append(f"\n{FEW_MARK} Fewer than {FEW_POSITIVES} test positives, AUC unreliable: "
+                     f"{', '.join(few)}.")
     if "msml" in results:
         lines.append("The MSML column ranks images by the MSML head's scores: its AUC is valid, "
                      "but those scores are not calibrated probabilities.")
@@ -183,15 +215,17 @@ def render_markdown(workdir: str, config: Any, results: Mapping[str, Mapping],
     if excluded:
         lines.append(f"Left out of the means (one label value in the test set): "
                      f"{', '.join(excluded)}.")
-    paper = PAPER_MEAN_AUC.get(name or "")
-    if paper is not None:
-        said = f"The paper reports a mean AUC of {fmt(paper)} for {row_label(name)}"
-        if source == "nih":
-            ours = float(fused.get("mean_auc") if fused.get("mean_auc") is not None else math.nan)
-            lines += ["", f"{said} (ours {fmt(ours)}, difference {ours - paper:+.4f})."]
-        else:
-            lines += ["", f"{said}. Not comparable: this run used `{source}` data, not NIH "
-                      "ChestX-ray14."]
+    # The row to hold the run against: its model's, else its config file's (a row's file with
+    # another trunk is that row, changed).
+    ref = name or paper_recipe.row_of_file((command or {}).get("config_file"))
+    lines += ["", *paper_recipe.section(c, ref, row_label(ref), PAPER_MEAN_AUC.get(ref or ""),
+                                        fused, split_sizes, command, fmt)]
+    if extras is not None:  # beyond AUC (issue 12): each section is its own module's
+        from cxrjax import calibration, localizer, operating_points
+
+        lines += ["", operating_points.report_section(extras.get("operating_points"))]
+        lines += [calibration.report_section(extras.get("calibration"), "eval/reliability.png")]
+        lines += [localizer.report_section(extras.get("localization"), "eval/localization.png")]
     lines += ["", "## Plots", "",
               "- [ROC curves per class, fused prediction](eval/roc_curves.png)",
               f"- [Training curves](training_curves.png){curves_note}", "",
@@ -201,128 +235,14 @@ def render_markdown(workdir: str, config: Any, results: Mapping[str, Mapping],
 
 
 # ---------------------------------------------------------------------------------------------
-# Plots.
-# ---------------------------------------------------------------------------------------------
-
-
-def plot_roc_curves(path: str, scores: np.ndarray, labels: np.ndarray,
-                    aucs: Mapping[str, float] | None = None,
-                    class_names: Sequence[str] = CLASSES, title: str = "") -> None:
-    """A 4x4 grid: one ROC curve per class (AUC in the legend), then all of them together."""
-    scores, labels = np.asarray(scores), np.asarray(labels)
-    if scores.shape != labels.shape or scores.ndim != 2 or scores.shape[1] != len(class_names):
-        raise ValueError(f"ROC curves need (N, {len(class_names)}) scores and labels, got "
-                         f"{scores.shape} and {labels.shape}")
-    fig, axes = plt.subplots(4, 4, figsize=(14, 14), sharex=True, sharey=True)
-    axes = axes.ravel()
-    axes[14].set_prop_cycle(color=plt.get_cmap("tab20").colors[:len(class_names)])
-    for c, name in enumerate(class_names):
-        ax = axes[c]
-        ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
-        y = labels[:, c].astype(bool)
-        if y.all() or not y.any():
-            ax.text(0.5, 0.5, "one label value:\nno curve", ha="center", va="center")
-        else:
-            fpr, tpr, _ = roc_curve(y, scores[:, c])
-            auc = (aucs or {}).get(name)
-            label = f"AUC {fmt(auc)}" if auc is not None else None
-            ax.plot(fpr, tpr, lw=1.5, label=label)
-            axes[14].plot(fpr, tpr, lw=0.8, label=name)
-            if label:
-                ax.legend(loc="lower right", fontsize=9)
-        ax.set_title(f"{name} ({int(y.sum())} pos.)", fontsize=10)
-    axes[14].plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
-    axes[14].set_title("all classes", fontsize=10)
-    axes[14].legend(loc="lower right", fontsize=6)
-    axes[15].axis("off")
-    for ax in axes[12:16]:
-        ax.set_xlabel("false positive rate")
-    for ax in axes[::4]:
-        ax.set_ylabel("true positive rate")
-    fig.suptitle(title or "ROC curves, test split")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-def _global_steps(records: Sequence[dict]) -> tuple[list[dict], list[tuple[float, str]]]:
-    """Records with a run-wide ``x`` (steps restart at each stage), the last record per
-    (stage, step, kind) kept so resumed runs do not plot twice; and each stage's start."""
-    stages: list[str] = []
-    last: dict[tuple, dict] = {}
-    for r in records:
-        if not isinstance(r.get("step"), int | float):
-            continue  # a line without a step cannot be placed on the x axis
-        stage = r.get("stage", "")
-        if stage not in stages:
-            stages.append(stage)
-        last[(stage, r["step"], tuple(sorted(k for k in r if "/" in k)))] = r
-    offset, starts, out = 0, [], []
-    for stage in stages:
-        rows = sorted((r for (s, _, _), r in last.items() if s == stage), key=lambda r: r["step"])
-        starts.append((offset, stage))
-        out += [{**r, "x": offset + r["step"]} for r in rows]
-        offset += max(r["step"] for r in rows)
-    return out, starts
-
-
-def plot_training_curves(path: str, records: Sequence[dict],
-                         empty_message: str = "no training log (metrics.jsonl) in this workdir"
-                         ) -> None:
-    """Loss (total and per head), learning rate, validation mean AUC / W-AUC vs step; a
-    dotted line and label where each stage starts. An empty log gives a PNG that says so."""
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    rows, starts = _global_steps(records)
-    if not rows:
-        for ax in axes:
-            ax.axis("off")
-        axes[1].text(0.5, 0.5, empty_message or "no step in the training log", ha="center",
-                     va="center")
-        fig.savefig(path, dpi=80)
-        plt.close(fig)
-        return
-    keys = sorted({k for r in rows for k in r if k.startswith("train/loss")})
-
-    def series(key: str) -> tuple[list, list]:
-        pts = [(r["x"], r[key]) for r in rows if key in r and r[key] is not None]
-        return [p[0] for p in pts], [p[1] for p in pts]
-
-    for key in keys:
-        x, y = series(key)
-        axes[0].plot(x, y, lw=2 if key == "train/loss" else 1,
-                     label="total" if key == "train/loss" else key.removeprefix("train/loss_"))
-    axes[0].set(title="training loss", xlabel="step")
-    x, y = series("train/lr")
-    axes[1].plot(x, y)
-    axes[1].set(title="learning rate", xlabel="step")
-    if y and min(y) > 0 and max(y) > 1.5 * min(y):  # decays: a log scale shows each step
-        axes[1].set_yscale("log")
-    for key, label in (("val/mean_auc", "mean AUC"), ("val/w_auc", "W-AUC")):
-        x, y = series(key)
-        axes[2].plot(x, y, marker="o", label=label)
-    axes[2].set(title="validation (each epoch)", xlabel="step")
-    end = max(max(r["x"] for r in rows), 1)
-    for ax in axes:
-        ax.set_xlim(0, end)
-        for x0, stage in starts:
-            if len(starts) > 1 or x0 > 0:
-                ax.axvline(x0, color="0.5", ls=":", lw=1)
-            ax.annotate(stage, (x0, 1.0), xycoords=("data", "axes fraction"), fontsize=8,
-                        va="top", ha="left", color="0.4")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-# ---------------------------------------------------------------------------------------------
-# The entry point train.py calls.
+# The entry point the evaluator calls.
 # ---------------------------------------------------------------------------------------------
 
 
 def write_report(workdir: str, config: Any, results: dict[str, dict],
-                 probs: dict[str, np.ndarray], labels: np.ndarray) -> str:
+                 probs: dict[str, np.ndarray], labels: np.ndarray,
+                 extras: Mapping | None = None,
+                 split_sizes: Mapping[str, int] | None = None) -> str:
     """Writes WORKDIR/report.md, WORKDIR/eval/roc_curves.png and WORKDIR/training_curves.png.
 
     Args:
@@ -331,6 +251,10 @@ def write_report(workdir: str, config: Any, results: dict[str, dict],
       results: ``metrics.summary`` per head ("ce", "ce_b", "msml", "fce") and "fused".
       probs: (N, 14) test-split probabilities per head, NIH class order; needs "fused".
       labels: (N, 14) 0/1 test labels.
+      extras: ``evaluator.write_beyond_auc``'s sections (operating points, calibration,
+        localization), or None to leave them out.
+      split_sizes: images per split of the run's data (the recipe section counts them).
+    The command that started the run (``workdir.read_command``) names the config file.
     Returns the path of report.md.
     """
     if "fused" not in results or "fused" not in probs:
@@ -340,12 +264,12 @@ def write_report(workdir: str, config: Any, results: dict[str, dict],
     if np.shape(probs["fused"]) != labels.shape:
         raise ValueError(f"fused probabilities {np.shape(probs['fused'])} and labels "
                          f"{labels.shape} must have the same (N, 14) shape")
-    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+    fileio.makedirs(fileio.join(workdir, "eval"))
     c = _as_dict(config)
     name = config_row(c)
     with warnings.catch_warnings():  # sklearn warns on a one-valued class; the plot says so.
         warnings.simplefilter("ignore")
-        plot_roc_curves(os.path.join(workdir, "eval", "roc_curves.png"), probs["fused"], labels,
+        plot_roc_curves(fileio.join(workdir, "eval", "roc_curves.png"), probs["fused"], labels,
                         results["fused"].get("per_class"),
                         title=f"ROC curves, fused prediction, test split: {row_label(name)}")
     try:
@@ -358,9 +282,10 @@ def write_report(workdir: str, config: Any, results: dict[str, dict],
                            "no training log (metrics.jsonl) in this workdir")
     except OSError as e:
         records, log_problem = [], f"metrics.jsonl unreadable ({e})"
-    plot_training_curves(os.path.join(workdir, "training_curves.png"), records,
+    plot_training_curves(fileio.join(workdir, "training_curves.png"), records,
                          log_problem or "")
-    path = os.path.join(workdir, "report.md")
-    with open(path, "w") as f:
-        f.write(render_markdown(workdir, c, results, log_problem))
+    path = fileio.join(workdir, "report.md")
+    with fileio.open(path, "w") as f:
+        f.write(render_markdown(workdir, c, results, log_problem, extras,
+                                split_sizes=split_sizes, command=read_command(workdir)))
     return path

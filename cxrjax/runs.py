@@ -1,4 +1,4 @@
-"""A run's workdir: where each stage keeps its checkpoints, and how to load a trained model.
+"""A run's workdir: its recorded config, each stage's checkpoints, and loading a trained model.
 
 Layout: WORKDIR/config.json, WORKDIR/checkpoints/stage<i>_<name>/<step>/, WORKDIR/eval/...
 """
@@ -6,36 +6,65 @@ Layout: WORKDIR/config.json, WORKDIR/checkpoints/stage<i>_<name>/<step>/, WORKDI
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
-import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cxrjax import checkpoint, config_checks, models
+from cxrjax import checkpoint, config_checks, fileio, models, storage_checks
 
 
 def stage_dir(workdir: str, index: int, stage: Any) -> str:
-    return os.path.join(workdir, "checkpoints", f"stage{index}_{stage.name}")
+    return fileio.join(workdir, "checkpoints", f"stage{index}_{stage.name}")
+
+
+def record_config(workdir: str, config: mlc.ConfigDict) -> None:
+    """Creates the workdir (one clear error if impossible) and writes WORKDIR/config.json, the
+    config ``load_config`` reads back (on process 0)."""
+    try:
+        fileio.makedirs(fileio.join(workdir, "eval"))
+        if jax.process_index() == 0:
+            fileio.write_text(fileio.join(workdir, "config.json"),
+                              config.to_json_best_effort(indent=2))
+    except OSError as e:
+        raise OSError(f"workdir {workdir} is not usable: {e.strerror or e}") from None
 
 
 def load_config(workdir: str) -> mlc.ConfigDict:
     """The config a run was trained with (WORKDIR/config.json)."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    path = fileio.join(workdir, "config.json")
+    if not fileio.exists(path):
         raise FileNotFoundError(f"{workdir} is not a cxrjax workdir (no config.json in it)")
     try:
-        with open(path) as f:
-            config = mlc.ConfigDict(json.load(f))
+        saved = json.loads(fileio.read_text(path))
+        if not isinstance(saved, dict) or not (saved.get("train") or {}).get("stages"):
+            raise ValueError("no train.stages in it")
     except ValueError as e:
         raise ValueError(f"{path} is not a readable config: {e}") from None
-    # JSON lists stay lists of plain dicts: make the stages attribute-accessible again.
-    config.train.stages = [mlc.ConfigDict(s) for s in config.train.stages]
-    return config
+    return with_recipe_defaults(saved)
+
+
+def with_recipe_defaults(saved: dict) -> mlc.ConfigDict:
+    """A recorded config (JSON dict) laid over the recipe's base config, so a run recorded
+    before a field existed (``data.synthetic_seed`` ...) loads with that field's default.
+    Stages stay attribute-accessible ConfigDicts, each over ``recipe.stage``'s defaults."""
+    from cxrjax import recipe
+
+    def overlay(base: dict, over: dict) -> dict:
+        for key, value in over.items():
+            both = isinstance(value, dict) and isinstance(base.get(key), dict)
+            base[key] = overlay(base[key], value) if both else value
+        return base
+
+    merged = overlay(recipe.base_config().to_dict(), {**saved, "train": {
+        k: v for k, v in saved["train"].items() if k != "stages"}})
+    defaults = recipe.stage("", 0).to_dict()
+    merged["train"]["stages"] = [mlc.ConfigDict({**defaults, **s}) for s in
+                                 saved["train"]["stages"]]
+    return mlc.ConfigDict(merged)
 
 
 def final_stage_dir(workdir: str) -> str:
@@ -47,7 +76,7 @@ def final_stage_dir(workdir: str) -> str:
 def best_step(directory: str) -> int:
     """The step with the best validation mean AUC (the latest if none was validated)."""
     steps = []
-    if os.path.isdir(directory):
+    if fileio.isdir(directory):
         manager = checkpoint.open_manager(directory, keep=1_000_000, read_only=True)
         steps = manager.all_steps()
     if not steps:
@@ -78,8 +107,9 @@ def _dummy_images(config: mlc.ConfigDict) -> jax.Array:
     return jnp.zeros((1, crop, crop, 1), jnp.uint8)
 
 
-def restore_variables(directory: str, template: dict, step: int | None = None) -> dict:
-    """Params and batch statistics of a saved step (default: the best), replicated here.
+def restore_variables(directory: str, template: dict, step: int | None = None, *,
+                      mesh: Mesh) -> dict:
+    """Params and batch statistics of a saved step (default: the best), replicated on ``mesh``.
 
     Works whatever device topology saved it (8 GPUs -> 1 CPU): the target carries the
     shardings, and only these two collections are read (not the optimizer state). A tree that
@@ -87,7 +117,7 @@ def restore_variables(directory: str, template: dict, step: int | None = None) -
     """
     ocp = checkpoint.ocp
     step = best_step(directory) if step is None else step
-    path = os.path.join(directory, str(step), "state")
+    path = fileio.join(directory, str(step), "state")
     empty = {k: {} for k, v in template.items() if not jax.tree.leaves(v)}  # e.g. no BatchNorm
     template = {k: v for k, v in template.items() if k not in empty}
     unreadable = f"checkpoint {step} in {directory} is unreadable (truncated or corrupt?)"
@@ -106,7 +136,7 @@ def restore_variables(directory: str, template: dict, step: int | None = None) -
             jax.tree.leaves(jax.tree.map(shape, template))):
         raise checkpoint.CheckpointError(f"checkpoint {step} in {directory} does not match this "
                                          "model's parameter tree (another config's run?)")
-    repl = NamedSharding(Mesh(np.asarray(jax.devices()), ("data",)), P())
+    repl = NamedSharding(mesh, P())
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
                           template)
     manager = checkpoint.open_manager(directory, keep=1_000_000, read_only=True)
@@ -120,19 +150,21 @@ def restore_variables(directory: str, template: dict, step: int | None = None) -
     return {**empty, **restored}
 
 
-def load_run(workdir: str) -> tuple[mlc.ConfigDict, Any, dict, int]:
-    """(config, model, variables, step): a trained run's best checkpoint of its last stage.
+def load_run(workdir: str, mesh: Mesh) -> tuple[mlc.ConfigDict, Any, dict, int]:
+    """(config, model, variables, step): a trained run's best checkpoint of its last stage,
+    replicated on ``mesh``.
 
     The model is built in the run's compute dtype. A missing/broken workdir, an unfinished run
     or a checkpoint of another model is a one-line error.
     """
-    workdir = os.path.abspath(os.path.expanduser(workdir))
-    if not os.path.isdir(workdir):
+    workdir = fileio.expand(workdir)
+    storage_checks.check_bucket(workdir)  # a wrong bucket, an unreachable server: one line
+    if not fileio.isdir(workdir):
         raise FileNotFoundError(f"workdir not found: {workdir}")
     config = load_config(workdir)
     config_checks.check_config(config)
     directory = final_stage_dir(workdir)
     step = best_step(directory)
-    model = models.build_model(config.model, dtype=config_checks.compute_dtype(config))
+    model = models.build_model(config.model, dtype=models.compute_dtype(config.dtype))
     template = abstract_variables(model, config)
-    return config, model, restore_variables(directory, template, step), step
+    return config, model, restore_variables(directory, template, step, mesh=mesh), step

@@ -1,19 +1,19 @@
-"""The training loop: mesh, state, one jitted step, validation, checkpoints, the final test.
+"""The training loop: mesh, state, one jitted step, stages, checkpoint cadence, logging.
 
 Stages (``config.train.stages``) run in order; each has its own checkpoint directory, and a
 stage after the first starts from the previous stage's best checkpoint (the paper's Local and
-Local-Fixed strategies). Re-running the same command resumes where the run stopped.
+Local-Fixed strategies). Re-running the same command resumes where the run stopped. The
+evaluator (``evaluator.py``) scores the validation split every epoch and the test split at the
+end, and writes the run's evaluation files; the loop itself writes only checkpoints and logs.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import re
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -24,11 +24,14 @@ import ml_collections as mlc
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from cxrjax import checkpoint, evaluate, losses, metrics, models, runs
-from cxrjax.config_checks import ConfigError, check_config, compute_dtype, model_heads
+from cxrjax import checkpoint, fileio, losses, mirror, models, runs
+from cxrjax import workdir as workdir_lib
+from cxrjax.config_checks import ConfigError, check_config
+from cxrjax.evaluator import Evaluator
+from cxrjax.inference import batch_sharded, create_mesh, replicated
 from cxrjax.metric_writers import MetricWriter, progress
+from cxrjax.preemption import Preempted, PreemptionWatcher
 
 log = logging.getLogger("cxrjax")
 
@@ -39,11 +42,12 @@ log = logging.getLogger("cxrjax")
 
 @flax.struct.dataclass
 class TrainState:
+    """What a step changes and a checkpoint keeps. (Checkpoints from before this state lost its
+    unused ``rng`` field still restore: checkpoint.restore drops fields the state lacks.)"""
     step: jax.Array
     params: Any
     batch_stats: Any
     opt_state: Any
-    rng: jax.Array
 
 
 def path_names(tree: Any) -> Any:
@@ -52,7 +56,7 @@ def path_names(tree: Any) -> Any:
         lambda path, _: "/".join(str(getattr(k, "key", k)) for k in path), tree)
 
 
-def trainable_mask(tree: Any, pattern: str, field: str = "trainable") -> Any:
+def trainable_mask(tree: Any, pattern: str) -> Any:
     """Bool tree: True where the leaf's path matches ``pattern`` (re.search)."""
     regex = re.compile(pattern)
     return jax.tree.map(lambda name: bool(regex.search(name)), path_names(tree))
@@ -94,13 +98,15 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, schedule: opta
     frozen BatchNorm (``stats_mask`` False) normalises with batch statistics but keeps its
     running averages.
     """
+    loss_of_head = models.output_heads(model)
+
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         def loss_fn(params):
             variables = {"params": params, "batch_stats": state.batch_stats}
             logits, updates = model.apply(variables, batch["image"], train=True,
                                           train_trunks=not trunks_frozen,
                                           mutable=["batch_stats"])
-            per_head = losses.head_losses(logits, batch["labels"])
+            per_head = losses.head_losses(logits, batch["labels"], loss_of_head)
             total = losses.weighted_total(per_head, loss_weights)
             return total, (per_head, updates.get("batch_stats", state.batch_stats))
 
@@ -126,7 +132,7 @@ def create_stage(config: mlc.ConfigDict, index: int, model: Any, variables: dict
                  steps_per_epoch: int, mesh: Mesh) -> tuple[TrainState, Callable]:
     """The replicated initial state of stage ``index`` and its jitted, donating train step."""
     stage, t = config.train.stages[index], config.train
-    heads = model_heads(config.model)
+    heads = models.output_heads(config.model)
     weights = {h: float(stage.loss_weights.get(h, 0.0)) for h in heads}
     mask = trainable_mask(variables["params"], stage.trainable)
     if not any(jax.tree.leaves(mask)):
@@ -137,11 +143,10 @@ def create_stage(config: mlc.ConfigDict, index: int, model: Any, variables: dict
                                              if k.startswith("trunk_")}))
     schedule = learning_rate_schedule(t, steps_per_epoch)
     tx = make_optimizer(t, schedule, mask)
-    repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    repl, data = replicated(mesh), batch_sharded(mesh)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                        batch_stats=variables["batch_stats"],
-                       opt_state=tx.init(variables["params"]),
-                       rng=jax.random.PRNGKey(config.seed))
+                       opt_state=tx.init(variables["params"]))
     step = jax.jit(make_train_step(model, tx, schedule, weights, stats_mask, trunks_frozen),
                    in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
     # A copy: the step donates its state, and the caller's variables must stay usable.
@@ -186,26 +191,23 @@ def prefetch_to_mesh(iterator: Iterator[dict], sharding: NamedSharding, size: in
 # ---------------------------------------------------------------------------------------------
 
 
-def create_mesh() -> Mesh:
-    """One data-parallel axis over every device of every process."""
-    return Mesh(np.asarray(jax.devices()), ("data",))
-
-
-def initialise(variables: dict, config: mlc.ConfigDict) -> dict:
+def initialise(variables: dict, config: mlc.ConfigDict, mesh: Mesh) -> dict:
     """Applies ``model.init`` to random variables: keep them, ImageNet trunks, or a run's."""
     init = config.model.init
     if init == "scratch":
         return variables
     if init == "imagenet":
-        weights_dir = os.path.expanduser(config.model.weights_dir)
+        weights_dir = fileio.expand(config.model.weights_dir)
         archs = {config.model.trunk_a, config.model.trunk_b} - {None}
-        weights = {a: os.path.join(weights_dir, f"{a}_imagenet.npz") for a in archs}
+        paths = {a: fileio.join(weights_dir, f"{a}_imagenet.npz") for a in archs}
+        # Files in a bucket are read from a local copy; a missing one stays named as given.
+        weights = {a: mirror.local_file(p) if fileio.exists(p) else p for a, p in paths.items()}
         return models.load_pretrained_trunks(variables, config.model, weights)
-    path = os.path.expanduser(init)
-    if not os.path.exists(path):
+    path = fileio.expand(init)
+    if not fileio.exists(path):
         raise FileNotFoundError(f"model.init={init!r}: neither 'imagenet', 'scratch' nor an "
                                 "existing cxrjax workdir or checkpoint directory")
-    return runs.restore_variables(runs.final_stage_dir(path), variables)
+    return runs.restore_variables(runs.final_stage_dir(path), variables, mesh=mesh)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,12 +217,16 @@ def initialise(variables: dict, config: mlc.ConfigDict) -> dict:
 
 def run_stage(config: mlc.ConfigDict, workdir: str, index: int, model: Any, ds: Any,
               mesh: Mesh, initial_variables: Callable[[], dict], writer: MetricWriter,
-              predict_fn: Callable) -> int:
-    """Trains stage ``index`` to completion (resuming if possible); returns its best step."""
+              evaluator: Evaluator, watcher: PreemptionWatcher | None = None) -> int:
+    """Trains stage ``index`` to completion (resuming if possible); returns its best step.
+
+    ``watcher`` is asked after every step; when it names the step, that step is saved (if its
+    cadence did not save it already), the write completes, and ``Preempted`` is raised.
+    """
     stage, t = config.train.stages[index], config.train
     steps_per_epoch = ds.steps_per_epoch
     total_steps = stage.epochs * steps_per_epoch
-    data = NamedSharding(mesh, P("data"))
+    data = batch_sharded(mesh)
     manager = checkpoint.open_manager(runs.stage_dir(workdir, index, stage), t.keep_checkpoints)
     state, train_step = create_stage(config, index, model, initial_variables(),
                                      steps_per_epoch, mesh)
@@ -229,8 +235,12 @@ def run_stage(config: mlc.ConfigDict, workdir: str, index: int, model: Any, ds: 
     restored = checkpoint.restore(manager, state)
     if restored is not None:
         step, state, data_state, _ = restored
-        state = jax.device_put(state, NamedSharding(mesh, P()))
-        train_iter.set_state(data_state)
+        state = jax.device_put(state, replicated(mesh))
+        try:
+            train_iter.set_state(data_state)
+        except ValueError as e:  # another batch size or dataset than the checkpoint's
+            raise workdir_lib.WorkdirError(f"cannot resume stage {stage.name} in {workdir}: {e}; "
+                                           f"or {workdir_lib.WAYS_OUT}") from None
         log.info("stage %s: resumed at step %d of %d", stage.name, step, total_steps)
     step = int(state.step)
     if step >= total_steps:
@@ -243,6 +253,7 @@ def run_stage(config: mlc.ConfigDict, workdir: str, index: int, model: Any, ds: 
     bar = progress(total=steps_per_epoch, initial=step % steps_per_epoch,
                    desc=f"{stage.name} epoch {step // steps_per_epoch + 1}/{stage.epochs}")
     data_state = train_iter.get_state()
+    saved = None  # the last step this process asked to checkpoint
     while step < total_steps:
         batch, next_data_state = next(batches)
         state, step_metrics = train_step(state, batch)
@@ -269,7 +280,8 @@ def run_stage(config: mlc.ConfigDict, workdir: str, index: int, model: Any, ds: 
             meta = {"stage": stage.name, "epoch": step / steps_per_epoch}
             if end_of_epoch:
                 bar.close()
-                val = validate(predict_fn, state, ds, mesh, config)
+                val = evaluator.validate({"params": state.params,
+                                          "batch_stats": state.batch_stats})
                 val_auc = val["mean_auc"]
                 writer.write(step, {"val/mean_auc": val["mean_auc"], "val/w_auc": val["w_auc"]},
                              stage=stage.name)
@@ -280,6 +292,17 @@ def run_stage(config: mlc.ConfigDict, workdir: str, index: int, model: Any, ds: 
                     bar = progress(total=steps_per_epoch, desc=f"{stage.name} epoch "
                                    f"{step // steps_per_epoch + 1}/{stage.epochs}")
             checkpoint.save(manager, step, state, data_state, meta, val_auc)
+            saved = step
+        if watcher is not None and watcher.reached(step):  # every step, on every process
+            bar.close()
+            log.warning("preemption notice: saving step %d of stage %s, then stopping", step,
+                        stage.name)
+            if saved != step:
+                _check_finite(*pending, manager)
+                checkpoint.save(manager, step, state, data_state,
+                                {"stage": stage.name, "epoch": step / steps_per_epoch})
+            manager.wait_until_finished()
+            raise Preempted(step, manager.directory)
     bar.close()
     manager.wait_until_finished()
     return manager.best_step() or manager.latest_step()
@@ -302,106 +325,54 @@ def _check_finite(step: int, step_metrics: dict, manager: Any) -> None:
         "or check the data")
 
 
-def validate(predict_fn: Callable, state: TrainState, ds: Any, mesh: Mesh,
-             config: mlc.ConfigDict) -> dict:
-    """Fused mean AUC and W-AUC on the validation split (no bootstrap)."""
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    _, probs, labels = evaluate.predict_split(predict_fn, variables, ds, "val", mesh)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        summary = metrics.summary(probs["fused"], labels, n_boot=0)
-    _log_once("validation split: ", [str(w.message) for w in caught])
-    return summary
-
-
-_LOGGED: set[str] = set()
-
-
-def _log_once(prefix: str, messages: list[str]) -> None:
-    """Logs each message the first time only (a split's caveats are the same every epoch)."""
-    for message in dict.fromkeys(messages):
-        if message not in _LOGGED:
-            _LOGGED.add(message)
-            log.warning("%s%s", prefix, message)
-
-
 # ---------------------------------------------------------------------------------------------
-# The whole run: every stage, then the test split and the report.
+# The whole run: every stage, then the evaluator on the test split.
 # ---------------------------------------------------------------------------------------------
 
 
-def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict:
-    """Trains every stage (resuming where a run stopped), then tests and writes the report."""
+def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *, restart: bool = False,
+                       command: Mapping | None = None) -> dict:
+    """Trains every stage (resuming where a run stopped), then the evaluator tests the best
+    checkpoint and writes the report; returns the test ``metrics.summary`` per head.
+
+    A workdir holding a run of another config is refused untouched (``workdir.claim``);
+    ``restart`` first moves such a run aside. A run that fails before writing more than its
+    config leaves no workdir behind. ``command``: the config file and overrides, for the report.
+    """
     check_config(config)
-    workdir = os.path.abspath(os.path.expanduser(workdir))
-    _prepare_workdir(workdir, config)
-    ds = _datasets(config, workdir)
+    workdir = fileio.expand(workdir)
+    if restart:
+        moved = workdir_lib.move_aside(workdir)
+        if moved:
+            log.info("moved the run in %s aside to %s; starting over", workdir, moved)
+    claim = workdir_lib.claim(workdir, config, command)
+    try:
+        return _train_and_evaluate(config, workdir)
+    except BaseException:
+        claim.release()
+        raise
+
+
+def _train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict:
+    from cxrjax.data import pipeline  # here: the train step (and its benchmark) needs no data
+
+    ds = pipeline.open_datasets(config, workdir)
     mesh = create_mesh()
-    model, template = runs.init_model(config, compute_dtype(config))
-    predict_fn = evaluate.make_predict_fn(model, tuple(config.model.fusion), mesh)
+    model, template = runs.init_model(config, models.compute_dtype(config.dtype))
+    evaluator = Evaluator(model, config.model.fusion, ds, mesh)
     writer = MetricWriter(workdir)
 
-    initial = lambda: initialise(template, config)  # noqa: E731
-    for index, stage in enumerate(config.train.stages):
-        best = run_stage(config, workdir, index, model, ds, mesh, initial, writer, predict_fn)
-        directory = runs.stage_dir(workdir, index, stage)
-        initial = lambda d=directory, b=best: runs.restore_variables(d, template, b)  # noqa: E731
-    writer.close()
-    return evaluate_test_split(config, workdir, initial(), ds, mesh, predict_fn)
-
-
-def evaluate_run(config: mlc.ConfigDict, workdir: str) -> dict:
-    """The test-split evaluation of a trained run's best checkpoint (``--mode eval``)."""
-    check_config(config)
-    workdir = os.path.abspath(os.path.expanduser(workdir))
-    ds = _datasets(config, workdir)
-    mesh = create_mesh()
-    _, model, variables, _ = runs.load_run(workdir)
-    predict_fn = evaluate.make_predict_fn(model, tuple(config.model.fusion), mesh)
-    return evaluate_test_split(config, workdir, variables, ds, mesh, predict_fn)
-
-
-def evaluate_test_split(config: mlc.ConfigDict, workdir: str, variables: dict, ds: Any,
-                        mesh: Mesh, predict_fn: Callable) -> dict:
-    """Scores the test split; writes predictions CSVs, test_metrics.json and report.md."""
-    from cxrjax import report  # matplotlib: only when a run ends
-
-    ids, probs, labels = evaluate.predict_split(predict_fn, variables, ds, "test", mesh)
-    with warnings.catch_warnings(record=True) as caught:  # the same caveat for every head: once
-        warnings.simplefilter("always")
-        results = {head: metrics.summary(p, labels, n_boot=config.eval.n_boot)
-                   for head, p in probs.items()}
-    _log_once("test split: ", [str(w.message) for w in caught])
-    if jax.process_index() == 0:
-        eval_dir = os.path.join(workdir, "eval")
-        evaluate.write_predictions(os.path.join(eval_dir, "test_predictions.csv"), ids,
-                                   probs["fused"])
-        for head, p in probs.items():
-            if head != "fused":
-                evaluate.write_predictions(
-                    os.path.join(eval_dir, f"test_predictions_{head}.csv"), ids, p)
-        out = {**results["fused"], "heads": {h: r for h, r in results.items() if h != "fused"}}
-        evaluate.write_json(out, os.path.join(eval_dir, "test_metrics.json"))
-        report.write_report(workdir, config, results, probs, labels)
-    return results
-
-
-def _datasets(config: mlc.ConfigDict, workdir: str) -> Any:
-    # Imported here so that the train step (and its benchmark) needs no data stack.
-    from cxrjax.data import pipeline
-
-    data_cfg = pipeline.ensure_prepared(config.data, workdir)
-    return pipeline.create_datasets(
-        data_cfg, global_batch_size=config.train.batch_size,
-        eval_batch_size=config.train.eval_batch_size, seed=config.seed)
-
-
-def _prepare_workdir(workdir: str, config: mlc.ConfigDict) -> None:
-    """Creates the workdir (clear error if impossible) and records the config in it."""
-    try:
-        os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
-        if jax.process_index() == 0:
-            with open(os.path.join(workdir, "config.json"), "w") as f:
-                f.write(config.to_json_best_effort(indent=2))
-    except OSError as e:
-        raise OSError(f"workdir {workdir} is not usable: {e.strerror}") from None
+    initial = lambda: initialise(template, config, mesh)  # noqa: E731
+    # A SIGTERM while training: save that step and stop (Preempted). One during the final test
+    # is not caught: there is nothing to save then, and a rerun tests again.
+    with PreemptionWatcher() as watcher:
+        try:
+            for index, stage in enumerate(config.train.stages):
+                best = run_stage(config, workdir, index, model, ds, mesh, initial, writer,
+                                 evaluator, watcher)
+                directory = runs.stage_dir(workdir, index, stage)
+                initial = lambda d=directory, b=best: runs.restore_variables(  # noqa: E731
+                    d, template, b, mesh=mesh)
+        finally:
+            writer.close()  # a preempted run's log and TensorBoard files reach a bucket too
+    return evaluator.test_and_report(initial(), workdir, config).results

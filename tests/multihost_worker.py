@@ -25,13 +25,17 @@ def main(argv: list[str]) -> None:
                                    num_processes=num_processes, process_id=process_id)
     from helpers import run_config
 
-    from cxrjax import train
+    from cxrjax import preemption, train
 
     config = run_config("r18_msml", data_root, epochs=epochs)
     config.train.log_every_steps = 1
     config.train.eval_batch_size = 8
     config.train.checkpoint_every_steps = 1000
-    results = train.train_and_evaluate(config, workdir)
+    try:
+        results = train.train_and_evaluate(config, workdir)
+    except preemption.Preempted as e:  # as cxrjax.main does
+        print(e, flush=True)
+        sys.exit(preemption.PREEMPTED_EXIT_CODE)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "worker_result.json"), "w") as f:
             json.dump({"devices": jax.device_count(), "processes": jax.process_count(),

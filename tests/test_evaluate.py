@@ -1,4 +1,5 @@
-"""The evaluate CLI on predictions files made from the real NIH tables, and every bad input."""
+"""The evaluate CLI on predictions files made from the real NIH tables and on trained runs,
+the predictions file format, and every bad input."""
 
 import csv
 import gzip
@@ -13,7 +14,7 @@ import pytest
 from helpers import TINY, random_variables
 from sklearn.metrics import roc_auc_score
 
-from cxrjax import evaluate
+from cxrjax import evaluate, predictions
 from cxrjax.data.labels import CLASSES, load_label_table, resource_path
 
 
@@ -176,7 +177,7 @@ def test_load_predictions_orders_columns_by_class_and_accepts_spaced_names(tmp_p
     header = ["Image Index"] + [f"prob_{c.replace('_', ' ')}" for c in shuffled]
     path = _write(tmp_path / "p.csv", header,
                   [["a.png", *range(14)], ["b.png", *range(14, 28)]])
-    ids, scores = evaluate.load_predictions(path)
+    ids, scores = predictions.load_predictions(path)
     assert ids == ("a.png", "b.png")
     np.testing.assert_array_equal(scores[0], np.arange(13, -1, -1))  # back in NIH order
     assert scores.dtype == np.float64 and scores.shape == (2, 14)
@@ -190,14 +191,14 @@ def test_write_predictions_round_trips_and_preserves_every_auc(tmp_path, name, d
     scores[:50] = scores[50:100]  # exact ties must survive the text round trip
     ids = [f"{i:08d}_000.png" for i in range(500)]
     path = tmp_path / name
-    evaluate.write_predictions(path, ids, scores)
-    got_ids, got = evaluate.load_predictions(path)
+    predictions.write_predictions(path, ids, scores)
+    got_ids, got = predictions.load_predictions(path)
     assert got_ids == tuple(ids)
     np.testing.assert_array_equal(got.astype(dtype), scores)
     for c in range(14):
         assert roc_auc_score(labels[:, c], got[:, c]) == roc_auc_score(labels[:, c], scores[:, c])
     with pytest.raises(ValueError, match="must be"):
-        evaluate.write_predictions(tmp_path / "x.csv", ids[:3], scores)
+        predictions.write_predictions(tmp_path / "x.csv", ids[:3], scores)
 
 
 def test_format_table_shows_nan_as_na_and_lists_excluded_classes():
@@ -205,7 +206,7 @@ def test_format_table_shows_nan_as_na_and_lists_excluded_classes():
                "w_auc": 0.1, "w_auc_normalized": 0.75, "d_auc": 0.7, "n_auc": 0.8,
                "mean_auc_ci95": [0.7, 0.8], "n_images": 10, "excluded_classes": ["Hernia"],
                "n_boot": 100}
-    text = evaluate.format_table(summary)
+    text = predictions.format_table(summary)
     assert "Hernia" in text and "n/a" in text and "0.750000" in text
     assert "AUC (mean of 1)" in text and "left out of AUC, W-AUC (one label value): Hernia" in text
 
@@ -237,7 +238,7 @@ def tiny_run(workdir, seed=0, split_seed=0, shared_data=None):
 
     import jax
 
-    from cxrjax import checkpoint, models, runs, train
+    from cxrjax import checkpoint, inference, models, runs, train
 
     c = importlib.import_module("configs.r18_msml").get_config()
     c.model.trunk_a, c.model.trunk_b = TINY[c.model.trunk_a], TINY[c.model.trunk_b]
@@ -256,7 +257,7 @@ def tiny_run(workdir, seed=0, split_seed=0, shared_data=None):
     index = len(c.train.stages) - 1
     manager = checkpoint.open_manager(runs.stage_dir(workdir, index, c.train.stages[index]), 3)
     for step, variables, auc in ((5, best, 0.7), (10, other, 0.5)):
-        state, _ = train.create_stage(c, index, model, variables, 10, train.create_mesh())
+        state, _ = train.create_stage(c, index, model, variables, 10, inference.create_mesh())
         checkpoint.save(manager, step, state, {"step": step},
                         {"stage": "global", "val_mean_auc": auc}, auc)
     manager.wait_until_finished()
@@ -282,8 +283,7 @@ def test_predict_workdir_scores_the_best_checkpoint_on_the_run_own_test_split(tr
     workdir, config, model, best = trained_runs["a"]
     ids, probs, labels, step = evaluate.predict_workdir(workdir, "test")
     assert step == 5
-    data_cfg = pipeline.ensure_prepared(config.data, workdir)
-    ds = pipeline.create_datasets(data_cfg, global_batch_size=4, eval_batch_size=4, seed=0)
+    ds = pipeline.open_datasets(config, workdir)
     assert ids == ds.image_ids("test") and len(ids) == len(set(ids)) > 0
     records = [ds.records[r] for r in ds.split_rows["test"]]
     images = np.stack([img[2:34, 2:34, None] for img, _ in records])  # centre 32 of 36
@@ -319,6 +319,35 @@ def test_val_split_is_scored_when_asked(trained_runs, tmp_path, capsys):
                           "--json", str(out)]) == 0
     assert json.loads(out.read_text())["n_images"] == len(val_ids)
     assert ": val split" in capsys.readouterr().out
+
+
+def test_mode_eval_writes_the_run_files_with_the_numbers_evaluate_workdir_prints(
+        trained_runs, tmp_path):
+    """One path: ``main --mode eval`` (evaluate_run writing the run's files) and ``evaluate
+    --workdir`` score the same checkpoint into the same numbers."""
+    import shutil
+
+    from cxrjax import evaluator, runs
+
+    workdir = tmp_path / "run"
+    shutil.copytree(trained_runs["a"][0], workdir, symlinks=True)
+    config = runs.load_config(str(workdir))
+    config.eval.n_boot = 10
+    step, scores = evaluator.evaluate_run(str(workdir), config=config, write=True)
+    assert step == 5
+    ids, fused = predictions.load_predictions(workdir / "eval" / "test_predictions.csv")
+    assert list(ids) == scores.image_ids
+    np.testing.assert_array_equal(fused.astype(np.float32), scores.probs["fused"])
+    for head in ("ce", "msml", "fce"):
+        assert (workdir / "eval" / f"test_predictions_{head}.csv").is_file()
+    assert (workdir / "report.md").read_text().count("|") > 50
+    saved = json.loads((workdir / "eval" / "test_metrics.json").read_text())
+
+    out = tmp_path / "cli.json"
+    assert evaluate.main(["--workdir", str(workdir), "--n_boot", "10", "--json", str(out)]) == 0
+    printed = json.loads(out.read_text())
+    for key in ("per_class", "mean_auc", "mean_auc_ci95", "w_auc", "d_auc", "n_auc", "heads"):
+        assert printed[key] == saved[key], key
 
 
 def test_ensemble_scores_the_mean_of_the_two_runs_fused_probabilities(trained_runs, capsys):
@@ -433,3 +462,105 @@ def test_truncated_checkpoint_is_a_one_line_error(trained_runs, tmp_path, capsys
     assert evaluate.main(["--workdir", str(workdir), "--n_boot", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "checkpoint 5" in err and "unreadable" in err, err
+
+
+# ---------------------------------------------------------------------------------------------
+# Operating points and calibration (issue 12): chosen on validation, measured on test.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_mode_eval_writes_validation_thresholds_their_test_measures_and_calibration(
+        trained_runs, tmp_path):
+    import shutil
+    import warnings
+
+    from cxrjax import evaluator, operating_points, runs
+
+    workdir = tmp_path / "run"
+    shutil.copytree(trained_runs["a"][0], workdir, symlinks=True)
+    config = runs.load_config(str(workdir))
+    config.eval.n_boot, config.eval.calibration = 10, "temperature"
+    config.eval.localization_heatmap = "gradcam_fine"
+    evaluator.evaluate_run(str(workdir), config=config, write=True)
+    _, val, val_labels, _ = evaluate.predict_workdir(str(workdir), "val")
+    _, test, test_labels, _ = evaluate.predict_workdir(str(workdir), "test")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # classes without a validation positive: NaN
+        want = operating_points.choose_thresholds(val["fused"], val_labels)
+    saved = operating_points.OperatingPoints.load(workdir / "eval" / "thresholds.json")
+    np.testing.assert_array_equal(saved.thresholds, want)
+    assert saved.rule == "youden" and np.isfinite(want).any()
+    metrics_json = json.loads((workdir / "eval" / "test_metrics.json").read_text())
+    points = metrics_json["operating_points"]
+    assert points["chosen_on"] == "validation" and points["n_boot"] == 10
+    for c, name in enumerate(CLASSES):
+        row = points["per_class"][name]
+        if np.isfinite(want[c]):
+            called = test["fused"][:, c] >= want[c]
+            assert row["tp"] == float((called & (test_labels[:, c] == 1)).sum())
+            assert row["fp"] == float((called & (test_labels[:, c] == 0)).sum())
+        else:
+            assert row["threshold"] is None and row["sensitivity"]["value"] is None
+    calibration = metrics_json["calibration"]
+    assert set(calibration["heads"]) == {"fused", "ce", "fce"}  # not MSML: a ranking score
+    assert calibration["ranking_heads"] == ["msml"]
+    rescaling = calibration["rescaling"]
+    assert rescaling["method"] == "temperature" and rescaling["fitted_on"] == "validation"
+    assert rescaling["test_ece_before"] == calibration["heads"]["fused"]
+    assert metrics_json["localization"]["json"] == "eval/localization.json"
+    assert metrics_json["localization"]["primary"] == "gradcam_fine"
+    for name in ("reliability.png", "localization.png", "localization.json"):
+        assert (workdir / "eval" / name).stat().st_size > 1000, name
+    report = (workdir / "report.md").read_text()
+    for heading in ("## Operating points", "## Calibration", "## Localization"):
+        assert heading in report
+    assert "![Reliability diagrams](eval/reliability.png)" in report
+    assert "Temperature scaling of the fused prediction" in report
+
+
+def _thresholds_file(path, classes, values, rule="youden"):
+    from cxrjax import operating_points
+
+    operating_points.OperatingPoints(tuple(classes), np.asarray(values, float), rule).save(path)
+    return str(path)
+
+
+def test_cli_predictions_with_thresholds_adds_the_operating_point_table(
+        chexnet_predictions, chexnet_test_list, tmp_path, capsys):
+    from sklearn.metrics import precision_score, recall_score
+
+    path, scores = chexnet_predictions
+    ids, _ = chexnet_test_list
+    table = load_label_table()
+    labels = table.labels[table.rows(ids)]
+    values = np.full(14, 0.5)
+    values[13] = np.nan  # Hernia: no threshold, no call
+    th = _thresholds_file(tmp_path / "thresholds.json", CLASSES, values)
+    out = tmp_path / "m.json"
+    assert evaluate.main(["--predictions", path, "--thresholds", th, "--json", str(out),
+                          "--n_boot", "20"]) == 0
+    printed = capsys.readouterr().out
+    assert "Operating points at the thresholds of" in printed and "specificity" in printed
+    points = json.loads(out.read_text())["operating_points"]
+    for c, name in enumerate(CLASSES[:13]):
+        row = points["per_class"][name]
+        assert row["sensitivity"]["value"] == pytest.approx(
+            recall_score(labels[:, c], scores[:, c] >= 0.5))
+        assert row["ppv"]["value"] == pytest.approx(
+            precision_score(labels[:, c], scores[:, c] >= 0.5))
+        sens = row["sensitivity"]
+        assert sens["low"] <= sens["value"] <= sens["high"]
+    assert points["per_class"]["Hernia"]["threshold"] is None
+
+
+def test_thresholds_for_other_classes_or_with_workdir_are_one_line_errors(
+        small, trained_runs, tmp_path, capsys):
+    preds = _write(tmp_path / "p.csv", *small)
+    other = _thresholds_file(tmp_path / "t13.json", CLASSES[:13], np.full(13, 0.5))
+    assert evaluate.main(["--predictions", preds, "--thresholds", other, "--n_boot", "0"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "INFO" not in line]
+    assert len(err) == 1 and "other classes" in err[0] and "Hernia" in err[0], err
+    good = _thresholds_file(tmp_path / "t.json", CLASSES, np.full(14, 0.5))
+    assert evaluate.main(["--workdir", trained_runs["a"][0], "--thresholds", good]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "INFO" not in line]
+    assert len(err) == 1 and "--thresholds applies to --predictions only" in err[0], err

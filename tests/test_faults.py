@@ -6,19 +6,9 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import run_config
+from helpers import run_config, truncate_files
 
 from cxrjax import checkpoint, runs, train
-
-
-def _truncate_files(directory):
-    """Cuts every file under ``directory`` to half its size (a crash mid-write, bit rot)."""
-    for root, _, files in os.walk(directory):
-        for name in files:
-            path = os.path.join(root, name)
-            size = os.path.getsize(path)
-            with open(path, "r+b") as f:
-                f.truncate(size // 2)
 
 
 def test_corrupt_latest_checkpoint_is_reported_and_the_previous_one_resumes(
@@ -28,7 +18,7 @@ def test_corrupt_latest_checkpoint_is_reported_and_the_previous_one_resumes(
     train.train_and_evaluate(config, str(tmp_path))
     stage_dir = runs.stage_dir(str(tmp_path), 0, config.train.stages[0])
     steps = sorted(int(d) for d in os.listdir(stage_dir) if d.isdigit())
-    _truncate_files(os.path.join(stage_dir, str(steps[-1]), "state"))
+    truncate_files(os.path.join(stage_dir, str(steps[-1]), "state"))
 
     config.train.stages[0].epochs = 2  # the same command, asked to go on
     with caplog.at_level(logging.INFO):
@@ -80,8 +70,28 @@ def test_vanished_data_directory_is_one_clear_error(tiny_data, tmp_path):
     shutil.rmtree(data)
     with pytest.raises(FileNotFoundError, match=r"no complete chest_xray14 dataset"):
         train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()  # a failed run leaves no empty workdir behind
 
 
 def test_checkpoint_restore_without_any_checkpoint_is_none(tmp_path):
     manager = checkpoint.open_manager(str(tmp_path / "ckpt"), keep=2)
     assert checkpoint.restore(manager, {"x": np.zeros(2)}) is None
+
+
+def test_another_models_checkpoint_is_an_error_and_is_never_set_aside_as_unreadable(tmp_path):
+    directory = str(tmp_path / "ckpt")
+    manager = checkpoint.open_manager(directory, keep=2)
+    saved = {"params": {"head": {"kernel": np.ones((3, 2), np.float32)}}}
+    checkpoint.save(manager, 18, saved, {}, {})
+    manager.wait_until_finished()
+    other = {"params": {"head": {"kernel": np.zeros((4, 2), np.float32)},
+                        "stem": {"kernel": np.zeros((2,), np.float32)}}}
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"checkpoint 18 in .* is another model's or optimizer's "
+                             r"\(1 array\(s\) missing, e.g. params/stem/kernel; 1 of another "
+                             r"shape, e.g. "
+                             r"params/head/kernel \(3, 2\) instead of \(4, 2\)\); it was left"):
+        checkpoint.restore(manager, other)
+    assert sorted(os.listdir(directory)) == ["18"]  # not renamed 18.unreadable
+    step, state, _, _ = checkpoint.restore(manager, saved)  # and still the run's own
+    assert step == 18 and state["params"]["head"]["kernel"].shape == (3, 2)

@@ -13,8 +13,8 @@ import pytest
 from helpers import TINY, random_variables
 from PIL import Image
 
-from cxrjax import checkpoint, evaluate, models, predict, runs, train
-from cxrjax.data import prepare
+from cxrjax import checkpoint, inference, models, overlay, predict, predictions, runs, train
+from cxrjax.data import nih_layout
 from cxrjax.data.labels import CLASSES
 
 RES, CROP = 72, 64  # the tiny trunk (stride 32) sees a 2x2 feature map
@@ -40,7 +40,7 @@ def run(tmp_path_factory):
     model = models.build_model(c.model)
     variables = random_variables(model, CROP)
     manager = checkpoint.open_manager(runs.stage_dir(str(workdir), 0, c.train.stages[0]), 3)
-    state, _ = train.create_stage(c, 0, model, variables, 10, train.create_mesh())
+    state, _ = train.create_stage(c, 0, model, variables, 10, inference.create_mesh())
     checkpoint.save(manager, 10, state, {"step": 10}, {"stage": "global"}, None)
     manager.wait_until_finished()
     return str(workdir), model, variables
@@ -78,7 +78,7 @@ def test_load_image_is_the_prepared_record_centre_cropped_for_every_mode(tmp_pat
     for name, array in cases.items():
         path = save(tmp_path / name, array)
         image, full = predict.load_image(path, RES, CROP)
-        record, _ = prepare.decode_image(path, RES)
+        record, _ = nih_layout.decode_image(path, RES)
         o = (RES - CROP) // 2
         np.testing.assert_array_equal(image[..., 0], record[o:o + CROP, o:o + CROP])
         assert image.shape == (CROP, CROP, 1) and image.dtype == np.uint8
@@ -119,9 +119,11 @@ def test_probabilities_equal_the_model_on_the_same_array_and_heatmap_has_image_s
             np.testing.assert_allclose(p, want[head][i], rtol=1e-5, atol=1e-6)
         assert r["top"] == CLASSES[int(np.argmax(want["fused"][i]))]
         with Image.open(r["heatmap"]) as heat, Image.open(r["path"]) as original:
-            assert heat.size == original.size and heat.mode == "RGB"
+            # Under 256 px the picture is enlarged by a whole factor, so the caption fits.
+            k = -(-overlay.MIN_CAPTIONED_SIDE // min(original.size))
+            assert heat.size == (k * original.width, k * original.height) and heat.mode == "RGB"
             assert not np.array_equal(np.asarray(heat)[..., 0], np.asarray(heat)[..., 2])
-    assert Image.open(rows[0]["heatmap"]).size == (90, 70)
+    assert Image.open(rows[0]["heatmap"]).size == (4 * 90, 4 * 70)
 
 
 def test_grad_cam_is_the_top_class_weights_on_stream_a_for_a_gap_dense_head():
@@ -130,17 +132,70 @@ def test_grad_cam_is_the_top_class_weights_on_stream_a_for_a_gap_dense_head():
     c = tiny_config("r18")
     model = models.build_model(c.model)
     variables = random_variables(model, CROP, seed=3)
-    images = np.stack([xray((CROP, CROP), s) for s in range(3)])[..., None]
-    probs, cam, top = predict.make_predict_fn(model, ("ce", "fce"))(variables, images)
+    images = np.stack([xray((CROP, CROP), s) for s in range(4)])[..., None]
+    scores = inference.make_predict_fn(model, ("ce", "fce"), inference.create_mesh())
+    top = np.argmax(scores(variables, images)["fused"], axis=-1)
+    cam = predict.make_gradcam_fn(model, ("ce", "fce"), inference.create_mesh())(
+        variables, images, top)
     _, state = model.apply(variables, images, train=False,
                            capture_intermediates=lambda m, name: m.path == ("trunk_a",))
     fmap = state["intermediates"]["trunk_a"]["__call__"][0]
     kernel = variables["params"]["head_a"]["fc"]["kernel"]  # (C, 14)
-    want = jax.nn.relu(jnp.einsum("bhwc,cb->bhw", fmap, kernel[:, np.asarray(top)]))
+    want = jax.nn.relu(jnp.einsum("bhwc,cb->bhw", fmap, kernel[:, top]))
     want = want / jnp.maximum(want.max(axis=(1, 2), keepdims=True), 1e-12)
-    assert cam.shape == fmap.shape[:3] == (3, 2, 2)
+    assert cam.shape == fmap.shape[:3] == (4, 2, 2)
     np.testing.assert_allclose(cam, want, atol=1e-5)
-    np.testing.assert_array_equal(top, np.argmax(probs["fused"], -1))
+
+
+def test_cam_problem_names_an_empty_or_constant_map_and_passes_a_real_one():
+    assert overlay.cam_problem(np.zeros((2, 2))) == "empty (zero everywhere on its 2x2 feature map)"
+    assert overlay.cam_problem(np.ones((1, 1))) == \
+        "constant on its 1x1 feature map: it points nowhere"
+    assert overlay.cam_problem(np.array([[0.0, 1.0], [0.2, 0.0]])) is None
+
+
+def _caption_box(picture: np.ndarray) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the caption's black box."""
+    rows, cols = np.nonzero((picture == 0).all(axis=-1))
+    return rows.min(), rows.max(), cols.min(), cols.max()
+
+
+def test_a_blank_map_draws_no_heat_and_its_caption_says_why_whole_on_a_64_px_image():
+    gray = np.full((64, 64), 128, np.uint8)
+    caption = "Grad-CAM: Pleural_Thickening 0.183"
+    picture = np.asarray(overlay.overlay(gray, np.zeros((2, 2)), RES, CROP, caption))
+    assert picture.shape == (256, 256, 3)  # enlarged 4x: a caption needs the room
+    top, bottom, left, right = _caption_box(picture)
+    assert right < 256 - 1 and bottom - top > 30  # wrapped on several lines, none cut off
+    outside = np.ones(picture.shape[:2], bool)
+    outside[top:bottom + 1, left:right + 1] = False
+    assert (picture[outside] == 128).all()  # no heat anywhere: the map showed nothing
+    # The same image with a real map: heat, and the one-line caption still within the width.
+    heated = np.asarray(overlay.overlay(gray, np.array([[0.0, 1.0], [0.3, 0.0]]), RES, CROP,
+                                        caption))
+    assert (heated[..., 0] != heated[..., 2]).any()
+    assert _caption_box(heated)[3] < 256 - 1
+
+
+def test_predict_warns_on_stderr_when_an_images_grad_cam_is_blank(tmp_path, caplog):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    c = tiny_config("r18")
+    (workdir / "config.json").write_text(c.to_json_best_effort(indent=2))
+    model = models.build_model(c.model)
+    variables = random_variables(model, CROP)
+    head = variables["params"]["head_a"]["fc"]
+    head["kernel"] = jnp.zeros_like(head["kernel"])  # no feature raises any score: empty CAM
+    manager = checkpoint.open_manager(runs.stage_dir(str(workdir), 0, c.train.stages[0]), 3)
+    state, _ = train.create_stage(c, 0, model, variables, 10, inference.create_mesh())
+    checkpoint.save(manager, 10, state, {"step": 10}, {"stage": "global"}, None)
+    manager.wait_until_finished()
+    image = save(tmp_path / "small.png", xray((64, 64)))
+    with caplog.at_level("WARNING", logger="cxrjax"):
+        rows, _ = predict.predict_files(str(workdir), [image], str(tmp_path / "out"))
+    warned = [r.getMessage() for r in caplog.records if "Grad-CAM map" in r.getMessage()]
+    assert len(warned) == 1 and "is empty (zero everywhere on its 2x2 feature map)" in warned[0]
+    assert image in warned[0] and rows[0]["heatmap"] in warned[0]
 
 
 def test_cli_scores_good_files_and_reports_each_bad_one_on_one_line(run, tmp_path, capsys):
@@ -214,7 +269,7 @@ def test_directory_of_mixed_files_scores_the_images_and_lists_the_rest(run, tmp_
     assert f"error: {folder / 'readme.txt'}: not a PNG or JPEG image" in err
     assert f"error: {folder / 'zero.jpg'}: empty file" in err
     assert "1 subfolder(s) not searched" in err
-    ids, scores = evaluate.load_predictions(out / "predictions.csv")  # the evaluate format
+    ids, scores = predictions.load_predictions(out / "predictions.csv")  # the evaluate format
     assert ids == ("deep.png", "plain.png", "rgba.png")
     # The 8-bit, RGBA and 16-bit copies of one picture are the same input: same scores.
     np.testing.assert_allclose(scores[0], scores[1], rtol=1e-6)
@@ -232,3 +287,41 @@ def test_bad_workdir_and_batch_size_are_one_line_errors_exit_2(run, tmp_path, ca
         assert predict.main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_cli_marks_calls_at_the_run_thresholds_and_says_once_when_it_has_none(
+        run, tmp_path, capsys):
+    from cxrjax import operating_points
+
+    workdir = run[0]
+    images = [save(tmp_path / "a.png", xray(seed=4)), save(tmp_path / "b.png", xray(seed=5))]
+    assert predict.main(["--workdir", workdir, "--out", str(tmp_path / "plain"), *images]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("has no eval/thresholds.json") == 1
+    with open(tmp_path / "plain" / "predictions.csv") as f:
+        assert not any(h.startswith("call_") for h in next(csv.reader(f)))
+    values = np.full(14, 0.5)
+    values[0], values[1], values[2] = 0.0, 1.1, np.nan  # always, never, no threshold
+    path = os.path.join(workdir, "eval", "thresholds.json")
+    operating_points.OperatingPoints(CLASSES, values, "youden").save(path)
+    try:
+        assert predict.main(["--workdir", workdir, "--out", str(tmp_path / "calls"),
+                             *images]) == 0
+    finally:
+        os.remove(path)  # the module's run stays without thresholds for the other tests
+    captured = capsys.readouterr()
+    with open(tmp_path / "calls" / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        probs = np.array([float(r[f"prob_{c}"]) for c in CLASSES])
+        assert (r["call_Atelectasis"], r["call_Cardiomegaly"], r["call_Effusion"]) == (
+            "positive", "negative", "")
+        for c in CLASSES[3:]:
+            assert r[f"call_{c}"] == ("positive" if probs[CLASSES.index(c)] >= 0.5
+                                      else "negative")
+        assert r["positive_findings"].split("|") == [
+            c for c in CLASSES if r[f"call_{c}"] == "positive"]
+    lines = captured.out.splitlines()
+    assert lines[1].split()[1].endswith("+") and not lines[1].split()[2].endswith("+")
+    assert "+ = positive at the run's per-class thresholds (youden" in captured.out
+    assert "has no eval/thresholds.json" not in captured.err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import math
@@ -15,7 +16,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from configs import base, d121, r18, r18_bl, r18_msml, r18_msml_local, r18_msml_local_fixed
-from cxrjax import metrics, report
+from cxrjax import metrics, paper_recipe, report, report_plots
 from cxrjax.data.labels import CLASSES
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -89,16 +90,21 @@ def test_write_report_tables_every_class_and_summary_row_with_the_summary_values
     lines = text.splitlines()
     heads = ("ce", "msml", "fce", "fused")
     header = next(line for line in lines if line.startswith("| Finding |"))
-    assert header == ("| Finding | CE (stream A) | MSML (stream B) | FCE (bilinear) | Fused |")
+    assert header == ("| Finding | Positives | CE (stream A) | MSML (stream B) | FCE (bilinear) "
+                      "| Fused | 95% CI (Fused) |")
     for c, name in enumerate(CLASSES):
         expected = [report.fmt(results[h]["per_class"][name]) for h in heads]
-        assert f"| {name} | " + " | ".join(expected) + " |" in lines
+        positives = int(labels[:, c].sum())
+        lo, hi = results["fused"]["per_class_ci95"][name]
+        assert (f"| {name} | {positives} | " + " | ".join(expected) +
+                f" | [{report.fmt(lo)}, {report.fmt(hi)}] |") in lines
         # The table's numbers are the real AUCs (checked against scikit-learn).
         assert float(expected[-1]) == pytest.approx(
             roc_auc_score(labels[:, c], probs["fused"][:, c]), abs=5e-5)
     for key, title in report.SUMMARY_ROWS:
-        assert f"| {title} | " + " | ".join(report.fmt(results[h][key]) for h in heads) + " |" \
-            in lines
+        ci = report.ci_text(results["fused"]) if key == "mean_auc" else ""
+        assert f"| {title} |  | " + " | ".join(report.fmt(results[h][key]) for h in heads) + \
+            f" | {ci} |" in lines
     lo, hi = results["fused"]["mean_auc_ci95"]
     assert f"[{report.fmt(lo)}, {report.fmt(hi)}]" in text
     assert "R18 + R18-F-MSML, Local" in lines[0]
@@ -109,22 +115,103 @@ def test_write_report_tables_every_class_and_summary_row_with_the_summary_values
     assert _is_png(str(tmp_path / "training_curves.png"))
 
 
-def test_report_compares_with_the_paper_only_on_nih_data(tmp_path, fake_run):
+NIH_SPLITS = {"train": 78_468, "val": 11_219, "test": 22_433}  # 112,120 images
+
+
+def test_report_compares_with_the_paper_only_when_the_run_follows_the_rows_recipe(
+        tmp_path, fake_run):
     _, _, results = fake_run
-    config = r18_msml.get_config()
-    text = report.render_markdown(str(tmp_path), config, results)
     mean = results["fused"]["mean_auc"]
+    text = report.render_markdown(str(tmp_path), r18_msml.get_config(), results,
+                                  split_sizes=NIH_SPLITS)
+    assert "This run follows the paper's recipe (`configs/r18_msml.py`)" in text
     assert (f"The paper reports a mean AUC of 0.8388 for R18 + R18-F-MSML (ours "
             f"{report.fmt(mean)}, difference {mean - 0.8388:+.4f}).") in text
-    assert "Not comparable" not in text
+    assert "Not compared" not in text and "Synthetic data" not in text
+    assert "(empty:" not in text
+
+
+def test_report_of_a_small_scratch_run_lists_each_difference_and_does_not_compare(
+        tmp_path, fake_run):
+    # The trial of issue 14: from scratch, 64-px crops, 207 images: no "difference -0.29".
+    _, _, results = fake_run
+    config = r18_msml.get_config()
+    config.model.init = "scratch"
+    config.data.resolution, config.data.crop = 72, 64
+    config.train.batch_size = 8
+    config.train.lr = 1e-3
+    config.train.stages[0].epochs = 2
+    text = report.render_markdown(str(tmp_path), config, results,
+                                  split_sizes={"train": 145, "val": 21, "test": 41})
+    lines = text.splitlines()
+    for row in ('| model.init | `"scratch"` | `"imagenet"` |', "| data.resolution | `72` | `256` |",
+                "| data.crop | `64` | `224` |", "| train.batch_size | `8` | `64` |",
+                "| train.lr | `0.001` | `0.0001` |",
+                "| train.stages[0].epochs | `2` | `9` |",
+                "| images (all splits) | 207 | 112,120 |"):
+        assert row in lines
+    assert "Not compared with the paper's mean AUC for R18 + R18-F-MSML (0.8388)" in text
+    assert "difference" not in text and "The paper reports" not in text
+    assert "145 train / 21 val / 41 test images" in text
+
+
+def test_report_of_synthetic_data_says_so_first_and_does_not_compare(tmp_path, fake_run):
+    _, _, results = fake_run
+    config = r18_msml.get_config()
     config.data.source = "synthetic"
     text = report.render_markdown(str(tmp_path), config, results)
-    assert "Not comparable: this run used `synthetic` data" in text
-    assert "difference" not in text
-    # A row the paper's numbers do not cover gets no comparison line.
-    assert "paper reports" not in report.render_markdown(
-        str(tmp_path), r18_msml_local.get_config(), results)
-    assert "(empty:" not in text
+    assert text.splitlines()[2].startswith("> **Synthetic data.**")
+    assert '| data.source | `"synthetic"` | `"nih"` |' in text
+    assert "Not compared with the paper's mean AUC" in text and "difference" not in text
+
+
+def test_report_of_a_row_without_a_checked_paper_number_says_there_is_no_comparison(
+        tmp_path, fake_run):
+    _, _, results = fake_run
+    text = report.render_markdown(str(tmp_path), r18_msml_local.get_config(), results)
+    assert "The paper's mean AUC for R18 + R18-F-MSML, Local is not one cxrjax could check" in text
+    assert "paper reports" not in text
+
+
+def test_report_names_the_recorded_config_file_and_overrides(tmp_path, fake_run):
+    probs, labels, results = fake_run
+    (tmp_path / "command.json").write_text(json.dumps(
+        {"config_file": "configs/r18.py", "overrides": ["--config.train.batch_size=8"]}))
+    report.write_report(str(tmp_path), r18.get_config(), results, probs, labels)
+    text = (tmp_path / "report.md").read_text()
+    assert ("Config file `configs/r18.py`, overridden by `--config.train.batch_size=8`."
+            in text)
+
+
+@pytest.mark.parametrize("name", ["r18", "r18_bl", "r18_r18_bl", "r18_msml", "r18_vgg_msml",
+                                  "r18_msml_local", "r18_msml_local_fixed", "d121", "d121_bl",
+                                  "d121_d121_bl", "d121_msml", "d121_vgg_msml"])
+def test_each_rows_recipe_is_its_config_file(name):
+    config = importlib.import_module(f"configs.{name}").get_config()
+    assert paper_recipe.ROWS[name]().to_json_best_effort() == config.to_json_best_effort()
+    assert paper_recipe.differences(config, name) == []
+
+
+def test_report_flags_classes_with_fewer_than_five_positives(tmp_path):
+    probs, labels = _fake_predictions(seed=2)
+    hernia = CLASSES.index("Hernia")
+    labels[:, hernia] = 0
+    labels[:2, hernia] = 1
+    results = {h: metrics.summary(p, labels, n_boot=20) for h, p in probs.items()}
+    text = report.render_markdown(str(tmp_path), r18_msml.get_config(), results)
+    assert any(line.startswith("| Hernia | 2 ⚠ | ") for line in text.splitlines())
+    assert "⚠ Fewer than 5 test positives, AUC unreliable: Hernia." in text
+
+
+def test_best_epochs_are_each_stages_highest_validation_auc():
+    rows, _ = report_plots._global_steps([
+        {"step": 10, "stage": "a", "val/mean_auc": 0.70},
+        {"step": 20, "stage": "a", "val/mean_auc": 0.75},
+        {"step": 30, "stage": "a", "val/mean_auc": 0.74},
+        {"step": 10, "stage": "b", "val/mean_auc": 0.80},
+        {"step": 20, "stage": "b", "val/mean_auc": 0.80},  # a tie: the first is kept
+    ])
+    assert report_plots._best_epochs(rows) == [(20, 0.75, "a"), (40, 0.80, "b")]
 
 
 def test_write_report_without_a_training_log_says_so_and_still_draws(tmp_path, fake_run):
@@ -150,7 +237,7 @@ def test_write_report_marks_a_one_valued_class_as_na(tmp_path):
         results = {h: metrics.summary(p, labels, n_boot=0) for h, p in probs.items()}
     report.write_report(str(tmp_path), r18_msml.get_config(), results, probs, labels)
     text = (tmp_path / "report.md").read_text()
-    assert "| Hernia | n/a | n/a | n/a | n/a |" in text
+    assert "| Hernia | 0 ⚠ | n/a | n/a | n/a | n/a | n/a |" in text
     assert "Left out of the means (one label value in the test set): Hernia." in text
     assert _is_png(str(tmp_path / "eval" / "roc_curves.png"))
 
@@ -172,7 +259,7 @@ def test_global_steps_offsets_each_stage_and_keeps_the_last_of_resumed_steps():
         {"step": 10, "stage": "a", "val/mean_auc": 0.7},
         {"step": 5, "stage": "b", "train/loss": 1.0},
     ]
-    rows, starts = report._global_steps(records)
+    rows, starts = report_plots._global_steps(records)
     assert starts == [(0, "a"), (10, "b")]
     train = [(r["x"], r["train/loss"]) for r in rows if "train/loss" in r]
     assert train == [(5, 3.0), (10, 1.5), (15, 1.0)]

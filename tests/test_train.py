@@ -4,13 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import PAPER_CONFIGS, count_compiles, tiny_config
 
-from cxrjax import runs, train
-
-PAPER_CONFIGS = ["r18", "r18_bl", "r18_r18_bl", "r18_msml", "r18_msml_local",
-                 "r18_msml_local_fixed", "d121", "d121_bl", "d121_d121_bl", "d121_msml",
-                 "r18_vgg_msml", "d121_vgg_msml"]
+from cxrjax import inference, runs, train
 
 
 def fixed_batch(batch: int = 8, crop: int = 32, seed: int = 0) -> dict:
@@ -29,23 +25,24 @@ def snapshot(tree):
 def test_every_paper_config_learns_a_fixed_batch(name):
     """Repeated steps on one batch lower the loss of every stage (a learning check)."""
     config = tiny_config(name)
-    mesh = train.create_mesh()
+    mesh = inference.create_mesh()
     model, variables = runs.init_model(config, jnp.float32)
     for index in range(len(config.train.stages)):
         state, step = train.create_stage(config, index, model, variables, 100, mesh)
         batch = fixed_batch()
         first = None
-        for _ in range(6):
-            state, metrics = step(state, batch)
-            first = float(metrics["loss"]) if first is None else first
+        with count_compiles() as compiles:
+            for _ in range(6):
+                state, metrics = step(state, batch)
+                first = float(metrics["loss"]) if first is None else first
         assert float(metrics["loss"]) < first, (name, index)
         assert bool(metrics["finite"])
-        assert step._cache_size() == 1  # compiled once, never again
+        assert compiles["step"] == 1  # compiled once, never again
 
 
 def test_local_fixed_stage_two_keeps_trunks_and_their_batch_stats_bit_identical():
     config = tiny_config("r18_msml_local_fixed")
-    mesh = train.create_mesh()
+    mesh = inference.create_mesh()
     model, variables = runs.init_model(config, jnp.float32)
     state, step = train.create_stage(config, 1, model, variables, 100, mesh)
     before = snapshot(state)
@@ -63,7 +60,7 @@ def test_local_fixed_stage_two_keeps_trunks_and_their_batch_stats_bit_identical(
 
 def test_global_stage_updates_trunk_batch_stats():
     config = tiny_config("r18_msml")
-    mesh = train.create_mesh()
+    mesh = inference.create_mesh()
     model, variables = runs.init_model(config, jnp.float32)
     state, step = train.create_stage(config, 0, model, variables, 100, mesh)
     before = snapshot(state.batch_stats)
@@ -75,7 +72,7 @@ def test_global_stage_updates_trunk_batch_stats():
 
 def test_non_finite_batch_leaves_state_unchanged_and_names_step_and_head():
     config = tiny_config("r18_msml")
-    mesh = train.create_mesh()
+    mesh = inference.create_mesh()
     model, variables = runs.init_model(config, jnp.float32)
     state, step = train.create_stage(config, 0, model, variables, 100, mesh)
     state, _ = step(state, fixed_batch())
@@ -103,4 +100,4 @@ def test_a_stage_pattern_that_matches_no_parameter_is_refused():
     config.train.stages[1].trainable = "^nothing_matches$"
     model, variables = runs.init_model(config, jnp.float32)
     with pytest.raises(train.ConfigError, match=r"stages\[1\].trainable='\^nothing_matches\$'"):
-        train.create_stage(config, 1, model, variables, 10, train.create_mesh())
+        train.create_stage(config, 1, model, variables, 10, inference.create_mesh())

@@ -1,0 +1,302 @@
+"""The evaluator: what the train loop and the CLIs call to turn a model's variables into numbers.
+
+``Evaluator`` scores one model on the splits of one dataset: the validation score every epoch,
+the test split at the end of a run (predictions CSVs, ``test_metrics.json``, ``report.md``).
+``evaluate_run`` is the one path for a finished run, from ``main --mode eval`` and from
+``evaluate --workdir``: the best checkpoint of its last stage on a split of its own data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import jax
+import ml_collections as mlc
+import numpy as np
+from jax.sharding import Mesh
+
+from cxrjax import fileio, inference, metrics, predictions, runs
+from cxrjax.config_checks import check_config
+
+log = logging.getLogger("cxrjax")
+
+SPLITS = ("test", "val")
+
+
+def check_split(split: str) -> None:
+    """A ValueError unless ``split`` is one a finished run is scored on."""
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitScores:
+    """One split scored by one model. ``results`` is empty until the split is summarised."""
+
+    split: str
+    image_ids: list[str]
+    probs: dict[str, np.ndarray]  # head -> (N, 14) probabilities, with "fused"
+    labels: np.ndarray  # (N, 14) 0/1
+    results: dict[str, dict] = dataclasses.field(default_factory=dict)  # head -> summary
+
+
+class Evaluator:
+    """Scores variables of ``model`` on the splits of ``datasets`` (a ``pipeline.Datasets``),
+    jitted once and batch-sharded over ``mesh``; ``fusion`` names the heads averaged into
+    "fused", the model's reported prediction."""
+
+    def __init__(self, model: Any, fusion: Sequence[str], datasets: Any, mesh: Mesh):
+        self.datasets, self.mesh = datasets, mesh
+        self.model, self.fusion = model, tuple(fusion)
+        self.predict_fn = inference.make_predict_fn(model, tuple(fusion), mesh)
+
+    def predict(self, variables: dict, split: str) -> SplitScores:
+        """Every head's probabilities on ``split``, each image scored once."""
+        ids, probs, labels = inference.predict_split(self.predict_fn, variables, self.datasets,
+                                                     split, self.mesh)
+        return SplitScores(split, ids, probs, labels)
+
+    def score(self, variables: dict, split: str, *, n_boot: int, seed: int = 0) -> SplitScores:
+        """``predict`` plus a ``metrics.summary`` per head (the data's caveats are warnings)."""
+        scores = self.predict(variables, split)
+        results = {head: metrics.summary(p, scores.labels, n_boot=n_boot, seed=seed)
+                   for head, p in scores.probs.items()}
+        return dataclasses.replace(scores, results=results)
+
+    def validate(self, variables: dict) -> dict:
+        """The fused summary on the validation split, without bootstrap: the epoch's score."""
+        with caveats_logged_once("validation split: "):
+            scores = self.predict(variables, "val")
+            return metrics.summary(scores.probs["fused"], scores.labels, n_boot=0)
+
+    def test_and_report(self, variables: dict, workdir: str, config: mlc.ConfigDict
+                        ) -> SplitScores:
+        """Scores the test split (``config.eval.n_boot``), then what the report adds to the
+        AUCs (``beyond_auc``), and writes the files and the report."""
+        with caveats_logged_once("test split: "):
+            scores = self.score(variables, "test", n_boot=config.eval.n_boot)
+        write_test_outputs(workdir, config, scores, self.beyond_auc(variables, workdir, config),
+                           split_sizes={s: len(r) for s, r in self.datasets.split_rows.items()})
+        return scores
+
+    # -- beyond AUC (issue 12): operating points, calibration, box localization ---------------
+
+    def beyond_auc(self, variables: dict, workdir: str, config: mlc.ConfigDict) -> dict:
+        """What needs the model, on every process: the validation split's scores (operating
+        points and rescaling are fitted there) and the test split's box localization (its
+        files written here, since the picture reads the images)."""
+        val = None
+        if self.datasets.num_examples("val"):
+            with caveats_logged_once("validation split: "):
+                val = self.predict(variables, "val")
+        localization = {"skipped": "turned off (eval.localization = False)"}
+        if eval_options(config)["localization"]:
+            localization = self._localize_test(variables, workdir, config)
+        return {"val": val, "localization": localization}
+
+    def localize(self, variables: dict, boxes: Any, split: str = "test", *,
+                 methods: Sequence[str] | None = None, boxes_file: str = "", seed: int = 0,
+                 primary: str | None = None) -> Any:
+        """``localizer.localize`` of ``split``'s boxed images with this model's heatmaps (all
+        it offers by default), in jitted batches of the training batch size (Grad-CAM runs a
+        backward pass: a batch that trains fits)."""
+        from cxrjax import heatmaps, localizer
+
+        fn, size = localizer.model_map_fn(
+            self.model, self.fusion, variables, self.mesh,
+            methods or heatmaps.available_methods(self.model),
+            self.datasets.local_batch_size * self.datasets.process_count)
+        return localizer.localize(fn, size, self.datasets, boxes, split, crop=self.datasets.crop,
+                                  boxes_file=boxes_file, seed=seed, primary=primary)
+
+    def _localize_test(self, variables: dict, workdir: str, config: mlc.ConfigDict) -> dict:
+        """The test split's localization result (files in W/eval), or why there is none."""
+        from cxrjax import localization, localizer
+
+        path = localizer.default_boxes_path(config, workdir)
+        if not fileio.exists(path):
+            return {"skipped": f"the run's data has no boxes file ({path})"}
+        try:
+            localized = self.localize(variables, localization.read_boxes(path), "test",
+                                      boxes_file=path,
+                                      primary=eval_options(config)["localization_heatmap"])
+        except localization.BoxError as e:
+            log.warning("localization not scored: %s", e)
+            return {"skipped": str(e)}
+        if jax.process_index() == 0:
+            localizer.write_outputs(localized, self.datasets, fileio.join(workdir, "eval"))
+        return localized.result
+
+
+def write_test_outputs(workdir: str, config: mlc.ConfigDict, scores: SplitScores,
+                       extras: dict | None = None,
+                       split_sizes: dict[str, int] | None = None) -> None:
+    """W/eval/test_predictions.csv (fused), test_predictions_<head>.csv, test_metrics.json and
+    W/report.md with its plots; with ``extras`` (``Evaluator.beyond_auc``) also the operating
+    points and calibration (``write_beyond_auc``); on process 0 only."""
+    if jax.process_index() != 0:
+        return
+    from cxrjax import report  # matplotlib: only when a run is reported
+
+    eval_dir = fileio.join(workdir, "eval")
+    predictions.write_predictions(fileio.join(eval_dir, "test_predictions.csv"),
+                                  scores.image_ids, scores.probs["fused"])
+    for head, p in scores.probs.items():
+        if head != "fused":
+            predictions.write_predictions(
+                fileio.join(eval_dir, f"test_predictions_{head}.csv"), scores.image_ids, p)
+    results = scores.results
+    out = {**results["fused"], "heads": {h: r for h, r in results.items() if h != "fused"}}
+    sections = None if extras is None else write_beyond_auc(eval_dir, config, scores, extras)
+    if sections is not None:
+        out.update(operating_points=sections["operating_points"],
+                   calibration=sections["calibration"],
+                   localization=_localization_summary(sections["localization"]))
+    predictions.write_json(out, fileio.join(eval_dir, "test_metrics.json"))
+    report.write_report(workdir, config, results, scores.probs, scores.labels, extras=sections,
+                        split_sizes=split_sizes)
+
+
+def eval_options(config: mlc.ConfigDict) -> dict:
+    """``config.eval`` with the recipe's defaults for any field an older run's config lacks."""
+    from cxrjax import recipe
+
+    return {**recipe.base_config().eval.to_dict(), **dict(config.eval.items())}
+
+
+def write_beyond_auc(eval_dir: str, config: mlc.ConfigDict, test: SplitScores,
+                     extras: dict) -> dict:
+    """Per-class thresholds chosen on validation (eval/thresholds.json) and their measures on
+    ``test``; the probability heads' ECE and eval/reliability.png, with the optional rescaling.
+    Returns the sections' numbers, the localization result included."""
+    from cxrjax import calibration, operating_points
+
+    opts, val = eval_options(config), extras["val"]
+    if val is None:
+        points = {"skipped": "the validation split is empty"}
+    else:
+        with caveats_logged_once("operating points, validation split: "):
+            chosen, points = operating_points.evaluate_operating_points(
+                val.probs["fused"], val.labels, test.probs["fused"], test.labels,
+                rule=opts["threshold_rule"], target_sensitivity=opts["target_sensitivity"],
+                n_boot=int(opts["n_boot"]))
+        chosen.save(fileio.join(eval_dir, "thresholds.json"))
+    with caveats_logged_once("calibration, validation split: "):
+        calibrated = calibration.evaluate_calibration(
+            val.probs if val else {}, val.labels if val else None, test.probs, test.labels,
+            method=opts["calibration"] if val else "none", n_bins=int(opts["calibration_bins"]),
+            plot_path=fileio.join(eval_dir, "reliability.png"))
+    return {"operating_points": points, "calibration": calibrated,
+            "localization": extras["localization"]}
+
+
+def _localization_summary(result: dict) -> dict:
+    """test_metrics.json's short form of the localization result (all of it: eval/...json)."""
+    if "methods" not in result:
+        return result
+    best = result["methods"][result["primary"]]
+    return {"json": "eval/localization.json", "primary": result["primary"],
+            "thresholds": result["thresholds"], "boxes": result["boxes"],
+            "overall": best["scores"]["overall"],
+            "random_baseline_overall": best["random_baseline"]["overall"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# A finished run: its best checkpoint on a split of its own data.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+    """A run ready to score: the config its data and evaluation follow, its best step."""
+
+    workdir: str
+    config: mlc.ConfigDict
+    step: int
+    variables: dict
+    evaluator: Evaluator
+
+
+def open_run(workdir: str, config: mlc.ConfigDict | None = None) -> TrainedRun:
+    """The best checkpoint of a run's last stage, and its data prepared.
+
+    The model is the one the run trained (its config.json); data and evaluation follow
+    ``config`` when given (``main --mode eval``), else that same saved config. A ``config``
+    whose model or training differs from the run's is refused (WorkdirError): the report
+    would describe another model than the one scored.
+    """
+    from cxrjax import workdir as workdir_lib
+    from cxrjax.data import pipeline  # the data stack: only when a run is opened
+
+    workdir = fileio.expand(workdir)
+    mesh = inference.create_mesh()
+    saved, model, variables, step = runs.load_run(workdir, mesh)
+    if config is None:
+        config = saved
+    else:
+        check_config(config)
+        differ = [d for d in workdir_lib.config_differences(
+            saved, config, started_stages=len(saved.train.stages) + 1)
+            if not d.startswith("data.")]
+        if differ:
+            raise workdir_lib.WorkdirError(
+                f"refusing to evaluate {workdir} with another model or training config "
+                f"({'; '.join(differ[:8])}): give the run's config (only data.* and the "
+                "resumable fields may differ)")
+    datasets = pipeline.open_datasets(config, workdir)
+    return TrainedRun(workdir, config, step, variables,
+                      Evaluator(model, config.model.fusion, datasets, mesh))
+
+
+def evaluate_run(workdir: str, split: str = "test", *, config: mlc.ConfigDict | None = None,
+                 n_boot: int | None = None, seed: int = 0, write: bool = False
+                 ) -> tuple[int, SplitScores]:
+    """(best step, scores with a summary per head) of a finished run on ``split``.
+
+    ``n_boot`` defaults to the config's ``eval.n_boot``. With ``write`` (``main --mode eval``)
+    the test split's files and report are written as at the end of training, and the data's
+    caveats are logged; otherwise they stay warnings for the caller.
+    """
+    check_split(split)
+    if write and split != "test":
+        raise ValueError(f"only the test split's outputs are written, not {split!r}")
+    run = open_run(workdir, config)
+    if write:
+        return run.step, run.evaluator.test_and_report(run.variables, run.workdir, run.config)
+    n_boot = run.config.eval.n_boot if n_boot is None else n_boot
+    return run.step, run.evaluator.score(run.variables, split, n_boot=n_boot, seed=seed)
+
+
+def summary_line(fused: dict, workdir: str) -> str:
+    """What a run did, for its last line: ``test mean AUC X [lo, hi] on N images, report at
+    W/report.md`` (``fused``: the fused head's ``metrics.summary``)."""
+    lo, hi = (list(fused.get("mean_auc_ci95") or []) + [None, None])[:2]
+    ci = "" if lo is None or np.isnan(lo) else \
+        f" [{predictions.format_value(lo, 4)}, {predictions.format_value(hi, 4)}]"
+    return (f"test mean AUC {predictions.format_value(fused.get('mean_auc'), 4)}{ci} on "
+            f"{fused.get('n_images', '?')} images, report at "
+            f"{fileio.join(fileio.expand(workdir), 'report.md')}")
+
+
+# ---------------------------------------------------------------------------------------------
+# A split's caveats (a class with one label value) are the same every epoch: log them once.
+# ---------------------------------------------------------------------------------------------
+
+_LOGGED: set[str] = set()
+
+
+@contextlib.contextmanager
+def caveats_logged_once(prefix: str) -> Iterator[None]:
+    """Turns the warnings raised inside into log lines, each logged the first time only."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        if message not in _LOGGED:
+            _LOGGED.add(message)
+            log.warning("%s%s", prefix, message)

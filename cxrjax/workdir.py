@@ -1,0 +1,261 @@
+"""Who may write in a workdir: a new run, or the run it holds resumed with the same config.
+
+A workdir records its config (``config.json``). A later command with a config that differs in
+anything shaping the model, the data or the stages is refused with one line naming the fields,
+before anything in the workdir is touched; ``RESUMABLE_FIELDS`` may change. Starting over is
+explicit: ``move_aside`` (``main --restart``) renames the old run, it never deletes. A run that
+fails before writing anything but its config leaves no workdir behind (``Claim.release``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_collections as mlc
+
+from cxrjax import fileio, runs
+
+log = logging.getLogger("cxrjax")
+
+# What a resumed run may change (a name covers the fields under it): how often it logs and
+# checkpoints, how many checkpoints it keeps, how it is fed, how its test split is evaluated
+# (all of ``eval``), where its inputs are read from; and the learning rate, which a run stopped
+# by a non-finite loss is told to lower before it resumes. Everything else shapes the model, the
+# data or the stages. A stage's epochs may change too (train it longer or shorter), while no
+# later stage has started from it. Each change is logged when the run resumes.
+RESUMABLE_FIELDS: tuple[str, ...] = (
+    "train.lr", "train.log_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints",
+    "train.eval_batch_size", "eval", "data.workers", "data.prefetch", "data.prepare_workers",
+    "data.data_dir", "data.manual_dir", "data.chestmnist_path", "model.weights_dir",
+    "compile_cache_dir",
+)
+CONFIG_FILE = "config.json"
+COMMAND_FILE = "command.json"  # the config file and overrides of the latest command
+# What a run writes at the top of its workdir: a folder holding one of them is a run's.
+RUN_FILES = (CONFIG_FILE, COMMAND_FILE, "checkpoints", "metrics.jsonl", "tensorboard", "eval",
+             "report.md", "training_curves.png")
+
+
+class WorkdirError(ValueError):
+    """A workdir this command may not use; the message says why and what to do, in one line."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparing a recorded config with a new one.
+# ---------------------------------------------------------------------------------------------
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{"train.stages[0].epochs": 9, ...}: dicts by dotted name, lists of dicts by index (the
+    list's own key holds its length), other values as they are."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(tree, list) and tree and all(isinstance(x, dict) for x in tree):
+        out = {prefix: len(tree)}
+        for i, value in enumerate(tree):
+            out.update(_flatten(value, f"{prefix}[{i}]"))
+        return out
+    return {prefix: tree}
+
+
+def _plain(config: mlc.ConfigDict | dict) -> dict:
+    if isinstance(config, mlc.ConfigDict):
+        return json.loads(config.to_json_best_effort())
+    return json.loads(json.dumps(config, default=lambda o: o.to_dict() if hasattr(o, "to_dict")
+                                 else str(o)))
+
+
+def flatten_config(config: mlc.ConfigDict | dict) -> dict[str, Any]:
+    """Every field of a config (or its JSON dict) by dotted name, stages by index:
+    ``{"train.stages[0].epochs": 9, "train.stages": 1, ...}``, values as JSON has them."""
+    return _flatten(_plain(config))
+
+
+def _stage_of(name: str) -> int | None:
+    """3 for "train.stages[3].epochs"; None for a field outside the stages."""
+    if not name.startswith("train.stages["):
+        return None
+    return int(name[len("train.stages["):].split("]")[0])
+
+
+def config_differences(recorded: mlc.ConfigDict | dict, config: mlc.ConfigDict | dict,
+                       started_stages: int = 0) -> list[str]:
+    """The fields in which ``config`` may not differ from ``recorded`` but does, each as
+    ``name old -> new`` (JSON values), in the order of ``config``.
+
+    ``RESUMABLE_FIELDS`` may differ, and ``train.stages[i].epochs`` while fewer than ``i + 2``
+    stages have started (``started_stages``: how many hold a checkpoint). A field only the
+    recorded config has, outside the stages, is one this version no longer reads: ignored.
+    """
+    return compare_configs(recorded, config, started_stages)[0]
+
+
+def compare_configs(recorded: mlc.ConfigDict | dict, config: mlc.ConfigDict | dict,
+                    started_stages: int = 0) -> tuple[list[str], list[str]]:
+    """(refused, allowed): the differences ``config_differences`` refuses, and those a resumed
+    run may have (``RESUMABLE_FIELDS``, a stage's epochs), each ``name old -> new``."""
+    old, new = flatten_config(recorded), flatten_config(config)
+    refused, allowed = [], []
+    for name in list(new) + [n for n in old if n not in new]:
+        if old.get(name, _MISSING) == new.get(name, _MISSING):
+            continue
+        stage = _stage_of(name)
+        if name not in new and stage is None:
+            continue
+        if stage is not None and old.get("train.stages") != new.get("train.stages") and \
+                name != "train.stages":
+            continue  # the stage count already says it
+        change = f"{name} {_show(old.get(name, _MISSING))} -> {_show(new.get(name, _MISSING))}"
+        if resumable(name) or (stage is not None and name.endswith("].epochs")
+                               and started_stages <= stage + 1):
+            allowed.append(change)
+        else:
+            refused.append(change)
+    return refused, allowed
+
+
+_MISSING = object()
+
+
+def resumable(name: str) -> bool:
+    """Whether the field ``name`` (``train.stages[0].epochs``) is one of RESUMABLE_FIELDS."""
+    return any(name == f or name.startswith(f + ".") for f in RESUMABLE_FIELDS)
+
+
+def _show(value: Any) -> str:
+    text = "(none)" if value is _MISSING else json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def started_stages(workdir: str, config: mlc.ConfigDict) -> int:
+    """How many of ``config``'s stages hold a checkpoint in ``workdir`` (1 + the last one's
+    index; 0 if none)."""
+    started = 0
+    for i, stage in enumerate(config.train.stages):
+        try:
+            if any(name.isdigit() for name in fileio.listdir(runs.stage_dir(workdir, i, stage))):
+                started = i + 1
+        except FileNotFoundError:
+            continue
+    return started
+
+
+# ---------------------------------------------------------------------------------------------
+# Claiming a workdir for a run, and giving it back when the run wrote nothing.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """A workdir this run may write in, and what was in it before."""
+
+    workdir: str
+    existed: bool
+    before: frozenset[str]  # names at its top before the run
+
+    def release(self) -> None:
+        """After a failure: removes what this run created if it wrote nothing but its
+        config.json, empty files and folders (a bad data path, weights that are not there);
+        keeps anything else. (TensorBoard's files count as nothing while metrics.jsonl, which
+        gets every value first, is empty.)"""
+        if jax.process_index() != 0 or not fileio.isdir(self.workdir):
+            return
+        files = fileio.walk_files(self.workdir)
+        created = {f: n for f, n in files.items() if f.split("/")[0] not in self.before}
+        if any(n and f not in (CONFIG_FILE, COMMAND_FILE) and not f.startswith("tensorboard/")
+               for f, n in created.items()):
+            return  # the run wrote logs, checkpoints or data: they are worth keeping
+        if not self.existed:
+            fileio.rmtree(self.workdir)
+            return
+        for name in set(fileio.listdir(self.workdir)) - self.before:
+            path = fileio.join(self.workdir, name)
+            if fileio.isdir(path):
+                fileio.rmtree(path)
+            else:
+                fileio.remove(path, missing_ok=True)
+
+
+def claim(workdir: str, config: mlc.ConfigDict, command: Mapping | None = None) -> Claim:
+    """Checks that ``config`` may run in ``workdir`` (new, empty, or a run of the same config)
+    and records it there, with ``command`` (``{"config_file", "overrides", "argv"}``, the
+    report's source line) when given. WorkdirError, with nothing touched, if not."""
+    workdir = fileio.expand(workdir)
+    existed = fileio.isdir(workdir)
+    before = frozenset(fileio.listdir(workdir)) if existed else frozenset()
+    if jax.process_count() > 1:  # all look before process 0 writes: one decision everywhere
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("cxrjax: workdir inspected")
+    if CONFIG_FILE in before:
+        try:
+            recorded = runs.load_config(workdir)
+        except (ValueError, OSError) as e:
+            raise WorkdirError(f"refusing to use {workdir}: {e}; {WAYS_OUT}") from None
+        differ, changed = compare_configs(recorded, config, started_stages(workdir, recorded))
+        if changed and not differ:
+            log.info("resuming %s with changed fields: %s", workdir, "; ".join(changed))
+        if differ:
+            shown = "; ".join(differ[:8]) + (f"; and {len(differ) - 8} more"
+                                            if len(differ) > 8 else "")
+            raise WorkdirError(
+                f"refusing to use {workdir}: it holds a run of another config ({shown}); nothing "
+                "in it was changed. To resume, run that run's config (only the learning rate and "
+                "logging, checkpoint, evaluation, worker and path fields may change: "
+                "cxrjax.workdir.RESUMABLE_FIELDS), "
+                f"or {WAYS_OUT}")
+    elif before & set(RUN_FILES):
+        raise WorkdirError(f"refusing to use {workdir}: it holds "
+                           f"{', '.join(sorted(before & set(RUN_FILES)))} but no {CONFIG_FILE}, so "
+                           f"no run to resume; {WAYS_OUT}")
+    runs.record_config(workdir, config)
+    if command is not None and jax.process_index() == 0:
+        fileio.write_text(fileio.join(workdir, COMMAND_FILE), json.dumps(dict(command), indent=2))
+    return Claim(workdir, existed, before)
+
+
+def read_command(workdir: str) -> dict | None:
+    """The command recorded by ``claim`` (None if there is none or it is unreadable)."""
+    try:
+        command = json.loads(fileio.read_text(fileio.join(workdir, COMMAND_FILE)))
+    except (OSError, ValueError):
+        return None
+    return command if isinstance(command, dict) else None
+
+
+WAYS_OUT = ("pick another --workdir, or pass --restart to move the old run aside "
+             "(WORKDIR.old-<time>) and start over")
+
+
+def move_aside(workdir: str) -> str | None:
+    """Renames a run's workdir to ``WORKDIR.old-<YYYYmmdd-HHMMSS>`` (never deletes); returns
+    the new name, or None when there is no run there (a folder without config.json or a run's
+    files is left alone). On process 0; the others wait for it."""
+    workdir = fileio.expand(workdir)
+    target = None
+    if jax.process_index() == 0 and fileio.isdir(workdir) and \
+            set(fileio.listdir(workdir)) & set(RUN_FILES):
+        target = f"{workdir}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+        n = 1
+        while fileio.exists(target):
+            n += 1
+            target = f"{workdir}.old-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
+        try:
+            fileio.rename(workdir, target)
+        except OSError as e:
+            raise WorkdirError(f"cannot move {workdir} aside to {target}: {e}; move or remove it "
+                               "yourself") from None
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("cxrjax: workdir moved aside")
+    return target

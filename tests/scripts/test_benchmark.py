@@ -1,0 +1,119 @@
+"""scripts/benchmark.py: every mode of ours runs at a tiny size and prints valid JSON lines with
+its keys; the compile mode's warm process is served by the persistent cache; paper-run's phases
+add up to its wall time."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(ROOT, "scripts", "benchmark.py")
+# A tiny R18 row: the ResNet family's test-sized trunk, 32-px crops.
+TINY = ["--configs", "r18", "--set", "model.trunk_a=resnet_tiny", "--size", "32", "--batch", "4"]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts",
+                                                                     f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """The benchmark processes' environment: one private compilation cache for the module."""
+    cache = tmp_path_factory.mktemp("compile_cache")
+    return {**os.environ, "CXRJAX_COMPILE_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
+
+
+def _bench(env, *argv) -> list[dict]:
+    proc = subprocess.run([sys.executable, SCRIPT, *argv], capture_output=True, text=True,
+                          env=env, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert lines, proc.stdout
+    for line in lines:  # every figure says where and with what it was measured
+        assert {"date", "device", "host", "jax_version", "xla_flags", "bench"} <= line.keys()
+    return lines
+
+
+def test_torch_reference_mirrors_the_densenet_rows_with_their_256_channel_reduction():
+    benchmark = _load("benchmark")
+    assert benchmark.torch_args("d121_vgg_msml") == [
+        "--model", "fmsml", "--a", "densenet121", "--b", "vgg16", "--proj", "512",
+        "--reduce", "256"]
+    assert benchmark.torch_args("d121_msml")[-2:] == ["--reduce", "256"]
+    assert "--reduce" not in benchmark.torch_args("r18_msml")
+    assert benchmark.torch_args("d121") == ["--model", "baseline", "--a", "densenet121"]
+
+
+def test_set_overrides_config_fields_by_dotted_path_and_list_index():
+    common = _load("bench_common")
+    c = common.load_config("r18_msml", ["model.trunk_a=resnet_tiny", "train.stages.0.epochs=2",
+                                        "model.bilinear_reduce=8", "data.flip=True"])
+    assert (c.model.trunk_a, c.train.stages[0].epochs, c.model.bilinear_reduce, c.data.flip) \
+        == ("resnet_tiny", 2, 8, True)
+    with pytest.raises(SystemExit, match="expected KEY=VALUE"):
+        common.load_config("r18", ["model.trunk_a"])
+    with pytest.raises(SystemExit, match="no_such_field"):
+        common.load_config("r18", ["model.no_such_field.x=1"])
+
+
+def test_phases_count_each_second_once_compile_first_then_the_innermost_phase():
+    split = _load("bench_paper_run").split_phases
+    phases = [(0, 2, "data"), (5, 6, "validation"), (7, 9, "test_metrics"), (8, 9, "report")]
+    compiles = [(1, 1.5), (5.5, 6.5), (5.8, 6.0)]  # nested spans count once
+    got = split(0, 10, phases, compiles)
+    assert got == {"data": 1.5, "compile": 1.5, "train": 4.5, "validation": 0.5,
+                   "test_metrics": 1.0, "report": 1.0}
+    assert sum(got.values()) == pytest.approx(10)
+
+
+def test_train_mode_prints_the_step_figure(env):
+    (line,) = _bench(env, "train", *TINY, "--steps", "2", "--warmup", "1")
+    assert line["bench"] == "train_step" and line["impl"] == "jax" and line["config"] == "r18"
+    assert line["img_per_s"] > 0 and line["step_ms"] > 0 and line["compiles"] == 1
+    assert (line["batch"], line["size"]) == (4, 32)
+
+
+def test_compile_mode_times_each_function_cold_then_warm_from_the_cache(env):
+    lines = _bench(env, "compile", *TINY, "--eval-batch", "4", "--predict-batch", "2",
+                   "--min-compile-s", "0")
+    by = {(x["run"], x["function"]): x for x in lines}
+    functions = ("train_step", "eval_predict", "predict_scores", "predict_gradcam")
+    assert set(by) == {(run, f) for run in ("cold", "warm")
+                       for f in ("init", *functions, "time_to_first_step")}
+    for f in functions:
+        cold, warm = by["cold", f], by["warm", f]
+        assert {"trace_s", "compile_s", "first_run_s", "cache_hits", "cache_writes"} <= cold.keys()
+        assert cold["cache_writes"] >= 1 and cold["cache_hits"] == 0, f
+        assert warm["cache_hits"] >= 1 and warm["cache_writes"] == 0, f
+    assert by["warm", "init"]["cache_hits"] >= 1
+    assert by["warm", "time_to_first_step"]["seconds"] > 0
+
+
+def test_end_to_end_mode_feeds_the_step_from_grain(env, tmp_path):
+    (line,) = _bench(env, "end-to-end", *TINY, "--steps", "2", "--warmup", "1",
+                     "--data_root", str(tmp_path), "--synthetic_n", "48", "--resolution", "40")
+    assert line["bench"] == "end_to_end" and line["img_per_s"] > 0 and line["ratio"] > 0
+
+
+def test_paper_run_times_every_phase_of_a_whole_run_and_writes_its_report(env, tmp_path):
+    (line,) = _bench(env, "paper-run", "--config", "r18", "--set", "model.trunk_a=resnet_tiny",
+                     "--scale", "0.0015", "--resolution", "40", "--crop", "32", "--batch", "8",
+                     "--eval-batch", "16", "--epochs", "2", "--n-boot", "10", "--workers", "0",
+                     "--workdir", str(tmp_path / "run"))
+    assert line["bench"] == "paper_run" and line["images"] == 168 and line["epochs"] == 2
+    phases = line["phases_s"]
+    assert set(phases) == {"data", "compile", "train", "validation", "test_metrics", "report"}
+    assert all(v >= 0 for v in phases.values()) and phases["data"] > 0 and phases["compile"] > 0
+    assert sum(phases.values()) == pytest.approx(line["total_s"], abs=0.1)
+    assert line["steps"] > 0 and line["steps"] % 2 == 0  # whole epochs
+    assert 0 <= line["test_mean_auc"] <= 1 and len(line["test_mean_auc_ci95"]) == 2
+    assert (tmp_path / "run" / "report.md").is_file()
+    assert (tmp_path / "run" / "eval" / "test_metrics.json").is_file()

@@ -1,0 +1,146 @@
+"""Calibration: reliability bins against scikit-learn, ECE by hand, temperature and Platt
+scaling fitted on validation, and the reliability-diagram PNG."""
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.calibration import calibration_curve
+from sklearn.linear_model import LogisticRegression
+
+from cxrjax import calibration as cal
+from cxrjax.data.labels import CLASSES
+
+
+def _overconfident(n=4000, classes=3, temperature=2.0, seed=0):
+    """Probabilities sigmoid(z) for labels drawn from sigmoid(z / temperature): too sure."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(-1.0, 3.0, (n, classes))
+    labels = (rng.random(z.shape) < 1 / (1 + np.exp(-z / temperature))).astype(int)
+    return 1 / (1 + np.exp(-z)), labels
+
+
+@pytest.mark.parametrize("n_bins", [5, 10, 15])
+def test_reliability_bins_match_scikit_learns_uniform_calibration_curve(n_bins):
+    probs, labels = _overconfident()
+    probs[:40, 0] = np.round(probs[:40, 0], 1)  # values exactly on bin edges
+    probs[40:42, 0] = [0.0, 1.0]
+    curve = cal.reliability_curve(probs, labels, n_bins)
+    for c in range(probs.shape[1]):
+        frac, mean = calibration_curve(labels[:, c], probs[:, c], n_bins=n_bins,
+                                       strategy="uniform")
+        filled = curve["count"][c] > 0
+        np.testing.assert_allclose(curve["fraction_positive"][c][filled], frac)
+        np.testing.assert_allclose(curve["mean_predicted"][c][filled], mean)
+        assert np.isnan(curve["mean_predicted"][c][~filled]).all()
+    assert curve["count"].sum(axis=1).tolist() == [len(probs)] * probs.shape[1]
+
+
+def test_ece_weights_each_bins_gap_by_its_share_of_images():
+    probs = np.array([[0.1], [0.1], [0.3], [0.9], [0.9], [0.9], [0.9], [1.0]])
+    labels = np.array([[0], [1], [0], [1], [1], [0], [1], [1]])
+    # bins of 0.5: [0, .5] holds .1 .1 .3 (mean .1667, 1/3 positive); (.5, 1] the rest
+    # (mean .92, 4/5 positive): ECE = 3/8 * |1/3 - 1/6| + 5/8 * |4/5 - 0.92|.
+    per_class, pooled = cal.expected_calibration_error(probs, labels, n_bins=2)
+    assert per_class[0] == pytest.approx(3 / 8 * (1 / 3 - 1 / 6) + 5 / 8 * 0.12)
+    assert pooled == pytest.approx(per_class[0])
+
+
+def test_pooled_ece_is_the_ece_of_all_predictions_as_one_column():
+    probs, labels = _overconfident(classes=4)
+    per_class, pooled = cal.expected_calibration_error(probs, labels)
+    alone, _ = cal.expected_calibration_error(probs.reshape(-1, 1), labels.reshape(-1, 1))
+    assert pooled == pytest.approx(alone[0]) and per_class.shape == (4,)
+    summary = cal.calibration_summary(probs, labels, classes=("a", "b", "c", "d"))
+    assert summary["mean_over_classes"] == pytest.approx(per_class.mean())
+
+
+def test_well_calibrated_probabilities_have_small_ece_and_overconfident_ones_do_not():
+    rng = np.random.default_rng(1)
+    probs = rng.random((20000, 2))
+    calibrated = (rng.random(probs.shape) < probs).astype(int)
+    assert cal.expected_calibration_error(probs, calibrated)[1] < 0.01
+    assert cal.expected_calibration_error(*_overconfident())[1] > 0.05
+
+
+def test_platt_scaling_is_scikit_learns_unpenalised_logistic_regression_on_the_logit():
+    probs, labels = _overconfident(n=3000, seed=2)
+    fitted = cal.fit_calibrator(probs, labels, "platt", l2=0.0, classes=("a", "b", "c"))
+    logit = np.log(probs) - np.log1p(-probs)
+    for c in range(3):
+        reference = LogisticRegression(C=np.inf, tol=1e-10, max_iter=1000).fit(
+            logit[:, [c]], labels[:, c])
+        assert fitted.slope[c] == pytest.approx(reference.coef_[0, 0], rel=1e-5)
+        assert fitted.intercept[c] == pytest.approx(reference.intercept_[0], abs=1e-5)
+
+
+def test_temperature_scaling_recovers_the_temperature_and_lowers_test_ece():
+    val = _overconfident(n=20000, temperature=2.0, seed=3)
+    test = _overconfident(n=20000, temperature=2.0, seed=4)
+    fitted = cal.fit_calibrator(*val, "temperature", classes=("a", "b", "c"))
+    np.testing.assert_allclose(1 / fitted.slope, 2.0, rtol=0.08)
+    assert (fitted.intercept == 0).all()
+    report = cal.rescaling_report(*val, *test, classes=("a", "b", "c"))
+    assert report["test_ece_after"]["overall"] < report["test_ece_before"]["overall"] / 3
+    assert report["parameters"]["per_class"]["a"]["slope"] == pytest.approx(fitted.slope[0])
+
+
+def test_separable_class_keeps_a_finite_fit_and_constant_class_stays_uncalibrated():
+    probs = np.array([[0.2, 0.3], [0.3, 0.6], [0.7, 0.4], [0.8, 0.5]])
+    labels = np.array([[0, 0], [0, 0], [1, 0], [1, 0]])
+    with pytest.warns(UserWarning, match="b: one label value"):
+        fitted = cal.fit_calibrator(probs, labels, "platt", classes=("a", "b"))
+    assert np.isfinite(fitted.slope).all() and fitted.slope[0] > 1
+    assert (fitted.slope[1], fitted.intercept[1]) == (1.0, 0.0)
+    np.testing.assert_allclose(fitted.apply(probs)[:, 1], probs[:, 1])
+
+
+@pytest.mark.parametrize("probs, message", [
+    (np.array([[1.5], [0.2]]), r"must lie in \[0, 1\].*not a probability"),
+    (np.array([[np.nan], [0.2]]), "finite"),
+])
+def test_input_that_is_not_a_probability_is_a_one_line_error(probs, message):
+    with pytest.raises(ValueError, match=message) as e:
+        cal.expected_calibration_error(probs, np.array([[1], [0]]))
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_method_is_a_one_line_error():
+    with pytest.raises(ValueError, match="unknown calibration method 'isotonic'"):
+        cal.fit_calibrator(*_overconfident(classes=1), "isotonic", classes=("a",))
+
+
+def test_reliability_diagram_png_has_a_panel_per_class_and_a_line_per_head(tmp_path):
+    rng = np.random.default_rng(5)
+    z = rng.normal(-2.5, 2.0, (3000, 14))
+    labels = (rng.random(z.shape) < 1 / (1 + np.exp(-z))).astype(int)
+    heads = {"fused": (1 / (1 + np.exp(-z)), labels),
+             "ce": (1 / (1 + np.exp(-1.8 * z)), labels),
+             "fce": (1 / (1 + np.exp(-0.6 * z - 0.5)), labels)}
+    path = cal.plot_reliability(heads, str(tmp_path / "reliability.png"), classes=CLASSES)
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > 1000 and image.size[1] > 1000
+        pixels = np.asarray(image.convert("RGB"))
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # drawn, not blank
+
+
+def test_run_calibration_reports_probability_heads_and_rescales_the_fused_only_when_asked(
+        tmp_path):
+    rng = np.random.default_rng(7)
+    labels = (rng.random((800, 14)) < 0.5).astype(int)  # even odds: a temperature suffices
+    logits = 4.0 * (2 * labels - 1 + rng.normal(0, 1.0, labels.shape))  # 2x overconfident
+    probs = {"fused": 1 / (1 + np.exp(-logits)), "ce": 1 / (1 + np.exp(-logits / 2)),
+             "msml": 1 / (1 + np.exp(-logits))}
+    val, test = {h: p[:400] for h, p in probs.items()}, {h: p[400:] for h, p in probs.items()}
+    plain = cal.evaluate_calibration(val, labels[:400], test, labels[400:])
+    assert set(plain["heads"]) == {"fused", "ce"} and plain["ranking_heads"] == ["msml"]
+    assert plain["rescaling"] is None
+    path = tmp_path / "reliability.png"
+    scaled = cal.evaluate_calibration(val, labels[:400], test, labels[400:],
+                                      method="temperature", plot_path=str(path))
+    after = scaled["rescaling"]["test_ece_after"]["overall"]
+    assert after < scaled["heads"]["fused"]["overall"] / 2 and path.stat().st_size > 10_000
+    section = cal.report_section(scaled, "eval/reliability.png")
+    assert "| **all predictions pooled** |" in section and "MSML (stream B)" in section
+    assert "Temperature scaling of the fused prediction" in section
+    with pytest.raises(ValueError, match="unknown calibration 'isotonic'"):
+        cal.evaluate_calibration(val, labels[:400], test, labels[400:], method="isotonic")
