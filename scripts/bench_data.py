@@ -104,14 +104,14 @@ def _bare_parallel(paths: list[str], resolution: int, workers: int) -> float:
 
 def run_data_prepare(args) -> list[dict]:
     """Per-core builder throughput vs the bare loop (same run), and raw vs PNG records."""
-    from cxrjax.data import builder, prepare
+    from cxrjax.data import builder, nih_layout
 
     opt = _options(args)
     workers = [int(w) for w in (opt.workers or f"1,{_cores()}").split(",")]
     records = []
     with tempfile.TemporaryDirectory() as tmp:
         manual = _with_table(opt.manual_dir, tmp, opt.repeat)
-        paths = sorted(builder.scan(manual)[0], key=lambda r: r.image_id)
+        paths = sorted(nih_layout.scan(manual)[0], key=lambda r: r.image_id)
         paths = [r.path for r in paths]
         _bare_loop(paths[:5], opt.resolution)  # warm the page cache
         bare = _bare_loop(paths, opt.resolution)
@@ -132,13 +132,13 @@ def run_data_prepare(args) -> list[dict]:
                             "bare_loops_in_parallel_images_per_s": round(bare_w, 1),
                             "vs_bare_loop": round(ips / bare_w, 3),
                             "load_average_1min": round(os.getloadavg()[0], 2)})
-        records.append(_storage(paths[:50], opt.resolution, prepare))
+        records.append(_storage(paths[:50], opt.resolution, nih_layout))
     return records
 
 
-def _storage(paths: list[str], resolution: int, prepare) -> dict:
+def _storage(paths: list[str], resolution: int, nih_layout) -> dict:
     """Bytes per record and decode cost: raw uint8 vs PNG-encoded, at ``resolution``."""
-    images = [prepare.decode_image(p, resolution)[0] for p in paths]
+    images = [nih_layout.decode_image(p, resolution)[0] for p in paths]
     pngs = []
     for im in images:
         buf = io.BytesIO()
@@ -195,7 +195,8 @@ def run_data_pipeline(args) -> list[dict]:
                 source="nih", data_dir=data_dir, manual_dir=manual, split_scheme="paper",
                 split_seed=0, resolution=opt.resolution, crop=opt.crop, flip=False, workers=w,
                 prefetch=4, chestmnist_path="", synthetic_n=0, synthetic_size=0))
-            ds = pipeline.create_datasets(cfg, global_batch_size=opt.batch,
+            prepared = pipeline.PreparedData(data_dir=data_dir, manual_dir=manual)
+            ds = pipeline.create_datasets(cfg, prepared, global_batch_size=opt.batch,
                                           eval_batch_size=opt.batch, seed=0, process_index=0,
                                           process_count=1)
             it = ds.train_iter()

@@ -2,22 +2,27 @@
 
     python scripts/benchmark.py train --configs r18,r18_msml --batch 256 --size 224 \
         [--torch-reference PATH/torch_reference.py]     # train step, JAX beside PyTorch
-    python scripts/benchmark.py end-to-end --configs r18 [--data-dir D] # fed by grain
+    python scripts/benchmark.py end-to-end --configs r18 [--data_dir D] # fed by grain
+    python scripts/benchmark.py compile --configs r18_msml,d121      # compile s, cold + warm
+    python scripts/benchmark.py paper-run --config r18_msml [--scale 0.01]  # phases of a run
+    python scripts/benchmark.py metrics [--n_boot 1000]   # test-set metrics + bootstrap CIs
     python scripts/benchmark.py backbone ...            # forward / forward+backward per arch
     python scripts/benchmark.py data-prepare ...        # builder vs a bare PIL decode loop
     python scripts/benchmark.py data-pipeline ...       # grain images/s per worker count
 
+The PyTorch reference mirrors each config's model (``torch_args``: baseline or F-MSML, with
+``--reduce`` for the DenseNet rows' 1x1 reduction). Every mode takes ``--set KEY=VALUE``
+(repeatable) to override config fields, e.g. ``--set model.trunk_a=resnet_tiny`` for a
+test-sized model. ``train`` and ``end-to-end`` leave the persistent compilation cache off (their
+``warmup_s`` is a cold compile plus the warm-up steps); ``compile`` and ``paper-run`` use it.
 Timings on a shared machine are noisy: compare figures measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -26,34 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
-
-def emit(record: dict, out: str | None) -> None:
-    """Prints one JSON line (and appends it to ``out``)."""
-    import jax
-
-    record = {"date": datetime.date.today().isoformat(), "device": _device_name(),
-              "host": platform.node(), **record}
-    if "jax_version" not in record:
-        record["jax_version"] = jax.__version__
-    line = json.dumps(record)
-    print(line, flush=True)
-    if out:
-        with open(out, "a") as f:
-            f.write(line + "\n")
-
-
-def _device_name() -> str:
-    import jax
-
-    d = jax.devices()[0]
-    return f"{d.platform}:{getattr(d, 'device_kind', '')} x{jax.device_count()}"
-
-
-def load_config(name: str):
-    """A config by file name under configs/ ('r18_msml') or by path."""
-    module = name if not name.endswith(".py") else os.path.basename(name)[:-3]
-    return importlib.import_module(f"configs.{module}").get_config()
-
+from bench_common import emit, load_config  # noqa: E402
 
 # ------------------------------------------------------------------------------------------
 # train: the jitted train step on device-resident synthetic batches (no data stack).
@@ -61,22 +39,22 @@ def load_config(name: str):
 
 
 def bench_train_step(name: str, batch: int, size: int, steps: int, warmup: int,
-                     dtype: str) -> dict:
+                     dtype: str, overrides: list[str] = ()) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from cxrjax import config_checks, runs, train
+    from cxrjax import inference, models, runs, train
 
-    config = load_config(name)
+    config = load_config(name, overrides)
     config.model.init = "scratch"
     config.data.crop = size
     config.train.batch_size = batch
     config.dtype = dtype
-    mesh = train.create_mesh()
-    model, variables = runs.init_model(config, config_checks.compute_dtype(config))
+    mesh = inference.create_mesh()
+    model, variables = runs.init_model(config, models.compute_dtype(config.dtype))
     state, step = train.create_stage(config, 0, model, variables, steps_per_epoch=1000,
                                      mesh=mesh)
     rng = np.random.default_rng(0)
@@ -96,43 +74,50 @@ def bench_train_step(name: str, batch: int, size: int, steps: int, warmup: int,
     dt = time.perf_counter() - t0
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     return {"bench": "train_step", "impl": "jax", "config": name,
-            "dtype": str(jnp.dtype(config_checks.compute_dtype(config))), "batch": batch,
+            "dtype": str(jnp.dtype(models.compute_dtype(config.dtype))), "batch": batch,
             "size": size,
             "img_per_s": round(batch * steps / dt, 1), "step_ms": round(1e3 * dt / steps, 2),
             "warmup_s": round(warm, 1), "loss": round(float(m["loss"]), 4),
             "params": int(n_params), "compiles": step._cache_size()}
 
 
-def torch_args(name: str) -> list[str] | None:
-    """The torch_reference.py arguments mirroring a config (None if it has no mirror)."""
-    m = load_config(name).model
+def torch_args(name: str, overrides: list[str] = ()) -> list[str] | None:
+    """The torch_reference.py arguments mirroring a config (None if it has no mirror); the
+    DenseNet rows' 1x1 reduction of each stream before the bilinear product is ``--reduce``."""
+    m = load_config(name, overrides).model
     if m.trunk_b is None and not m.bilinear:
         return ["--model", "baseline", "--a", m.trunk_a]
-    if m.trunk_b is not None and m.bilinear and m.head_a == "ce" and m.head_b == "msml" \
-            and not m.bilinear_reduce:
+    if m.trunk_b is not None and m.bilinear and m.head_a == "ce" and m.head_b == "msml":
         return ["--model", "fmsml", "--a", m.trunk_a, "--b", m.trunk_b,
-                "--proj", str(m.bilinear_dim)]
+                "--proj", str(m.bilinear_dim),
+                *(["--reduce", str(m.bilinear_reduce)] if m.bilinear_reduce else [])]
     return None
 
 
 def run_train(args) -> None:
     for name in args.configs.split(","):
-        emit(bench_train_step(name, args.batch, args.size, args.steps, args.warmup, args.dtype),
-             args.out)
-        targs = torch_args(name) if args.torch_reference else None
+        emit(bench_train_step(name, args.batch, args.size, args.steps, args.warmup, args.dtype,
+                              args.set), args.out)
+        targs = torch_args(name, args.set) if args.torch_reference else None
         if targs is None:
             continue
         cmd = [sys.executable, args.torch_reference, *targs, "--batch", str(args.batch),
                "--size", str(args.size), "--steps", str(args.steps), "--warmup",
                str(args.warmup), "--compile", args.torch_compile]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode:
-            emit({"bench": "train_step", "impl": "torch", "config": name,
-                  "error": proc.stderr.strip().splitlines()[-1:]}, args.out)
-            continue
-        for line in proc.stdout.splitlines():
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                                  timeout=args.torch_timeout)
+            stdout, error = proc.stdout, proc.returncode and \
+                (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        except subprocess.TimeoutExpired as e:  # keep what finished (eager before compiled)
+            stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else e.stdout or ""
+            error = f"timed out after {args.torch_timeout} s"
+        for line in stdout.splitlines():
             if line.startswith("{"):
                 emit({"bench": "train_step", "config": name, **json.loads(line)}, args.out)
+        if error:
+            emit({"bench": "train_step", "impl": "torch", "config": name,
+                  "torch_args": targs, "error": error}, args.out)
 
 
 # ------------------------------------------------------------------------------------------
@@ -145,7 +130,7 @@ def run_end_to_end(args) -> None:
     import jax
     import numpy as np
 
-    from cxrjax import config_checks, runs, train
+    from cxrjax import inference, models, runs, train
     from cxrjax.data import pipeline
 
     p = argparse.ArgumentParser(prog="benchmark.py end-to-end")
@@ -153,9 +138,11 @@ def run_end_to_end(args) -> None:
     p.add_argument("--resolution", type=int, default=256, help="stored image size")
     p.add_argument("--synthetic_n", type=int, default=2000)
     p.add_argument("--workers", type=int, default=0, help="grain worker processes")
+    p.add_argument("--data_root", default=os.path.join(ROOT, ".bench"),
+                   help="where the synthetic set is made once and reused")
     opts = p.parse_args(args.extra)
     for name in args.configs.split(","):
-        config = load_config(name)
+        config = load_config(name, args.set)
         config.model.init = "scratch"
         config.train.batch_size = args.batch
         config.data.crop = args.size
@@ -167,14 +154,14 @@ def run_end_to_end(args) -> None:
             config.data.source, config.data.synthetic_n = "synthetic", opts.synthetic_n
             config.data.synthetic_size = config.data.resolution = opts.resolution
         config.data.workers = opts.workers
-        data_cfg = pipeline.ensure_prepared(config.data, os.path.join(ROOT, ".bench"))
-        ds = pipeline.create_datasets(data_cfg, global_batch_size=args.batch,
+        prepared = pipeline.ensure_prepared(config.data, opts.data_root)
+        ds = pipeline.create_datasets(config.data, prepared, global_batch_size=args.batch,
                                       eval_batch_size=args.batch, seed=0)
-        mesh = train.create_mesh()
-        model, variables = runs.init_model(config, config_checks.compute_dtype(config))
+        mesh = inference.create_mesh()
+        model, variables = runs.init_model(config, models.compute_dtype(config.dtype))
         state, step = train.create_stage(config, 0, model, variables, ds.steps_per_epoch, mesh)
-        batches = train.prefetch_to_mesh(ds.train_iter(), train.NamedSharding(
-            mesh, train.P("data")), size=max(config.data.prefetch, 1))
+        batches = train.prefetch_to_mesh(ds.train_iter(), inference.batch_sharded(mesh),
+                                         size=max(config.data.prefetch, 1))
         batch = None
         for _ in range(args.warmup):
             batch, _ = next(batches)
@@ -197,8 +184,53 @@ def run_end_to_end(args) -> None:
 
 
 # ------------------------------------------------------------------------------------------
+# metrics: the test-set summary (AUC family + both bootstraps) at the CheXNet test size.
+# ------------------------------------------------------------------------------------------
+
+
+def run_metrics(args) -> None:
+    import warnings
+
+    import numpy as np
+
+    from cxrjax import metrics
+    from cxrjax.data import labels as labels_lib
+    from cxrjax.data import splits
+
+    table = labels_lib.load_label_table()
+    truth = table.labels[table.rows(splits.chexnet_lists()["test"])]  # real test prevalence
+    rng = np.random.default_rng(0)
+    scores = rng.random(truth.shape) * 0.7 + 0.3 * truth
+    n_boot = int(args.n_boot)
+    times = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for seed in (0, 1):  # the first call compiles the jitted bootstrap, the second reuses it
+            start = time.perf_counter()
+            metrics.summary(scores, truth, n_boot=n_boot, seed=seed)
+            times.append(round(time.perf_counter() - start, 2))
+    emit({"bench": "metrics_summary", "images": int(truth.shape[0]),
+          "classes": int(truth.shape[1]), "n_boot": n_boot, "first_call_s": times[0],
+          "second_call_s": times[1]}, args.out)
+
+
+# ------------------------------------------------------------------------------------------
 # Modes implemented next to the code they measure.
 # ------------------------------------------------------------------------------------------
+
+
+def run_compile(args) -> None:
+    from bench_compile import run_compile as run
+
+    for record in run(args):
+        emit(record, args.out)
+
+
+def run_paper_run(args) -> None:
+    from bench_paper_run import run_paper_run as run
+
+    for record in run(args):
+        emit(record, args.out)
 
 
 def run_backbone(args) -> None:
@@ -222,25 +254,37 @@ def run_data_pipeline(args) -> None:
         emit(record, args.out)
 
 
+MODES = {"train": run_train, "end-to-end": run_end_to_end, "compile": run_compile,
+         "metrics": run_metrics,
+         "paper-run": run_paper_run, "backbone": run_backbone,
+         "data-prepare": run_data_prepare, "data-pipeline": run_data_pipeline}
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__,
+    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["train", "end-to-end", "backbone", "data-prepare",
-                                    "data-pipeline"])
+    p.add_argument("mode", choices=list(MODES))
     p.add_argument("--out", help="also append the JSON lines to this file")
     p.add_argument("--configs", default="r18,r18_msml")
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--batch", type=int, default=None,
+                   help="global batch (default 256; paper-run: the config's)")
+    p.add_argument("--size", type=int, default=None, help="crop side (default 224)")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field (repeatable)")
+    p.add_argument("--n_boot", type=int, default=1000, help="metrics: bootstrap resamples")
     p.add_argument("--torch-reference", help="path of torch_reference.py to run beside JAX")
     p.add_argument("--torch-compile", default="both", choices=["no", "yes", "both"])
+    p.add_argument("--torch-timeout", type=float, default=None,
+                   help="seconds before the PyTorch reference of one config is stopped")
     args, extra = p.parse_known_args(argv)
     args.extra = extra
-    modes = {"train": run_train, "end-to-end": run_end_to_end, "backbone": run_backbone,
-             "data-prepare": run_data_prepare, "data-pipeline": run_data_pipeline}
-    modes[args.mode](args)
+    if args.mode != "paper-run":
+        args.batch = args.batch or 256
+        args.size = args.size or 224
+    MODES[args.mode](args)
 
 
 if __name__ == "__main__":
