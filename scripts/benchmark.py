@@ -32,6 +32,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 from bench_common import emit, load_config  # noqa: E402
+from bench_compile import BACKEND_COMPILE, CompileEvents  # noqa: E402
 
 # ------------------------------------------------------------------------------------------
 # train: the jitted train step on device-resident synthetic batches (no data stack).
@@ -62,6 +63,7 @@ def bench_train_step(name: str, batch: int, size: int, steps: int, warmup: int,
     host = {"image": rng.integers(0, 256, (batch, size, size, 1), dtype=np.uint8),
             "labels": (rng.random((batch, 14)) < 0.1).astype(np.uint8)}
     device_batch = {k: jax.device_put(v, data) for k, v in host.items()}
+    events = CompileEvents()  # XLA compilations of the step while it is timed: 1 expected
     t0 = time.perf_counter()
     for _ in range(warmup):
         state, m = step(state, device_batch)
@@ -72,13 +74,16 @@ def bench_train_step(name: str, batch: int, size: int, steps: int, warmup: int,
         state, m = step(state, device_batch)
     jax.block_until_ready(m)
     dt = time.perf_counter() - t0
+    events.close()
+    compiles = sum(1 for _, _, event, fun in events.spans
+                   if event == BACKEND_COMPILE and fun == "step")
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     return {"bench": "train_step", "impl": "jax", "config": name,
             "dtype": str(jnp.dtype(models.compute_dtype(config.dtype))), "batch": batch,
             "size": size,
             "img_per_s": round(batch * steps / dt, 1), "step_ms": round(1e3 * dt / steps, 2),
             "warmup_s": round(warm, 1), "loss": round(float(m["loss"]), 4),
-            "params": int(n_params), "compiles": step._cache_size()}
+            "params": int(n_params), "compiles": compiles}
 
 
 def torch_args(name: str, overrides: list[str] = ()) -> list[str] | None:
