@@ -76,7 +76,7 @@ def bench_train_step(name: str, batch: int, size: int, steps: int, warmup: int,
     dt = time.perf_counter() - t0
     events.close()
     compiles = sum(1 for _, _, event, fun in events.spans
-                   if event == BACKEND_COMPILE and fun == "step")
+                   if event == BACKEND_COMPILE and fun == "jit(step)")
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     return {"bench": "train_step", "impl": "jax", "config": name,
             "dtype": str(jnp.dtype(models.compute_dtype(config.dtype))), "batch": batch,
