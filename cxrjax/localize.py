@@ -23,7 +23,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from cxrjax import checkpoint, compilation_cache, evaluator, fileio, heatmaps, localizer
+from cxrjax import checkpoint, compilation_cache, evaluator, fileio, heatmaps, localizer, logs
 from cxrjax import localization as loc
 
 
@@ -54,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI; returns the exit code (2 on bad input, with a one-line message)."""
     args = build_parser().parse_args(argv)
+    logs.setup(logging.WARNING, libraries=logging.ERROR)  # our format; warnings only
     compilation_cache.enable()
-    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax/TFDS chatter is not for users
     try:
         if args.grid < 1:
             raise ValueError(f"--grid must be >= 1, got {args.grid}")

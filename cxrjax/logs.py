@@ -57,7 +57,10 @@ def setup(level: int = logging.INFO, libraries: int = logging.WARNING) -> loggin
     handler.set_name(_HANDLER_NAME)
     root = logging.getLogger()
     for old in list(root.handlers):
-        if old.get_name() == _HANDLER_NAME or isinstance(old, absl_logging.ABSLHandler):
+        # Ours from an earlier call, absl's, and the plain stderr handler that absl's first log
+        # call installs through logging.basicConfig() outside app.run (orbax logs at import).
+        basic = type(old) is logging.StreamHandler and old.stream in (sys.stderr, sys.__stderr__)
+        if old.get_name() == _HANDLER_NAME or isinstance(old, absl_logging.ABSLHandler) or basic:
             root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(libraries)

@@ -261,9 +261,9 @@ def create_datasets(data_cfg: Any, prepared: PreparedData, *, global_batch_size:
     for split, names in split_names.items():
         rows = [index[n] for n in names if n in index]
         if len(rows) < len(names):
-            logging.warning("split %s: %d of its %d images are not in the prepared dataset "
-                            "(skipped when preparing?)", split, len(names) - len(rows),
-                            len(names))
+            logging.getLogger("cxrjax").warning(
+                "split %s: %d of its %d images are not in the prepared dataset (skipped when "
+                "preparing?)", split, len(names) - len(rows), len(names))
         split_rows[split] = np.asarray(rows, np.int64)
     crop = int(data_cfg.crop)
     if not 0 < crop <= records.resolution:
