@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 
 from cxrjax import fileio, metrics
 from cxrjax.data.labels import CLASSES
+from cxrjax.predictions import HEAD_TITLES
 
 METHODS = ("temperature", "platt")
 _EPS = 1e-7  # probabilities are clipped to [eps, 1 - eps] before taking logits
@@ -247,8 +248,6 @@ def rescaling_report(val_probs, val_labels, test_probs, test_labels, *,
 
 PROBABILITY_HEADS = ("fused", "ce", "ce_b", "fce")  # sigmoid of a BCE-trained logit (or a mean)
 RANKING_HEADS = ("msml",)  # trained with a ranking loss: a score, not a probability
-_HEAD_TITLES = {"fused": "Fused", "ce": "CE (stream A)", "ce_b": "CE (stream B)",
-                "fce": "FCE (bilinear)", "msml": "MSML (stream B)"}
 
 
 def evaluate_calibration(val_probs: Mapping[str, np.ndarray], val_labels,
@@ -265,7 +264,7 @@ def evaluate_calibration(val_probs: Mapping[str, np.ndarray], val_labels,
                                                               n_bins=n_bins, classes=classes)
                                        for h in heads},
            "ranking_heads": [h for h in test_probs if h in RANKING_HEADS], "rescaling": None}
-    curves = {_HEAD_TITLES.get(h, h): (test_probs[h], test_labels) for h in heads}
+    curves = {HEAD_TITLES.get(h, h): (test_probs[h], test_labels) for h in heads}
     if method != "none":
         out["rescaling"] = rescaling_report(val_probs["fused"], val_labels, test_probs["fused"],
                                             test_labels, method=method, n_bins=n_bins,
@@ -292,7 +291,7 @@ def report_section(result: Mapping | None, picture: str | None = None,
         why = (result or {}).get("skipped", "not computed")
         return "\n".join(lines + [f"Not computed: {why}.", ""])
     heads = result["heads"]
-    titles = [_HEAD_TITLES.get(h, h) for h in heads]
+    titles = [HEAD_TITLES.get(h, h) for h in heads]
     lines += [f"Expected calibration error (ECE) on the test split: {result['n_bins']} "
               "equal-width probability bins; per class, the image-weighted mean |fraction "
               "positive - mean probability| over the bins; *all predictions pooled* puts every "
@@ -305,7 +304,7 @@ def report_section(result: Mapping | None, picture: str | None = None,
                                 ("overall", "**all predictions pooled**"))]
     lines += [f"| {name} | " + " | ".join(map(_ece_text, values)) + " |" for name, values in rows]
     if result.get("ranking_heads"):
-        ranking = ", ".join(_HEAD_TITLES.get(h, h) for h in result["ranking_heads"])
+        ranking = ", ".join(HEAD_TITLES.get(h, h) for h in result["ranking_heads"])
         lines += ["", f"Not calibrated: {ranking}. The MSML head is trained with a multi-label "
                   "ranking loss: its sigmoid orders findings but is not a probability, so an "
                   "ECE of it would measure nothing."]

@@ -22,6 +22,11 @@ from cxrjax.data.labels import CLASSES
 
 IMAGE_COLUMN = "Image Index"
 SCORE_PREFIX = "prob_"
+# Head key -> its title in tables and plots; "fused" is the model's reported prediction.
+HEAD_TITLES: dict[str, str] = {
+    "ce": "CE (stream A)", "ce_b": "CE (stream B)", "msml": "MSML (stream B)",
+    "fce": "FCE (bilinear)", "fused": "Fused",
+}
 
 
 def _class_key(name: str) -> str:

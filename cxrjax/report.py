@@ -18,7 +18,7 @@ from cxrjax import fileio
 from cxrjax.data.labels import CLASSES
 from cxrjax.metric_writers import read_metrics
 from cxrjax.metrics import FEW_POSITIVES
-from cxrjax.predictions import format_value
+from cxrjax.predictions import HEAD_TITLES, format_value
 from cxrjax.report_plots import plot_roc_curves, plot_training_curves
 from cxrjax.workdir import read_command
 
@@ -42,11 +42,6 @@ TABLE2_ROWS: dict[str, str] = {
     "r18_msml": "Global", "r18_msml_local": "Local", "r18_msml_local_fixed": "Local-Fixed",
 }
 
-# Head key -> column title; the fused column is the model's reported prediction.
-HEAD_TITLES: dict[str, str] = {
-    "ce": "CE (stream A)", "ce_b": "CE (stream B)", "msml": "MSML (stream B)",
-    "fce": "FCE (bilinear)", "fused": "Fused",
-}
 SUMMARY_ROWS: tuple[tuple[str, str], ...] = (
     ("mean_auc", "**AUC**"), ("w_auc", "**W-AUC**"), ("d_auc", "**D-AUC**"),
     ("n_auc", "**N-AUC**"),
