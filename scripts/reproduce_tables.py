@@ -6,7 +6,9 @@
 Each workdir's row comes from its config.json (written by train.py), else from its folder name
 (``r18_msml``, ``d121_bl``, ...). The ensemble row is read from a folder named
 ``r18_d121_ensemble`` holding eval/test_metrics.json. A workdir without results gets a line
-saying why, not a traceback.
+saying why, not a traceback. A run is set beside the paper's number (Δ) only when its config.json
+follows the row's recipe (``cxrjax.paper_recipe.differences``, as in each run's report.md);
+otherwise its Note names the fields that differ.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from cxrjax import report
+from cxrjax import paper_recipe, report
 
 _MARKERS = ("config.json", "eval", "metrics.jsonl", "checkpoints")
 
@@ -41,6 +43,13 @@ class Run:
     @property
     def split(self) -> str:
         return ((self.config or {}).get("data") or {}).get("split_scheme", "?")
+
+    def recipe_differences(self) -> list[str] | None:
+        """The config fields in which this run differs from its row's recipe (None: no
+        config.json to check)."""
+        if self.config is None:
+            return None
+        return [name for name, _, _ in paper_recipe.differences(self.config, self.name)]
 
 
 def find_workdirs(paths: Sequence[str]) -> list[str]:
@@ -104,19 +113,31 @@ def _num(value) -> float:
     return math.nan if value is None else float(value)
 
 
+def _comparison(run: Run) -> tuple[bool, str]:
+    """Whether ``run`` may stand beside the paper's number, and its Note (why not)."""
+    if run.config is None:  # an ensemble folder has no recipe of its own
+        return True, "recipe not checked: no config.json" if run.name in paper_recipe.ROWS else ""
+    if run.source not in ("nih", "?"):
+        return False, "not NIH data: not comparable"
+    differ = run.recipe_differences() if run.name is not None else []
+    if differ:
+        return False, ("not the recipe, not comparable: " + ", ".join(f"`{d}`" for d in differ[:4])
+                       + (f" and {len(differ) - 4} more" if len(differ) > 4 else ""))
+    return True, ""
+
+
 def _row_cells(label: str, run: Run | None, paper: float | None, paper_text: str) -> list[str]:
     if run is None or run.summary is None:
         status = "not run" if run is None else f"`{run.workdir}`: no results (see below)"
         return [label, status, "—", "", "", "", paper_text, "", "", "", "", ""]
     s = run.summary
     ours = _num(s.get("mean_auc"))
-    comparable = run.source in ("nih", "?")
+    comparable, note = _comparison(run)
     delta = "—" if paper is None or not comparable or math.isnan(ours) else f"{ours - paper:+.4f}"
     data = "no config.json" if run.config is None else f"{run.source}, {run.split}"
     return [label, f"`{run.workdir}`", data, str(s.get("n_images", "?")),
             report.fmt(ours), report.ci_text(s), paper_text, delta, report.fmt(s.get("w_auc")),
-            report.fmt(s.get("d_auc")), report.fmt(s.get("n_auc")),
-            "" if comparable else "not NIH data: not comparable"]
+            report.fmt(s.get("d_auc")), report.fmt(s.get("n_auc")), note]
 
 
 _HEADER = ("| Paper row | Workdir | Data, split | Test images | Mean AUC (ours) | 95% CI | "

@@ -355,6 +355,23 @@ def test_reproduce_tables_reads_null_values_and_marks_synthetic_runs(tmp_path, f
     assert not math.isnan(summary["mean_auc"])
 
 
+def test_reproduce_tables_sets_a_run_off_the_recipe_apart_from_the_paper(tmp_path, fake_run,
+                                                                         capsys):
+    _, _, results = fake_run
+    config = r18_msml.get_config()
+    config.model.init = "scratch"
+    config.train.stages[0].epochs = 2
+    _fake_workdir(tmp_path, "r18_msml", config, results["fused"])
+    assert reproduce_tables.main(["--runs", str(tmp_path / "r18_msml")]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines()
+                if line.startswith("| R18 + R18-F-MSML |"))
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    assert cells[4] == report.fmt(results["fused"]["mean_auc"]) and cells[6] == "0.8388"
+    assert cells[7] == "—"  # no difference to the paper's number is printed
+    assert cells[11].startswith("not the recipe, not comparable: ")
+    assert "`model.init`" in cells[11] and "`train.stages[0].epochs`" in cells[11]
+
+
 def test_reproduce_tables_fails_with_one_line_on_a_missing_directory(tmp_path, capsys):
     assert reproduce_tables.main(["--runs", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
