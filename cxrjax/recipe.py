@@ -45,6 +45,11 @@ def base_config() -> mlc.ConfigDict:
     c.model.bilinear_dim = 512  # the paper's "further 1x1 convolution" after pooling
     c.model.bilinear_reduce = placeholder(int)  # optional 1x1 reduction of each stream first
     c.model.num_classes = 14
+    # DenseNet trunks only: run each dense block as lax.scan over chunks of this many layers, so
+    # the layers of a chunk compile (and autotune) once; 0 unrolls them. Same parameters and
+    # results, so a resumed run may change it (cxrjax.models.densenet). Not for CPUs: XLA:CPU
+    # runs a convolution's gradient inside a loop many times slower (jax-ml/jax#12868).
+    c.model.dense_scan_chunk = 0
     # Reported prediction: mean of these heads' probabilities ("fusion with the baseline").
     c.model.fusion = ("ce", "fce")
     # "imagenet" (ported torchvision weights), "scratch", or a cxrjax workdir/checkpoint path.

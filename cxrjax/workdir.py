@@ -25,15 +25,16 @@ log = logging.getLogger("cxrjax")
 
 # What a resumed run may change (a name covers the fields under it): how often it logs and
 # checkpoints, how many checkpoints it keeps, how it is fed, how its test split is evaluated
-# (all of ``eval``), where its inputs are read from; and the learning rate, which a run stopped
-# by a non-finite loss is told to lower before it resumes. Everything else shapes the model, the
-# data or the stages. A stage's epochs may change too (train it longer or shorter), while no
-# later stage has started from it. Each change is logged when the run resumes.
+# (all of ``eval``), where its inputs are read from, how its DenseNet blocks are compiled; and
+# the learning rate, which a run stopped by a non-finite loss is told to lower before it resumes.
+# Everything else shapes the model, the data or the stages. A stage's epochs may change too
+# (train it longer or shorter), while no later stage has started from it. Each change is logged
+# when the run resumes.
 RESUMABLE_FIELDS: tuple[str, ...] = (
     "train.lr", "train.log_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints",
     "train.eval_batch_size", "eval", "data.workers", "data.prefetch", "data.prepare_workers",
     "data.data_dir", "data.manual_dir", "data.chestmnist_path", "model.weights_dir",
-    "compile_cache_dir",
+    "model.dense_scan_chunk", "compile_cache_dir",
 )
 CONFIG_FILE = "config.json"
 COMMAND_FILE = "command.json"  # the config file and overrides of the latest command

@@ -1,7 +1,8 @@
 """What every benchmark mode shares: configs by name with ``--set`` overrides, and the JSON lines.
 
 A figure is one JSON line: the fields of the measurement, plus the date, the device, the host,
-the jax version and XLA_FLAGS (which change compile time and step speed).
+the jax version, XLA_FLAGS (which change compile time and step speed) and the ``--set``
+overrides in force (``OVERRIDES``, when there are any).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import platform
 import sys
 from collections.abc import Sequence
 
+# The --set overrides of this run, recorded in every line that `emit` prints.
+OVERRIDES: list[str] = []
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
@@ -61,7 +64,8 @@ def emit(record: dict, out: str | None = None) -> dict:
 
     record = {"date": datetime.date.today().isoformat(), "device": device_name(),
               "host": platform.node(), "jax_version": jax.__version__,
-              "xla_flags": os.environ.get("XLA_FLAGS", ""), **record}
+              "xla_flags": os.environ.get("XLA_FLAGS", ""),
+              **({"set": list(OVERRIDES)} if OVERRIDES else {}), **record}
     line = json.dumps(record)
     print(line, flush=True)
     if out:

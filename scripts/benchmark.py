@@ -31,6 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
+import bench_common  # noqa: E402
 from bench_common import emit, load_config  # noqa: E402
 from bench_compile import BACKEND_COMPILE, CompileEvents  # noqa: E402
 
@@ -286,6 +287,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="seconds before the PyTorch reference of one config is stopped")
     args, extra = p.parse_known_args(argv)
     args.extra = extra
+    bench_common.OVERRIDES[:] = args.set
     if args.mode != "paper-run":
         args.batch = args.batch or 256
         args.size = args.size or 224

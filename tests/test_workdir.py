@@ -94,6 +94,7 @@ def test_fields_that_may_change_on_resume_and_a_stages_epochs_are_no_difference(
     config.eval.n_boot = 5
     config.eval.threshold_rule = "max_f1"
     config.data.workers, config.data.data_dir = 0, "/elsewhere"
+    config.model.dense_scan_chunk = 8  # the same parameters, compiled another way
     config.train.stages[1].epochs = 5
     assert workdir.config_differences(recorded, config, started_stages=2) == []
     # Stage 0's epochs may change only while stage 1 has not started from it.

@@ -17,7 +17,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # torchvision's BatchNorm2d: momentum 0.1 (flax counts the other way: 0.9), eps 1e-5. One known
 # difference in train mode: torch updates running_var with the unbiased batch variance, flax with
 # the biased one (a factor n/(n-1), n = B*H*W >= 392 at batch 8: under 0.3%); outputs are equal.
-BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5, param_dtype=jnp.float32)
+BATCHNORM_MOMENTUM = 0.9
+BATCHNORM_EPSILON = 1e-5
+BatchNorm = functools.partial(nn.BatchNorm, momentum=BATCHNORM_MOMENTUM, epsilon=BATCHNORM_EPSILON,
+                              param_dtype=jnp.float32)
 
 
 # torchvision's conv init: kaiming normal for ReLU nets (ResNet, VGG: fan_out; DenseNet: fan_in),
@@ -80,6 +83,8 @@ class ArchSpec:
     channels: int
     stride: int  # input pixels per trunk feature-map pixel
     torchvision: str | None  # torchvision constructor name, None for the tiny test variants
+    # Model config fields (besides dtype) that the trunk takes, as {config field: trunk keyword}.
+    trunk_options: tuple[tuple[str, str], ...] = ()
 
 
 ARCHS: dict[str, ArchSpec] = {}

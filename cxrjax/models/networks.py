@@ -48,7 +48,14 @@ class PaperNet(nn.Module):
     bilinear_dim: int = 512
     bilinear_reduce: int | None = None
     num_classes: int = 14
+    dense_scan_chunk: int = 0  # DenseNet trunks: layers per scanned chunk (0: unrolled)
     dtype: Any = jnp.float32
+
+    def _trunk(self, arch: str, name: str) -> nn.Module:
+        """Stream `name`'s trunk, given the model fields its architecture takes."""
+        spec = get_spec(arch)
+        options = {keyword: getattr(self, field) for field, keyword in spec.trunk_options}
+        return spec.trunk(dtype=self.dtype, name=name, **options)
 
     @nn.compact
     def __call__(self, images: jnp.ndarray, train: bool = False,
@@ -58,10 +65,10 @@ class PaperNet(nn.Module):
         None (default) follows `train`."""
         x = preprocess(images, self.dtype)
         t_train = train if train_trunks is None else (train and train_trunks)
-        fa = get_spec(self.trunk_a).trunk(dtype=self.dtype, name="trunk_a")(x, t_train)
+        fa = self._trunk(self.trunk_a, "trunk_a")(x, t_train)
         fb = None
         if self.trunk_b is not None:
-            fb = get_spec(self.trunk_b).trunk(dtype=self.dtype, name="trunk_b")(x, t_train)
+            fb = self._trunk(self.trunk_b, "trunk_b")(x, t_train)
         out = {}
         if self.head_a is not None:
             out[HEADS["head_a"][self.head_a].output] = GlobalAvgPoolDense(
@@ -106,7 +113,8 @@ def check_model_config(model_cfg: Any) -> None:
     """Raises a one-line ValueError naming the first bad or inconsistent `model.*` field.
 
     Fields: trunk_a, trunk_b (None: one stream), head_a, head_b (values: HEADS), bilinear
-    (self-bilinear of A without trunk_b), bilinear_dim, bilinear_reduce (None), num_classes.
+    (self-bilinear of A without trunk_b), bilinear_dim, bilinear_reduce (None), num_classes,
+    dense_scan_chunk (0, or positive with a DenseNet trunk).
     """
     trunk_b = _field(model_cfg, "trunk_b", None)
     head_a = _field(model_cfg, "head_a", None)
@@ -133,6 +141,14 @@ def check_model_config(model_cfg: Any) -> None:
                          ("num_classes", _field(model_cfg, "num_classes", 14))):
         if value is not None and int(value) < 1:
             raise ValueError(f"model.{field}={value}: must be positive")
+    chunk = _field(model_cfg, "dense_scan_chunk", 0)
+    if int(chunk) < 0:
+        raise ValueError(f"model.dense_scan_chunk={chunk}: must be 0 (unrolled) or positive")
+    takes_chunk = [arch for arch in (_field(model_cfg, "trunk_a", None), trunk_b)
+                   if arch is not None and "dense_scan_chunk" in dict(get_spec(arch).trunk_options)]
+    if int(chunk) > 0 and not takes_chunk:
+        raise ValueError(f"model.dense_scan_chunk={chunk} has no effect: no trunk is a DenseNet; "
+                         "set it to 0")
 
 
 def compute_dtype(name: str) -> jnp.dtype:
@@ -164,6 +180,7 @@ def build_model(model_cfg: Any, dtype: Any = jnp.float32) -> PaperNet:
                     bilinear_dim=int(_field(model_cfg, "bilinear_dim", 512)),
                     bilinear_reduce=None if reduce is None else int(reduce),
                     num_classes=int(_field(model_cfg, "num_classes", 14)),
+                    dense_scan_chunk=int(_field(model_cfg, "dense_scan_chunk", 0)),
                     dtype=jnp.dtype(jnp.float32 if dtype is None else dtype))
 
 

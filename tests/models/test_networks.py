@@ -94,6 +94,22 @@ def test_train_mode_updates_both_trunks_batch_statistics():
         assert not np.allclose(np.asarray(old), np.asarray(new))
 
 
+def test_dense_scan_chunk_reaches_the_densenet_trunk_only_and_keeps_the_logits():
+    fields = dict(trunk_a="densenet_tiny", trunk_b="resnet_tiny", head_b="msml", bilinear=True,
+                  bilinear_reduce=4)
+    unrolled = build_model(cfg(**fields), jnp.float32)
+    scanned = build_model(cfg(**fields, dense_scan_chunk=2), jnp.float32)
+    assert (unrolled.dense_scan_chunk, scanned.dense_scan_chunk) == (0, 2)
+    variables = jax.jit(unrolled.init)(KEY, _images())
+    lowered = jax.jit(lambda v, x: scanned.apply(v, x)).lower(variables, _images(seed=3))
+    assert "while" in lowered.as_text() and "while" not in jax.jit(
+        lambda v, x: unrolled.apply(v, x)).lower(variables, _images(seed=3)).as_text()
+    out_u = unrolled.apply(variables, _images(seed=3))
+    out_s = lowered.compile()(variables, _images(seed=3))
+    for head in out_u:
+        np.testing.assert_allclose(np.asarray(out_s[head]), np.asarray(out_u[head]), atol=1e-5)
+
+
 def test_frozen_trunks_use_and_keep_running_statistics_in_train_mode():
     model = build_model(cfg(trunk_b="resnet_tiny", head_b="msml", bilinear=True), jnp.float32)
     variables = jax.jit(model.init)(KEY, _images())
@@ -124,6 +140,10 @@ def test_every_head_trains_with_a_known_loss():
     (dict(bilinear=True, bilinear_dim=0), r"model.bilinear_dim=0: must be positive"),
     (dict(bilinear=True, bilinear_reduce=-1), r"model.bilinear_reduce=-1: must be positive"),
     (dict(num_classes=0), r"model.num_classes=0: must be positive"),
+    (dict(trunk_a="densenet_tiny", dense_scan_chunk=-1),
+     r"model.dense_scan_chunk=-1: must be 0 \(unrolled\) or positive"),
+    (dict(trunk_b="vgg_tiny", head_b="ce", dense_scan_chunk=4),
+     r"model.dense_scan_chunk=4 has no effect: no trunk is a DenseNet; set it to 0"),
 ])
 def test_inconsistent_model_configs_are_one_line_errors_naming_the_field(fields, match):
     with pytest.raises(ValueError, match=match) as err:

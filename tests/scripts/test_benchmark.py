@@ -37,8 +37,10 @@ def _bench(env, *argv) -> list[dict]:
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert lines, proc.stdout
+    overrides = [value for flag, value in zip(argv, argv[1:], strict=False) if flag == "--set"]
     for line in lines:  # every figure says where and with what it was measured
         assert {"date", "device", "host", "jax_version", "xla_flags", "bench"} <= line.keys()
+        assert line.get("set", []) == overrides
     return lines
 
 
