@@ -9,6 +9,7 @@ end, and writes the run's evaluation files; the loop itself writes only checkpoi
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import re
@@ -130,7 +131,11 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, schedule: opta
 
 def create_stage(config: mlc.ConfigDict, index: int, model: Any, variables: dict,
                  steps_per_epoch: int, mesh: Mesh) -> tuple[TrainState, Callable]:
-    """The replicated initial state of stage ``index`` and its jitted, donating train step."""
+    """The replicated initial state of stage ``index`` and its jitted, donating train step.
+
+    ``variables`` may be shapes only (``runs.abstract_variables``): the state is then too, with
+    its shardings, for a checkpoint to be restored into.
+    """
     stage, t = config.train.stages[index], config.train
     heads = models.output_heads(config.model)
     weights = {h: float(stage.loss_weights.get(h, 0.0)) for h in heads}
@@ -144,13 +149,19 @@ def create_stage(config: mlc.ConfigDict, index: int, model: Any, variables: dict
     schedule = learning_rate_schedule(t, steps_per_epoch)
     tx = make_optimizer(t, schedule, mask)
     repl, data = replicated(mesh), batch_sharded(mesh)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                       batch_stats=variables["batch_stats"],
-                       opt_state=tx.init(variables["params"]))
+
+    def initial_state(v: dict) -> TrainState:
+        return TrainState(step=jnp.zeros((), jnp.int32), params=v["params"],
+                          batch_stats=v["batch_stats"], opt_state=tx.init(v["params"]))
+
     step = jax.jit(make_train_step(model, tx, schedule, weights, stats_mask, trunks_frozen),
                    in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
+    if any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(variables)):
+        # Shapes only (a resume): the state a checkpoint is restored into; nothing is computed.
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl),
+                            jax.eval_shape(initial_state, variables)), step
     # A copy: the step donates its state, and the caller's variables must stay usable.
-    state = jax.tree.map(lambda x: jnp.array(x, copy=True), state)
+    state = jax.tree.map(lambda x: jnp.array(x, copy=True), initial_state(variables))
     return jax.device_put(state, repl), step
 
 
@@ -228,11 +239,18 @@ def run_stage(config: mlc.ConfigDict, workdir: str, index: int, model: Any, ds: 
     total_steps = stage.epochs * steps_per_epoch
     data = batch_sharded(mesh)
     manager = checkpoint.open_manager(runs.stage_dir(workdir, index, stage), t.keep_checkpoints)
-    state, train_step = create_stage(config, index, model, initial_variables(),
-                                     steps_per_epoch, mesh)
+    # A resume restores into the state's shapes: nothing is initialised, no weights file read.
+    resuming = bool(manager.all_steps())
+    state, train_step = create_stage(
+        config, index, model,
+        runs.abstract_variables(model, config) if resuming else initial_variables(),
+        steps_per_epoch, mesh)
 
     train_iter = ds.train_iter()
-    restored = checkpoint.restore(manager, state)
+    restored = checkpoint.restore(manager, state) if resuming else None
+    if resuming and restored is None:  # every checkpoint was unreadable (and set aside)
+        state, train_step = create_stage(config, index, model, initial_variables(),
+                                         steps_per_epoch, mesh)
     if restored is not None:
         step, state, data_state, _ = restored
         state = jax.device_put(state, replicated(mesh))
@@ -358,11 +376,14 @@ def _train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict:
 
     ds = pipeline.open_datasets(config, workdir)
     mesh = create_mesh()
-    model, template = runs.init_model(config, models.compute_dtype(config.dtype))
+    model = models.build_model(config.model, dtype=models.compute_dtype(config.dtype))
+    shapes = functools.cache(lambda: runs.abstract_variables(model, config))
     evaluator = Evaluator(model, config.model.fusion, ds, mesh)
     writer = MetricWriter(workdir)
 
-    initial = lambda: initialise(template, config, mesh)  # noqa: E731
+    # Called only by a stage that starts afresh: a resumed or finished stage initialises nothing.
+    initial = lambda: initialise(runs.random_variables(model, config), config,  # noqa: E731
+                                 mesh)
     # A SIGTERM while training: save that step and stop (Preempted). One during the final test
     # is not caught: there is nothing to save then, and a rerun tests again.
     with PreemptionWatcher() as watcher:
@@ -372,7 +393,7 @@ def _train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict:
                                  evaluator, watcher)
                 directory = runs.stage_dir(workdir, index, stage)
                 initial = lambda d=directory, b=best: runs.restore_variables(  # noqa: E731
-                    d, template, b, mesh=mesh)
+                    d, shapes(), b, mesh=mesh)
         finally:
             writer.close()  # a preempted run's log and TensorBoard files reach a bucket too
     return evaluator.test_and_report(initial(), workdir, config).results

@@ -5,6 +5,7 @@
     python scripts/benchmark.py end-to-end --configs r18 [--data_dir D] # fed by grain
     python scripts/benchmark.py compile --configs r18_msml,d121      # compile s, cold + warm
     python scripts/benchmark.py paper-run --config r18_msml [--scale 0.01]  # phases of a run
+    python scripts/benchmark.py resume --configs r18_msml [--package-root DIR]  # after SIGTERM
     python scripts/benchmark.py metrics [--n_boot 1000]   # test-set metrics + bootstrap CIs
     python scripts/benchmark.py backbone ...            # forward / forward+backward per arch
     python scripts/benchmark.py data-prepare ...        # builder vs a bare PIL decode loop
@@ -14,7 +15,8 @@ The PyTorch reference mirrors each config's model (``torch_args``: baseline or F
 ``--reduce`` for the DenseNet rows' 1x1 reduction). Every mode takes ``--set KEY=VALUE``
 (repeatable) to override config fields, e.g. ``--set model.trunk_a=resnet_tiny`` for a
 test-sized model. ``train`` and ``end-to-end`` leave the persistent compilation cache off (their
-``warmup_s`` is a cold compile plus the warm-up steps); ``compile`` and ``paper-run`` use it.
+``warmup_s`` is a cold compile plus the warm-up steps); ``compile``, ``paper-run`` and
+``resume`` use it.
 Timings on a shared machine are noisy: compare figures measured in the same run.
 """
 
@@ -239,6 +241,13 @@ def run_paper_run(args) -> None:
         emit(record, args.out)
 
 
+def run_resume(args) -> None:
+    from bench_resume import run_resume as run
+
+    for record in run(args):
+        emit(record, args.out)
+
+
 def run_backbone(args) -> None:
     from bench_backbone import run_backbone as run
 
@@ -262,7 +271,7 @@ def run_data_pipeline(args) -> None:
 
 MODES = {"train": run_train, "end-to-end": run_end_to_end, "compile": run_compile,
          "metrics": run_metrics,
-         "paper-run": run_paper_run, "backbone": run_backbone,
+         "paper-run": run_paper_run, "resume": run_resume, "backbone": run_backbone,
          "data-prepare": run_data_prepare, "data-pipeline": run_data_pipeline}
 
 

@@ -7,12 +7,14 @@ import os
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import optax
 import pytest
 from helpers import random_variables, run_config, tiny_config
 
 from cxrjax import checkpoint, inference, models, runs, train, workdir
+from cxrjax.models import port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -116,6 +118,32 @@ def test_a_run_resumes_after_a_change_of_its_logging_and_evaluation_fields(
     assert "resumed at step" in caplog.text
     assert results["fused"]["n_boot"] == 7
     assert runs.load_config(str(tmp_path)).train.log_every_steps == 3  # the record follows
+
+
+def test_a_resume_initialises_nothing_and_reads_no_pretrained_weights(
+        tiny_data, tmp_path, monkeypatch, caplog):
+    # Two stages, the second with frozen trunks: its masked optimizer state is restored too.
+    config = run_config("r18_msml_local_fixed", tiny_data)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    classifier = models.create_classifier("resnet_tiny")
+    port.save_variables(str(weights / "resnet_tiny_imagenet.npz"),
+                        jax.jit(classifier.init)(jax.random.key(7, impl="rbg"),
+                                                 jnp.zeros((1, 32, 32, 3))), arch="resnet_tiny")
+    config.model.init, config.model.weights_dir = "imagenet", str(weights)
+    run = tmp_path / "run"
+    train.train_and_evaluate(config, str(run))
+    (weights / "resnet_tiny_imagenet.npz").unlink()  # a resume must not need it
+
+    def no_init(*_):
+        raise AssertionError("a resumed stage initialised the model's variables")
+
+    monkeypatch.setattr(runs, "random_variables", no_init)
+    config.train.stages[-1].epochs = 2  # train the last stage one epoch longer
+    with caplog.at_level(logging.INFO, logger="cxrjax"):
+        results = train.train_and_evaluate(config, str(run))
+    assert "resumed at step" in caplog.text
+    assert results["fused"]["n_images"] > 0
 
 
 def test_restart_moves_the_old_run_aside_whole_and_a_failed_new_run_leaves_no_workdir(

@@ -1,6 +1,6 @@
 """scripts/benchmark.py: every mode of ours runs at a tiny size and prints valid JSON lines with
 its keys; the compile mode's warm process is served by the persistent cache; paper-run's phases
-add up to its wall time."""
+add up to its wall time; resume restarts a run stopped by SIGTERM."""
 
 import importlib.util
 import json
@@ -119,3 +119,9 @@ def test_paper_run_times_every_phase_of_a_whole_run_and_writes_its_report(env, t
     assert 0 <= line["test_mean_auc"] <= 1 and len(line["test_mean_auc_ci95"]) == 2
     assert (tmp_path / "run" / "report.md").is_file()
     assert (tmp_path / "run" / "eval" / "test_metrics.json").is_file()
+
+
+def test_resume_mode_times_a_second_command_after_sigterm_until_it_restored(env):
+    (line,) = _bench(env, "resume", *TINY, "--images", "40")
+    assert line["bench"] == "resume" and line["package_root"] == ROOT
+    assert line["first_run_to_checkpoint_s"] > 0 and line["resume_to_restored_s"] > 0
