@@ -217,9 +217,28 @@ def run_metrics(args) -> None:
             start = time.perf_counter()
             metrics.summary(scores, truth, n_boot=n_boot, seed=seed)
             times.append(round(time.perf_counter() - start, 2))
+        start = time.perf_counter()
+        _sklearn_mean_auc_bootstrap(scores, truth, n_boot)
+        reference_s = round(time.perf_counter() - start, 2)
     emit({"bench": "metrics_summary", "images": int(truth.shape[0]),
           "classes": int(truth.shape[1]), "n_boot": n_boot, "first_call_s": times[0],
-          "second_call_s": times[1]}, args.out)
+          "second_call_s": times[1], "sklearn_mean_ci_s": reference_s}, args.out)
+
+
+def _sklearn_mean_auc_bootstrap(scores, truth, n_boot: int) -> list[float]:
+    """The textbook bootstrap the jitted one replaces (the figure without it): resample images,
+    ``roc_auc_score`` per class, average. Only the mean's CI: less work than ``summary``."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    rng, n, means = np.random.default_rng(0), truth.shape[0], []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        y, s = truth[idx], scores[idx]
+        aucs = [roc_auc_score(y[:, c], s[:, c]) for c in range(y.shape[1])
+                if 0 < y[:, c].sum() < n]
+        means.append(float(np.mean(aucs)))
+    return means
 
 
 # ------------------------------------------------------------------------------------------

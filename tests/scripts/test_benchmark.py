@@ -1,6 +1,7 @@
 """scripts/benchmark.py: every mode of ours runs at a tiny size and prints valid JSON lines with
 its keys; the compile mode's warm process is served by the persistent cache; paper-run's phases
-add up to its wall time; resume restarts a run stopped by SIGTERM."""
+add up to its wall time; resume restarts a run stopped by SIGTERM; metrics, backbone and the data
+modes set each figure beside its reference."""
 
 import importlib.util
 import json
@@ -125,3 +126,31 @@ def test_resume_mode_times_a_second_command_after_sigterm_until_it_restored(env)
     (line,) = _bench(env, "resume", *TINY, "--images", "40")
     assert line["bench"] == "resume" and line["package_root"] == ROOT
     assert line["first_run_to_checkpoint_s"] > 0 and line["resume_to_restored_s"] > 0
+
+
+def test_metrics_mode_times_the_jitted_summary_beside_the_sklearn_bootstrap(env):
+    (line,) = _bench(env, "metrics", "--n_boot", "3")
+    assert line["bench"] == "metrics_summary" and (line["images"], line["classes"]) == (22433, 14)
+    assert line["first_call_s"] > 0 and line["second_call_s"] > 0
+    assert line["sklearn_mean_ci_s"] > 0
+
+
+def test_backbone_mode_times_jax_beside_torchvision_forward_and_backward(env):
+    lines = _bench(env, "backbone", "--archs", "resnet18", "--dtypes", "float32", "--batch", "2",
+                   "--size", "32", "--steps", "1", "--warmup", "1")
+    assert {(x["impl"], x["mode"]) for x in lines} == {
+        (impl, mode) for impl in ("jax", "torch") for mode in ("fwd", "fwd_bwd")}
+    assert all(x["arch"] == "resnet18" and x["img_per_s"] > 0 for x in lines)
+
+
+def test_data_modes_time_the_builder_and_grain_on_the_real_sample_images(env):
+    prepare = _bench(env, "data-prepare", "--workers", "1", "--resolution", "32",
+                     "--repeat", "1")
+    what = {x["what"] for x in prepare}
+    assert {"bare PIL decode+resize loop", "chest_xray14 builder"} <= what
+    assert all(x.get("images", 207) == 207 for x in prepare)
+    pipeline = _bench(env, "data-pipeline", "--workers", "0", "--resolution", "32", "--crop",
+                      "24", "--batch", "8", "--batches", "2", "--repeat", "1")
+    assert [x["what"] for x in pipeline] == ["TFDS ArrayRecord random read",
+                                             "grain train batches"]
+    assert all(x["images_per_s"] > 0 for x in pipeline)
