@@ -23,6 +23,7 @@ Timings on a shared machine are noisy: compare figures measured in the same run.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -246,52 +247,22 @@ def _sklearn_mean_auc_bootstrap(scores, truth, n_boot: int) -> list[float]:
 # ------------------------------------------------------------------------------------------
 
 
-def run_compile(args) -> None:
-    from bench_compile import run_compile as run
+def _delegated(module: str, function: str):
+    """A mode implemented in ``scripts/<module>.py``: its records, printed as JSON lines."""
+    def run(args) -> None:
+        for record in getattr(importlib.import_module(module), function)(args):
+            emit(record, args.out)
 
-    for record in run(args):
-        emit(record, args.out)
-
-
-def run_paper_run(args) -> None:
-    from bench_paper_run import run_paper_run as run
-
-    for record in run(args):
-        emit(record, args.out)
+    return run
 
 
-def run_resume(args) -> None:
-    from bench_resume import run_resume as run
-
-    for record in run(args):
-        emit(record, args.out)
-
-
-def run_backbone(args) -> None:
-    from bench_backbone import run_backbone as run
-
-    for record in run(args):
-        emit(record, args.out)
-
-
-def run_data_prepare(args) -> None:
-    from bench_data import run_data_prepare as run
-
-    for record in run(args):
-        emit(record, args.out)
-
-
-def run_data_pipeline(args) -> None:
-    from bench_data import run_data_pipeline as run
-
-    for record in run(args):
-        emit(record, args.out)
-
-
-MODES = {"train": run_train, "end-to-end": run_end_to_end, "compile": run_compile,
-         "metrics": run_metrics,
-         "paper-run": run_paper_run, "resume": run_resume, "backbone": run_backbone,
-         "data-prepare": run_data_prepare, "data-pipeline": run_data_pipeline}
+MODES = {"train": run_train, "end-to-end": run_end_to_end, "metrics": run_metrics,
+         "compile": _delegated("bench_compile", "run_compile"),
+         "paper-run": _delegated("bench_paper_run", "run_paper_run"),
+         "resume": _delegated("bench_resume", "run_resume"),
+         "backbone": _delegated("bench_backbone", "run_backbone"),
+         "data-prepare": _delegated("bench_data", "run_data_prepare"),
+         "data-pipeline": _delegated("bench_data", "run_data_pipeline")}
 
 
 def main(argv: list[str] | None = None) -> None:
