@@ -106,23 +106,10 @@ def test_fields_that_may_change_on_resume_and_a_stages_epochs_are_no_difference(
         "train.stages[0].epochs 6 -> 8"]
 
 
-def test_a_run_resumes_after_a_change_of_its_logging_and_evaluation_fields(
-        tiny_data, tmp_path, caplog):
-    config = run_config("r18", tiny_data)
-    train.train_and_evaluate(config, str(tmp_path))
-    config.train.log_every_steps = 3
-    config.eval.n_boot = 7
-    config.train.stages[0].epochs = 2  # and train one epoch longer
-    with caplog.at_level(logging.INFO, logger="cxrjax"):
-        results = train.train_and_evaluate(config, str(tmp_path))
-    assert "resumed at step" in caplog.text
-    assert results["fused"]["n_boot"] == 7
-    assert runs.load_config(str(tmp_path)).train.log_every_steps == 3  # the record follows
-
-
-def test_a_resume_initialises_nothing_and_reads_no_pretrained_weights(
+def test_a_resume_after_a_change_of_logging_and_evaluation_fields_initialises_nothing(
         tiny_data, tmp_path, monkeypatch, caplog):
-    # Two stages, the second with frozen trunks: its masked optimizer state is restored too.
+    """A resume reads neither a random init nor the pretrained weights file. Two stages, the
+    second with frozen trunks: its masked optimizer state is restored too."""
     config = run_config("r18_msml_local_fixed", tiny_data)
     weights = tmp_path / "weights"
     weights.mkdir()
@@ -139,11 +126,14 @@ def test_a_resume_initialises_nothing_and_reads_no_pretrained_weights(
         raise AssertionError("a resumed stage initialised the model's variables")
 
     monkeypatch.setattr(runs, "random_variables", no_init)
-    config.train.stages[-1].epochs = 2  # train the last stage one epoch longer
+    config.train.log_every_steps = 3
+    config.eval.n_boot = 7
+    config.train.stages[-1].epochs = 2  # and train the last stage one epoch longer
     with caplog.at_level(logging.INFO, logger="cxrjax"):
         results = train.train_and_evaluate(config, str(run))
     assert "resumed at step" in caplog.text
-    assert results["fused"]["n_images"] > 0
+    assert results["fused"]["n_boot"] == 7 and results["fused"]["n_images"] > 0
+    assert runs.load_config(str(run)).train.log_every_steps == 3  # the record follows
 
 
 def test_restart_moves_the_old_run_aside_whole_and_a_failed_new_run_leaves_no_workdir(
