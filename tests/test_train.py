@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import PAPER_CONFIGS, count_compiles, tiny_config
+from helpers import PAPER_CONFIGS, count_compiles, random_variables, tiny_config
 
-from cxrjax import inference, runs, train
+from cxrjax import inference, models, runs, train
 
 
 def fixed_batch(batch: int = 8, crop: int = 32, seed: int = 0) -> dict:
@@ -38,6 +38,22 @@ def test_every_paper_config_learns_a_fixed_batch(name):
         assert float(metrics["loss"]) < first, (name, index)
         assert bool(metrics["finite"])
         assert compiles["step"] == 1  # compiled once, never again
+
+
+def test_a_stage_built_from_shapes_is_the_concrete_states_tree_to_restore_into():
+    """What a resume restores into: stage two of Local-Fixed (frozen trunks, so a masked
+    optimizer state) from shapes alone has the tree, shapes, dtypes and shardings of the real
+    state, and nothing is computed."""
+    config = tiny_config("r18_msml_local_fixed")
+    mesh = inference.create_mesh()
+    model = models.build_model(config.model)
+    concrete, _ = train.create_stage(config, 1, model, random_variables(model, 32), 100, mesh)
+    shapes, _ = train.create_stage(config, 1, model, runs.abstract_variables(model, config),
+                                   100, mesh)
+    assert jax.tree.structure(shapes) == jax.tree.structure(concrete)
+    for s, c in zip(jax.tree.leaves(shapes), jax.tree.leaves(concrete), strict=True):
+        assert isinstance(s, jax.ShapeDtypeStruct)
+        assert (s.shape, s.dtype, s.sharding) == (c.shape, c.dtype, c.sharding)
 
 
 def test_local_fixed_stage_two_keeps_trunks_and_their_batch_stats_bit_identical():

@@ -108,9 +108,9 @@ def test_fields_that_may_change_on_resume_and_a_stages_epochs_are_no_difference(
 
 def test_a_resume_after_a_change_of_logging_and_evaluation_fields_initialises_nothing(
         tiny_data, tmp_path, monkeypatch, caplog):
-    """A resume reads neither a random init nor the pretrained weights file. Two stages, the
-    second with frozen trunks: its masked optimizer state is restored too."""
-    config = run_config("r18_msml_local_fixed", tiny_data)
+    """A resume reads neither a random init nor the pretrained weights file (a frozen-trunk
+    stage's state from shapes: test_train.py)."""
+    config = run_config("r18", tiny_data)
     weights = tmp_path / "weights"
     weights.mkdir()
     classifier = models.create_classifier("resnet_tiny")
@@ -128,7 +128,7 @@ def test_a_resume_after_a_change_of_logging_and_evaluation_fields_initialises_no
     monkeypatch.setattr(runs, "random_variables", no_init)
     config.train.log_every_steps = 3
     config.eval.n_boot = 7
-    config.train.stages[-1].epochs = 2  # and train the last stage one epoch longer
+    config.train.stages[0].epochs = 2  # and train one epoch longer
     with caplog.at_level(logging.INFO, logger="cxrjax"):
         results = train.train_and_evaluate(config, str(run))
     assert "resumed at step" in caplog.text
