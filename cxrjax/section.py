@@ -1,0 +1,58 @@
+"""One evaluation section: a part of a run's test results beyond the AUC table.
+
+A section (operating points, calibration, localization, subgroups, ...) owns, in its own module:
+the ``eval.*`` config fields it reads (their defaults stand in the recipe, the one place for
+defaults), their checks, its computation, its files in ``W/eval/`` and its part of
+``report.md``. The evaluator and the report loop over the sections the config turns on
+(``cxrjax.sections.enabled``); adding one is a module plus one entry in that registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import ml_collections as mlc
+
+
+@dataclasses.dataclass(frozen=True)
+class SectionInputs:
+    """What a section may read: the run's config, both splits' scores, and the model.
+
+    ``test`` and ``val`` are ``evaluator.SplitScores`` (``val`` is None when the validation
+    split is empty); ``evaluator`` and ``variables`` serve sections that need the model again
+    (localization runs heatmaps). ``eval_dir`` is ``W/eval``: a section writes its files there,
+    on process 0 only (``write_files``)."""
+
+    config: mlc.ConfigDict
+    eval_dir: str
+    test: Any
+    val: Any | None
+    evaluator: Any = None
+    variables: dict | None = None
+    workdir: str = ""
+    write_files: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    """One section behind the small interface the evaluator and the report loop over.
+
+    name: its key in ``test_metrics.json`` and in the report's order.
+    fields: the ``eval.*`` fields it reads (declared, with defaults, in ``recipe``).
+    check: ``check(eval_config, model_config)`` raises ``config_checks.ConfigError``.
+    enabled: whether ``eval_config`` turns it on (a section that is off is not computed).
+    compute: ``compute(SectionInputs) -> dict`` runs on every process (a section that scores the
+      model again must); JSON-ready numbers, or ``{"skipped": why}``; writes its files.
+    summary: the short form ``test_metrics.json`` keeps (all of it by default).
+    report: ``report(result) -> str``: its markdown section, saying why when skipped.
+    """
+
+    name: str
+    fields: tuple[str, ...]
+    check: Callable[[mlc.ConfigDict, mlc.ConfigDict], None]
+    compute: Callable[[SectionInputs], dict]
+    report: Callable[[Mapping], str]
+    enabled: Callable[[mlc.ConfigDict], bool] = lambda eval_config: True
+    summary: Callable[[Mapping], Mapping] = lambda result: result
