@@ -23,7 +23,8 @@ class SectionInputs:
     ``test`` and ``val`` are ``evaluator.SplitScores`` (``val`` is None when the validation
     split is empty); ``evaluator`` and ``variables`` serve sections that need the model again
     (localization runs heatmaps). ``eval_dir`` is ``W/eval``: a section writes its files there,
-    on process 0 only (``write_files``)."""
+    on process 0 only (``write_files``). ``earlier``: the results of the sections before it in the
+    registry's order (subgroups read the operating points' thresholds)."""
 
     config: mlc.ConfigDict
     eval_dir: str
@@ -33,6 +34,7 @@ class SectionInputs:
     variables: dict | None = None
     workdir: str = ""
     write_files: bool = True
+    earlier: Mapping[str, dict] = dataclasses.field(default_factory=dict)  # sections before it
 
 
 @dataclasses.dataclass(frozen=True)
