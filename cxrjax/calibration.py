@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib as mpl
 import numpy as np
@@ -27,6 +28,7 @@ from matplotlib.figure import Figure
 from cxrjax import fileio, metrics
 from cxrjax.data.labels import CLASSES
 from cxrjax.predictions import HEAD_TITLES
+from cxrjax.section import Section, caveats_logged_once
 
 METHODS = ("temperature", "platt")
 _EPS = 1e-7  # probabilities are clipped to [eps, 1 - eps] before taking logits
@@ -330,3 +332,37 @@ def report_section(result: Mapping | None, picture: str | None = None,
     if picture:
         lines += ["", f"![Reliability diagrams]({picture})"]
     return "\n".join(lines + [""])
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluation section: eval.calibration, eval.calibration_bins -> eval/reliability.png.
+# ---------------------------------------------------------------------------------------------
+
+RELIABILITY_PNG = "reliability.png"  # in W/eval
+
+
+def _check_fields(e: Any, model: Any) -> None:
+    from cxrjax.config_checks import ConfigError
+
+    if e.calibration not in ("none", *METHODS):
+        raise ConfigError(f"eval.calibration={e.calibration!r}: expected one of none, "
+                          f"{', '.join(METHODS)}")
+    if not isinstance(e.calibration_bins, int) or e.calibration_bins < 1:
+        raise ConfigError(f"eval.calibration_bins={e.calibration_bins!r} must be a positive "
+                          "integer")
+
+
+def _compute(inputs: Any) -> dict:
+    """Test ECE per probability head; the rescaling, fitted on validation, when asked."""
+    e, val, test = inputs.config.eval, inputs.val, inputs.test
+    plot = fileio.join(inputs.eval_dir, RELIABILITY_PNG) if inputs.write_files else None
+    with caveats_logged_once("calibration, validation split: "):
+        return evaluate_calibration(
+            val.probs if val else {}, val.labels if val else None, test.probs, test.labels,
+            method=e.calibration if val else "none", n_bins=int(e.calibration_bins),
+            plot_path=plot)
+
+
+SECTION = Section("calibration", ("calibration", "calibration_bins"), check=_check_fields,
+                  compute=_compute,
+                  report=lambda result: report_section(result, f"eval/{RELIABILITY_PNG}"))

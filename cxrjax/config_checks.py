@@ -61,41 +61,6 @@ def check_config(config: mlc.ConfigDict) -> None:
             re.compile(stage.trainable)
         except re.error as e:
             raise ConfigError(f"{where}.trainable={stage.trainable!r}: bad regex ({e})") from None
-    check_eval_config(config.get("eval") or mlc.ConfigDict(), m)
-
-
-
-# calibration.METHODS plus "none", and heatmaps.STREAMS: spelled here so that checking a config
-# imports neither plotting nor the heatmap functions.
-CALIBRATIONS = ("none", "temperature", "platt")
-HEATMAPS = ("gradcam", "gradcam_fine", "cam_a", "cam_b")
-
-
-def check_eval_config(e: mlc.ConfigDict, model: mlc.ConfigDict) -> None:
-    """The ``eval.*`` fields (a field an older run's config lacks takes its default)."""
-    from cxrjax.operating_points import RULES
-
-    rule = e.get("threshold_rule", "youden")
-    if rule not in RULES:
-        raise ConfigError(f"eval.threshold_rule={rule!r}: expected one of {', '.join(RULES)}")
-    target = e.get("target_sensitivity", 0.9)
-    if rule == "sensitivity" and not (isinstance(target, int | float) and 0 < target <= 1):
-        raise ConfigError(f"eval.target_sensitivity={target!r} must be in (0, 1] with "
-                          "eval.threshold_rule='sensitivity'")
-    calibration = e.get("calibration", "none")
-    if calibration not in CALIBRATIONS:
-        raise ConfigError(f"eval.calibration={calibration!r}: expected one of "
-                          f"{', '.join(CALIBRATIONS)}")
-    bins = e.get("calibration_bins", 15)
-    if not isinstance(bins, int) or bins < 1:
-        raise ConfigError(f"eval.calibration_bins={bins!r} must be a positive integer")
-    heatmap = e.get("localization_heatmap", "gradcam")
-    if heatmap not in HEATMAPS:
-        raise ConfigError(f"eval.localization_heatmap={heatmap!r}: expected one of "
-                          f"{', '.join(HEATMAPS)}")
-    if heatmap in ("cam_a", "cam_b") and model.get(f"head_{heatmap[-1]}") is None:
-        raise ConfigError(f"eval.localization_heatmap={heatmap!r} needs model.head_"
-                          f"{heatmap[-1]}, which this model does not have")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,11 +8,9 @@ the test split at the end of a run (predictions CSVs, ``test_metrics.json``, ``r
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -20,8 +18,9 @@ import ml_collections as mlc
 import numpy as np
 from jax.sharding import Mesh
 
-from cxrjax import fileio, inference, metrics, predictions, runs
+from cxrjax import fileio, inference, metrics, predictions, runs, sections
 from cxrjax.config_checks import check_config
+from cxrjax.section import caveats_logged_once
 
 log = logging.getLogger("cxrjax")
 
@@ -76,28 +75,24 @@ class Evaluator:
 
     def test_and_report(self, variables: dict, workdir: str, config: mlc.ConfigDict
                         ) -> SplitScores:
-        """Scores the test split (``config.eval.n_boot``), then what the report adds to the
-        AUCs (``beyond_auc``), and writes the files and the report."""
+        """Scores the test split (``config.eval.n_boot``), then every evaluation section
+        (``cxrjax.sections``: the validation split is scored for those fitted there), and
+        writes the files and the report."""
         with caveats_logged_once("test split: "):
             scores = self.score(variables, "test", n_boot=config.eval.n_boot)
-        write_test_outputs(workdir, config, scores, self.beyond_auc(variables, workdir, config),
-                           split_sizes={s: len(r) for s, r in self.datasets.split_rows.items()})
-        return scores
-
-    # -- beyond AUC (issue 12): operating points, calibration, box localization ---------------
-
-    def beyond_auc(self, variables: dict, workdir: str, config: mlc.ConfigDict) -> dict:
-        """What needs the model, on every process: the validation split's scores (operating
-        points and rescaling are fitted there) and the test split's box localization (its
-        files written here, since the picture reads the images)."""
         val = None
         if self.datasets.num_examples("val"):
             with caveats_logged_once("validation split: "):
                 val = self.predict(variables, "val")
-        localization = {"skipped": "turned off (eval.localization = False)"}
-        if eval_options(config)["localization"]:
-            localization = self._localize_test(variables, workdir, config)
-        return {"val": val, "localization": localization}
+        eval_dir = fileio.join(workdir, "eval")
+        if jax.process_index() == 0:
+            fileio.makedirs(eval_dir)
+        results = sections.compute(sections.SectionInputs(
+            config, eval_dir, scores, val, self, variables, workdir,
+            write_files=jax.process_index() == 0))
+        write_test_outputs(workdir, config, scores, results,
+                           split_sizes={s: len(r) for s, r in self.datasets.split_rows.items()})
+        return scores
 
     def localize(self, variables: dict, boxes: Any, split: str = "test", *,
                  methods: Sequence[str] | None = None, boxes_file: str = "", seed: int = 0,
@@ -114,31 +109,12 @@ class Evaluator:
         return localizer.localize(fn, size, self.datasets, boxes, split, crop=self.datasets.crop,
                                   boxes_file=boxes_file, seed=seed, primary=primary)
 
-    def _localize_test(self, variables: dict, workdir: str, config: mlc.ConfigDict) -> dict:
-        """The test split's localization result (files in W/eval), or why there is none."""
-        from cxrjax import localization, localizer
-
-        path = localizer.default_boxes_path(config, workdir)
-        if not fileio.exists(path):
-            return {"skipped": f"the run's data has no boxes file ({path})"}
-        try:
-            localized = self.localize(variables, localization.read_boxes(path), "test",
-                                      boxes_file=path,
-                                      primary=eval_options(config)["localization_heatmap"])
-        except localization.BoxError as e:
-            log.warning("localization not scored: %s", e)
-            return {"skipped": str(e)}
-        if jax.process_index() == 0:
-            localizer.write_outputs(localized, self.datasets, fileio.join(workdir, "eval"))
-        return localized.result
-
 
 def write_test_outputs(workdir: str, config: mlc.ConfigDict, scores: SplitScores,
-                       extras: dict | None = None,
+                       section_results: dict | None = None,
                        split_sizes: dict[str, int] | None = None) -> None:
-    """W/eval/test_predictions.csv (fused), test_predictions_<head>.csv, test_metrics.json and
-    W/report.md with its plots; with ``extras`` (``Evaluator.beyond_auc``) also the operating
-    points and calibration (``write_beyond_auc``); on process 0 only."""
+    """W/eval/test_predictions.csv (fused), test_predictions_<head>.csv, test_metrics.json
+    (with each section's summary) and W/report.md with its plots; on process 0 only."""
     if jax.process_index() != 0:
         return
     from cxrjax import report  # matplotlib: only when a run is reported
@@ -152,58 +128,10 @@ def write_test_outputs(workdir: str, config: mlc.ConfigDict, scores: SplitScores
                 fileio.join(eval_dir, f"test_predictions_{head}.csv"), scores.image_ids, p)
     results = scores.results
     out = {**results["fused"], "heads": {h: r for h, r in results.items() if h != "fused"}}
-    sections = None if extras is None else write_beyond_auc(eval_dir, config, scores, extras)
-    if sections is not None:
-        out.update(operating_points=sections["operating_points"],
-                   calibration=sections["calibration"],
-                   localization=_localization_summary(sections["localization"]))
+    out.update(sections.summaries(section_results or {}))
     predictions.write_json(out, fileio.join(eval_dir, "test_metrics.json"))
-    report.write_report(workdir, config, results, scores.probs, scores.labels, extras=sections,
-                        split_sizes=split_sizes)
-
-
-def eval_options(config: mlc.ConfigDict) -> dict:
-    """``config.eval`` with the recipe's defaults for any field an older run's config lacks."""
-    from cxrjax import recipe
-
-    return {**recipe.base_config().eval.to_dict(), **dict(config.eval.items())}
-
-
-def write_beyond_auc(eval_dir: str, config: mlc.ConfigDict, test: SplitScores,
-                     extras: dict) -> dict:
-    """Per-class thresholds chosen on validation (eval/thresholds.json) and their measures on
-    ``test``; the probability heads' ECE and eval/reliability.png, with the optional rescaling.
-    Returns the sections' numbers, the localization result included."""
-    from cxrjax import calibration, operating_points
-
-    opts, val = eval_options(config), extras["val"]
-    if val is None:
-        points = {"skipped": "the validation split is empty"}
-    else:
-        with caveats_logged_once("operating points, validation split: "):
-            chosen, points = operating_points.evaluate_operating_points(
-                val.probs["fused"], val.labels, test.probs["fused"], test.labels,
-                rule=opts["threshold_rule"], target_sensitivity=opts["target_sensitivity"],
-                n_boot=int(opts["n_boot"]))
-        chosen.save(fileio.join(eval_dir, "thresholds.json"))
-    with caveats_logged_once("calibration, validation split: "):
-        calibrated = calibration.evaluate_calibration(
-            val.probs if val else {}, val.labels if val else None, test.probs, test.labels,
-            method=opts["calibration"] if val else "none", n_bins=int(opts["calibration_bins"]),
-            plot_path=fileio.join(eval_dir, "reliability.png"))
-    return {"operating_points": points, "calibration": calibrated,
-            "localization": extras["localization"]}
-
-
-def _localization_summary(result: dict) -> dict:
-    """test_metrics.json's short form of the localization result (all of it: eval/...json)."""
-    if "methods" not in result:
-        return result
-    best = result["methods"][result["primary"]]
-    return {"json": "eval/localization.json", "primary": result["primary"],
-            "thresholds": result["thresholds"], "boxes": result["boxes"],
-            "overall": best["scores"]["overall"],
-            "random_baseline_overall": best["random_baseline"]["overall"]}
+    report.write_report(workdir, config, results, scores.probs, scores.labels,
+                        sections=section_results, split_sizes=split_sizes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,6 +168,7 @@ def open_run(workdir: str, config: mlc.ConfigDict | None = None) -> TrainedRun:
         config = saved
     else:
         check_config(config)
+        sections.check(config)
         differ = [d for d in workdir_lib.config_differences(
             saved, config, started_stages=len(saved.train.stages) + 1)
             if not d.startswith("data.")]
@@ -281,22 +210,3 @@ def summary_line(fused: dict, workdir: str) -> str:
     return (f"test mean AUC {predictions.format_value(fused.get('mean_auc'), 4)}{ci} on "
             f"{fused.get('n_images', '?')} images, report at "
             f"{fileio.join(fileio.expand(workdir), 'report.md')}")
-
-
-# ---------------------------------------------------------------------------------------------
-# A split's caveats (a class with one label value) are the same every epoch: log them once.
-# ---------------------------------------------------------------------------------------------
-
-_LOGGED: set[str] = set()
-
-
-@contextlib.contextmanager
-def caveats_logged_once(prefix: str) -> Iterator[None]:
-    """Turns the warnings raised inside into log lines, each logged the first time only."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    for message in dict.fromkeys(str(w.message) for w in caught):
-        if message not in _LOGGED:
-            _LOGGED.add(message)
-            log.warning("%s%s", prefix, message)

@@ -68,8 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             boxes = loc.read_boxes(path)
             methods = (heatmaps.check_methods(args.methods.split(","), run.evaluator.model)
                        if args.methods else None)
-            primary = methods[0] if methods else evaluator.eval_options(
-                run.config)["localization_heatmap"]
+            primary = methods[0] if methods else run.config.eval.localization_heatmap
             localized = run.evaluator.localize(run.variables, boxes, args.split,
                                                methods=methods, boxes_file=path, seed=args.seed,
                                                primary=primary)

@@ -13,6 +13,7 @@ measured in the same run). Outputs: a JSON-ready dict, markdown tables, a PNG gr
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -26,6 +27,7 @@ from matplotlib.patches import Rectangle
 from cxrjax import fileio, heatmaps
 from cxrjax import localization as loc
 from cxrjax.data import labels as labels_lib
+from cxrjax.section import Section
 
 SPLITS = ("test", "val", "train", "all")
 MapFn = Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
@@ -329,3 +331,55 @@ def write_outputs(localized: Localized, datasets: Any, out_dir: str,
     fileio.write_text(paths["md"], report_section(localized.result, "localization.png",
                                                   heading="#"))
     return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluation section: eval.localization, eval.localization_heatmap -> eval/localization.*
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_fields(e: Any, model: Any) -> None:
+    from cxrjax.config_checks import ConfigError
+
+    heatmap = e.localization_heatmap
+    if heatmap not in heatmaps.STREAMS:
+        raise ConfigError(f"eval.localization_heatmap={heatmap!r}: expected one of "
+                          f"{', '.join(heatmaps.STREAMS)}")
+    if heatmap in ("cam_a", "cam_b") and model.get(f"head_{heatmap[-1]}") is None:
+        raise ConfigError(f"eval.localization_heatmap={heatmap!r} needs model.head_"
+                          f"{heatmap[-1]}, which this model does not have")
+
+
+def _compute(inputs: Any) -> dict:
+    """The test split's boxes scored with every heatmap the model offers (files on process
+    0), or why not: the run's data has no boxes file, or none of its boxes is in the split."""
+    path = default_boxes_path(inputs.config, inputs.workdir)
+    if not fileio.exists(path):
+        return {"skipped": f"the run's data has no boxes file ({path})"}
+    try:
+        localized = inputs.evaluator.localize(
+            inputs.variables, loc.read_boxes(path), "test", boxes_file=path,
+            primary=inputs.config.eval.localization_heatmap)
+    except loc.BoxError as e:
+        logging.getLogger("cxrjax").warning("localization not scored: %s", e)
+        return {"skipped": str(e)}
+    if inputs.write_files:
+        write_outputs(localized, inputs.evaluator.datasets, inputs.eval_dir)
+    return localized.result
+
+
+def _summary(result: Mapping) -> Mapping:
+    """test_metrics.json's short form (all of it: eval/localization.json)."""
+    if "methods" not in result:
+        return result
+    best = result["methods"][result["primary"]]
+    return {"json": "eval/localization.json", "primary": result["primary"],
+            "thresholds": result["thresholds"], "boxes": result["boxes"],
+            "overall": best["scores"]["overall"],
+            "random_baseline_overall": best["random_baseline"]["overall"]}
+
+
+SECTION = Section("localization", ("localization", "localization_heatmap"),
+                  check=_check_fields, compute=_compute, summary=_summary,
+                  switch="localization",
+                  report=lambda result: report_section(result, "eval/localization.png"))

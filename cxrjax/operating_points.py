@@ -25,11 +25,13 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from cxrjax import fileio, metrics
 from cxrjax.data.labels import CLASSES
+from cxrjax.section import Section, caveats_logged_once
 
 RULES = ("youden", "max_f1", "sensitivity")
 RUN_FILE = "eval/thresholds.json"  # a run's thresholds, under its workdir
@@ -333,3 +335,40 @@ def report_section(result: dict | None, heading: str = "##") -> str:
         describe(result) + " Thresholds: `eval/thresholds.json` (`cxrjax.predict` marks its "
         "calls with them; `cxrjax.evaluate --predictions F --thresholds` applies them).", "",
         markdown_table(result), ""])
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluation section: eval.threshold_rule, eval.target_sensitivity -> eval/thresholds.json.
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_fields(e: Any, model: Any) -> None:
+    from cxrjax.config_checks import ConfigError
+
+    if e.threshold_rule not in RULES:
+        raise ConfigError(f"eval.threshold_rule={e.threshold_rule!r}: expected one of "
+                          f"{', '.join(RULES)}")
+    target = e.target_sensitivity
+    if e.threshold_rule == "sensitivity" and not (
+            isinstance(target, int | float) and 0 < target <= 1):
+        raise ConfigError(f"eval.target_sensitivity={target!r} must be in (0, 1] with "
+                          "eval.threshold_rule='sensitivity'")
+
+
+def _compute(inputs: Any) -> dict:
+    """Thresholds chosen on validation (saved to eval/thresholds.json), measured on test."""
+    e, val, test = inputs.config.eval, inputs.val, inputs.test
+    if val is None:
+        return {"skipped": "the validation split is empty"}
+    with caveats_logged_once("operating points, validation split: "):
+        chosen, points = evaluate_operating_points(
+            val.probs["fused"], val.labels, test.probs["fused"], test.labels,
+            rule=e.threshold_rule, target_sensitivity=e.target_sensitivity,
+            n_boot=int(e.n_boot))
+    if inputs.write_files:
+        chosen.save(fileio.join(inputs.workdir, RUN_FILE))
+    return points
+
+
+SECTION = Section("operating_points", ("threshold_rule", "target_sensitivity", "n_boot"),
+                  check=_check_fields, compute=_compute, report=report_section)

@@ -154,12 +154,12 @@ def _stages_line(stages: Sequence[Mapping]) -> str:
 
 
 def render_markdown(workdir: str, config: Any, results: Mapping[str, Mapping],
-                    log_problem: str | None = None, extras: Mapping | None = None, *,
+                    log_problem: str | None = None, sections: Mapping | None = None, *,
                     split_sizes: Mapping[str, int] | None = None,
                     command: Mapping | None = None) -> str:
     """The text of report.md (see ``write_report``), without drawing the plots.
     ``log_problem``: why the training curves are empty (no or an unreadable metrics.jsonl).
-    ``extras``: the operating-point, calibration and localization sections' numbers.
+    ``sections``: each evaluation section's result (``cxrjax.sections.compute``), or None.
     ``split_sizes``: images per split of the run's data; ``command``: the recorded command
     (``workdir.read_command``): both for the recipe section."""
     from cxrjax import paper_recipe
@@ -215,12 +215,10 @@ def render_markdown(workdir: str, config: Any, results: Mapping[str, Mapping],
     ref = name or paper_recipe.row_of_file((command or {}).get("config_file"))
     lines += ["", *paper_recipe.section(c, ref, row_label(ref), PAPER_MEAN_AUC.get(ref or ""),
                                         fused, split_sizes, command, fmt)]
-    if extras is not None:  # beyond AUC (issue 12): each section is its own module's
-        from cxrjax import calibration, localizer, operating_points
+    if sections is not None:
+        from cxrjax import sections as registry
 
-        lines += ["", operating_points.report_section(extras.get("operating_points"))]
-        lines += [calibration.report_section(extras.get("calibration"), "eval/reliability.png")]
-        lines += [localizer.report_section(extras.get("localization"), "eval/localization.png")]
+        lines += ["", *registry.report(sections)]
     lines += ["", "## Plots", "",
               "- [ROC curves per class, fused prediction](eval/roc_curves.png)",
               f"- [Training curves](training_curves.png){curves_note}", "",
@@ -236,7 +234,7 @@ def render_markdown(workdir: str, config: Any, results: Mapping[str, Mapping],
 
 def write_report(workdir: str, config: Any, results: dict[str, dict],
                  probs: dict[str, np.ndarray], labels: np.ndarray,
-                 extras: Mapping | None = None,
+                 sections: Mapping | None = None,
                  split_sizes: Mapping[str, int] | None = None) -> str:
     """Writes WORKDIR/report.md, WORKDIR/eval/roc_curves.png and WORKDIR/training_curves.png.
 
@@ -246,8 +244,8 @@ def write_report(workdir: str, config: Any, results: dict[str, dict],
       results: ``metrics.summary`` per head ("ce", "ce_b", "msml", "fce") and "fused".
       probs: (N, 14) test-split probabilities per head, NIH class order; needs "fused".
       labels: (N, 14) 0/1 test labels.
-      extras: ``evaluator.write_beyond_auc``'s sections (operating points, calibration,
-        localization), or None to leave them out.
+      sections: each evaluation section's result (``cxrjax.sections.compute``), or None to
+        leave them out.
       split_sizes: images per split of the run's data (the recipe section counts them).
     The command that started the run (``workdir.read_command``) names the config file.
     Returns the path of report.md.
@@ -281,6 +279,6 @@ def write_report(workdir: str, config: Any, results: dict[str, dict],
                          log_problem or "")
     path = fileio.join(workdir, "report.md")
     with fileio.open(path, "w") as f:
-        f.write(render_markdown(workdir, c, results, log_problem, extras,
+        f.write(render_markdown(workdir, c, results, log_problem, sections,
                                 split_sizes=split_sizes, command=read_command(workdir)))
     return path

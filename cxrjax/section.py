@@ -4,16 +4,21 @@ A section (operating points, calibration, localization, subgroups, ...) owns, in
 the ``eval.*`` config fields it reads (their defaults stand in the recipe, the one place for
 defaults), their checks, its computation, its files in ``W/eval/`` and its part of
 ``report.md``. The evaluator and the report loop over the sections the config turns on
-(``cxrjax.sections.enabled``); adding one is a module plus one entry in that registry.
+(``cxrjax.sections.REGISTRY``); adding one is a module plus one entry in that registry.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable, Mapping
+import logging
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import ml_collections as mlc
+
+log = logging.getLogger("cxrjax")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +49,8 @@ class Section:
     name: its key in ``test_metrics.json`` and in the report's order.
     fields: the ``eval.*`` fields it reads (declared, with defaults, in ``recipe``).
     check: ``check(eval_config, model_config)`` raises ``config_checks.ConfigError``.
-    enabled: whether ``eval_config`` turns it on (a section that is off is not computed).
+    switch: the ``eval.*`` field that turns it on and off, if any (a section that is off is not
+      computed: its result says so).
     compute: ``compute(SectionInputs) -> dict`` runs on every process (a section that scores the
       model again must); JSON-ready numbers, or ``{"skipped": why}``; writes its files.
     summary: the short form ``test_metrics.json`` keeps (all of it by default).
@@ -56,5 +62,21 @@ class Section:
     check: Callable[[mlc.ConfigDict, mlc.ConfigDict], None]
     compute: Callable[[SectionInputs], dict]
     report: Callable[[Mapping], str]
-    enabled: Callable[[mlc.ConfigDict], bool] = lambda eval_config: True
+    switch: str | None = None
     summary: Callable[[Mapping], Mapping] = lambda result: result
+
+
+# A split's caveats (a class with one label value) are the same every epoch: log them once.
+_LOGGED: set[str] = set()
+
+
+@contextlib.contextmanager
+def caveats_logged_once(prefix: str) -> Iterator[None]:
+    """Turns the warnings raised inside into log lines, each logged the first time only."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        if message not in _LOGGED:
+            _LOGGED.add(message)
+            log.warning("%s%s", prefix, message)

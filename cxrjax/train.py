@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from cxrjax import checkpoint, fileio, losses, mirror, models, runs
+from cxrjax import checkpoint, fileio, losses, mirror, models, runs, sections
 from cxrjax import workdir as workdir_lib
 from cxrjax.config_checks import ConfigError, check_config
 from cxrjax.evaluator import Evaluator
@@ -358,6 +358,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *, restart: bool = 
     config leaves no workdir behind. ``command``: the config file and overrides, for the report.
     """
     check_config(config)
+    sections.check(config)
     workdir = fileio.expand(workdir)
     if restart:
         moved = workdir_lib.move_aside(workdir)

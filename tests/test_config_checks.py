@@ -49,32 +49,3 @@ def test_loss_weight_of_a_head_the_model_lacks_is_refused():
     with pytest.raises(ConfigError, match=r"stages\[0\].loss_weights has 'ce_b', not a head of "
                                           r"this model \(ce, msml, fce\)"):
         config_checks.check_config(config)
-
-
-@pytest.mark.parametrize("fields, message", [
-    ({"threshold_rule": "accuracy"}, "eval.threshold_rule='accuracy': expected one of youden"),
-    ({"threshold_rule": "sensitivity", "target_sensitivity": 1.5},
-     r"eval.target_sensitivity=1.5 must be in \(0, 1\]"),
-    ({"calibration": "isotonic"}, "eval.calibration='isotonic': expected one of none, "
-                                  "temperature, platt"),
-    ({"calibration_bins": 0}, "eval.calibration_bins=0 must be a positive integer"),
-    ({"localization_heatmap": "saliency"}, "eval.localization_heatmap='saliency': expected"),
-    ({"localization_heatmap": "cam_b"}, "needs model.head_b, which this model does not have"),
-])
-def test_bad_operating_point_or_calibration_field_is_refused_before_training(fields, message):
-    from cxrjax import calibration, heatmaps
-
-    assert config_checks.CALIBRATIONS == ("none", *calibration.METHODS)
-    assert config_checks.HEATMAPS == tuple(heatmaps.STREAMS)
-    config = tiny_config("r18")
-    config.eval.update(fields)
-    with pytest.raises(ConfigError, match=message):
-        config_checks.check_config(config)
-
-
-def test_config_of_an_older_run_without_the_eval_fields_passes():
-    config = tiny_config("r18")
-    for field in ("threshold_rule", "target_sensitivity", "calibration", "calibration_bins",
-                  "localization", "localization_heatmap"):
-        del config.eval[field]
-    config_checks.check_config(config)
