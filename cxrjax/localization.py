@@ -17,7 +17,9 @@ Four pieces, each usable alone:
   resized (bilinear) to ``upsample``², min-max normalised to [0, 1]; pixels ``>= threshold``
   (0.5 by default: half way from the map's minimum to its maximum) are kept; each 8-connected
   component is one box (its bounding rectangle, in crop pixels), scored by its peak
-  normalised heat. A constant map yields no box. The normalisation and
+  normalised heat. A constant map yields no box. The comparison allows ``TOLERANCE`` of the
+  map's range: float32 rounding in the resize puts a plateau that sits exactly on the
+  threshold a few ulps either side of it, which would cut it into stripes. The normalisation and
   threshold are jitted over fixed-size chunks; the components are ``scipy.ndimage.label`` over
   a whole chunk at once (a structure that never links two maps), so there is no per-image
   Python loop.
@@ -50,6 +52,11 @@ from cxrjax.data.labels import (  # noqa: F401
 )
 
 T_LEVELS: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
+# A pixel within this share of its map's range below the threshold counts as reaching it. The
+# map is scaled to [0, 1] before the float32 resize, whose rounding then stays within ~10 ulps
+# (1e-6); 2**-16 (1.5e-5) is well above that and far below any heat difference that matters
+# (an 8-bit heatmap's step is 1/255).
+TOLERANCE = 2.0 ** -16
 _CHUNK = 256  # heatmaps per jitted call (padded, so one compilation per map shape)
 
 
@@ -108,13 +115,17 @@ def clip_boxes(xywh, bounds) -> np.ndarray:
 @functools.partial(jax.jit, static_argnames=("size",))
 def _normalise_and_threshold(maps: jax.Array, threshold: jax.Array, size: tuple[int, int] | None
                              ) -> tuple[jax.Array, jax.Array]:
-    maps = maps.astype(jnp.float32)
+    def normalise(m):  # min-max to [0, 1]; a constant map to zeros
+        lo = m.min(axis=(1, 2), keepdims=True)
+        span = m.max(axis=(1, 2), keepdims=True) - lo
+        return jnp.where(span > 0, (m - lo) / jnp.where(span > 0, span, 1.0), 0.0), span > 0
+
+    # Scaled to [0, 1] first: the resize's rounding is then small against the range, whatever
+    # the map's offset (bilinear weights sum to 1, so this changes nothing in exact arithmetic).
+    norm, varied = normalise(maps.astype(jnp.float32))
     if size is not None and size != maps.shape[1:]:
-        maps = jax.image.resize(maps, (maps.shape[0], *size), "bilinear")
-    lo = maps.min(axis=(1, 2), keepdims=True)
-    span = maps.max(axis=(1, 2), keepdims=True) - lo
-    norm = jnp.where(span > 0, (maps - lo) / jnp.where(span > 0, span, 1.0), 0.0)
-    return norm, (norm >= threshold) & (span > 0)
+        norm, varied = normalise(jax.image.resize(norm, (maps.shape[0], *size), "bilinear"))
+    return norm, (norm >= threshold - TOLERANCE) & varied
 
 
 def boxes_from_heatmaps(heatmaps, crop: int, *, threshold: float = 0.5,

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
+from scipy import ndimage
 
 from cxrjax import localization as loc
 from cxrjax.data import labels as labels_lib
@@ -200,6 +201,64 @@ def test_upsampled_map_gives_a_box_around_the_hot_cell_centre():
     (x, y, w, h), = boxes
     assert x + w / 2 == pytest.approx(144, abs=1) and y + h / 2 == pytest.approx(80, abs=1)
     assert 16 <= w <= 48 and 16 <= h <= 48
+
+
+def _bilinear_weights(n_in, n_out):
+    """(n_out, n_in) half-pixel bilinear weights, edges held (what jax.image.resize does)."""
+    c = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+    i0 = np.floor(c).astype(int)
+    weights = np.zeros((n_out, n_in))
+    np.add.at(weights, (np.arange(n_out), i0), 1 - (c - i0))
+    np.add.at(weights, (np.arange(n_out), np.minimum(i0 + 1, n_in - 1)), c - i0)
+    return weights
+
+
+def _rule_by_definition(heat, crop, upsample=None, threshold=0.5):
+    """The half-maximum rule written out in float64 for one map: resize, keep
+    ``heat - min >= threshold * (max - min)``, one box per 8-connected component. With small
+    integer maps, a power-of-two zoom and threshold 0.5 or 0.25 every step is exact."""
+    heat = np.asarray(heat, np.float64)
+    if upsample:
+        heat = _bilinear_weights(heat.shape[0], upsample) @ heat @ _bilinear_weights(
+            heat.shape[1], upsample).T
+    lo, hi = heat.min(), heat.max()
+    if hi == lo:
+        return np.zeros((0, 4))
+    components, _ = ndimage.label(heat - lo >= threshold * (hi - lo), np.ones((3, 3)))
+    cell = np.array([crop / heat.shape[1], crop / heat.shape[0]] * 2)
+    boxes = [[s[1].start, s[0].start, s[1].stop - s[1].start, s[0].stop - s[0].start]
+             for s in ndimage.find_objects(components)]
+    return np.array(boxes, np.float64) * cell
+
+
+def _box_set(boxes):
+    return sorted(map(tuple, np.asarray(boxes).tolist()))
+
+
+@pytest.mark.parametrize("heat, upsample, threshold", [
+    ([[2, 1, 1], [0, 0, 0], [0, 0, 0]], 96, 0.5),  # the plateau sits on half the maximum
+    ([[2, 1, 1], [0, 0, 0], [0, 0, 0]], None, 0.5),
+    ([[0, 1, 1, 0], [0, 1, 2, 0], [1, 1, 0, 0], [0, 0, 0, 2]], 64, 0.5),
+    ([[0, 1, 1, 0], [0, 1, 2, 0], [1, 1, 0, 0], [0, 0, 0, 2]], 128, 0.5),
+    ([[4, 1, 1, 1], [1, 0, 0, 1], [1, 0, 0, 1], [1, 1, 1, 0]], 32, 0.25),
+    ([[1001, 1002, 1002], [1000, 1002, 1000], [1000, 1000, 1004]], 48, 0.5),  # an offset
+    ([[3, 3, 0, 0, 5, 0], [0, 3, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0], [6, 6, 0, 0, 0, 3],
+      [0, 0, 0, 0, 3, 3], [0, 0, 0, 0, 0, 0]], 96, 0.5),
+])
+def test_heatmap_rule_matches_its_definition_on_plateaus_at_the_threshold(heat, upsample,
+                                                                         threshold):
+    heat = np.asarray(heat, np.float32)
+    _, boxes, _ = loc.boxes_from_heatmaps(heat[None], 96, upsample=upsample,
+                                          threshold=threshold)
+    assert _box_set(boxes) == _box_set(_rule_by_definition(heat, 96, upsample, threshold))
+
+
+def test_heatmap_rule_matches_its_definition_on_random_integer_maps():
+    rng = np.random.default_rng(4)
+    maps = rng.integers(0, 5, (40, 4, 4)).astype(np.float32)  # many values on half the max
+    index, boxes, _ = loc.boxes_from_heatmaps(maps, 64, upsample=64)
+    for i, heat in enumerate(maps):
+        assert _box_set(boxes[index == i]) == _box_set(_rule_by_definition(heat, 64, 64)), i
 
 
 def test_chunked_maps_give_the_boxes_of_maps_taken_one_by_one():
