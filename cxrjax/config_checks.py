@@ -65,10 +65,11 @@ def check_config(config: mlc.ConfigDict) -> None:
 
 
 
-# calibration.METHODS plus "none", and heatmaps.STREAMS: spelled here so that checking a config
-# imports neither plotting nor the heatmap functions.
+# calibration.METHODS plus "none", heatmaps.STREAMS and localization.ACCURACY_PER: spelled here
+# so that checking a config imports neither plotting nor the heatmap functions.
 CALIBRATIONS = ("none", "temperature", "platt")
 HEATMAPS = ("gradcam", "gradcam_fine", "cam_a", "cam_b")
+LOCALIZATION_PER = ("box", "image")
 
 
 def check_eval_config(e: mlc.ConfigDict, model: mlc.ConfigDict) -> None:
@@ -96,6 +97,10 @@ def check_eval_config(e: mlc.ConfigDict, model: mlc.ConfigDict) -> None:
     if heatmap in ("cam_a", "cam_b") and model.get(f"head_{heatmap[-1]}") is None:
         raise ConfigError(f"eval.localization_heatmap={heatmap!r} needs model.head_"
                           f"{heatmap[-1]}, which this model does not have")
+    per = e.get("localization_per", "box")
+    if per not in LOCALIZATION_PER:
+        raise ConfigError(f"eval.localization_per={per!r}: expected one of "
+                          f"{', '.join(LOCALIZATION_PER)}")
 
 
 # ---------------------------------------------------------------------------------------------

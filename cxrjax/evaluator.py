@@ -101,7 +101,7 @@ class Evaluator:
 
     def localize(self, variables: dict, boxes: Any, split: str = "test", *,
                  methods: Sequence[str] | None = None, boxes_file: str = "", seed: int = 0,
-                 primary: str | None = None) -> Any:
+                 primary: str | None = None, per: str = "box") -> Any:
         """``localizer.localize`` of ``split``'s boxed images with this model's heatmaps (all
         it offers by default), in jitted batches of the training batch size (Grad-CAM runs a
         backward pass: a batch that trains fits)."""
@@ -112,7 +112,7 @@ class Evaluator:
             methods or heatmaps.available_methods(self.model),
             self.datasets.local_batch_size * self.datasets.process_count)
         return localizer.localize(fn, size, self.datasets, boxes, split, crop=self.datasets.crop,
-                                  boxes_file=boxes_file, seed=seed, primary=primary)
+                                  boxes_file=boxes_file, seed=seed, primary=primary, per=per)
 
     def _localize_test(self, variables: dict, workdir: str, config: mlc.ConfigDict) -> dict:
         """The test split's localization result (files in W/eval), or why there is none."""
@@ -124,7 +124,8 @@ class Evaluator:
         try:
             localized = self.localize(variables, localization.read_boxes(path), "test",
                                       boxes_file=path,
-                                      primary=eval_options(config)["localization_heatmap"])
+                                      primary=eval_options(config)["localization_heatmap"],
+                                      per=eval_options(config)["localization_per"])
         except localization.BoxError as e:
             log.warning("localization not scored: %s", e)
             return {"skipped": str(e)}

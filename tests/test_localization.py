@@ -315,6 +315,82 @@ def test_accuracy_and_false_positives_per_image_follow_wang_et_al():
                                                                      0.25])
 
 
+def test_per_box_and_per_image_readings_differ_where_an_image_has_two_boxes_of_a_class():
+    """Image a has two Mass boxes and one predicted box on the first; image b one Mass box,
+    missed. Per box: 1 of 3 boxes found; per image: 1 of 2 (image, class) pairs."""
+    truth = loc.Boxes.create(["a", "a", "b", "b"], ["Mass", "Mass", "Mass", "Nodule"],
+                             [[0, 0, 10, 10], [50, 50, 10, 10], [0, 0, 10, 10], [0, 0, 8, 8]])
+    predicted = loc.Boxes.create(["a", "b", "b"], ["Mass", "Mass", "Nodule"],
+                                 [[0, 0, 10, 10], [80, 80, 5, 5], [0, 0, 8, 8]])
+    by_box = loc.localization_scores(truth, predicted)
+    by_image = loc.localization_scores(truth, predicted, per="image")
+    assert (by_box["accuracy_per"], by_image["accuracy_per"]) == ("box", "image")
+    assert by_box["per_class"]["Mass"]["acc_iou"] == [1 / 3] * 5
+    assert by_image["per_class"]["Mass"]["acc_iou"] == [1 / 2] * 5
+    assert by_box["overall"]["acc_iobb"] == [2 / 4] * 5  # a's first Mass box and b's Nodule
+    assert by_image["overall"]["acc_iobb"] == [2 / 3] * 5  # a/Mass and b/Nodule of 3 pairs
+    for scores in (by_box, by_image):  # the counts and the false positives are the same
+        assert scores["overall"]["boxes"] == 4 and scores["overall"]["pairs"] == 3
+        assert scores["per_class"]["Mass"]["pairs"] == 2
+        assert scores["per_class"]["Mass"]["fp_per_image_iou"] == [0.5] * 5
+    chance = loc.random_baseline_scores(truth, predicted, [0, 0, 100, 100], draws=2,
+                                        per="image")
+    assert chance["accuracy_per"] == "image" and chance["overall"]["pairs"] == 3
+    with pytest.raises(loc.BoxError, match="per='boxes': expected one of box, image"):
+        loc.localization_scores(truth, predicted, per="boxes")
+
+
+def _scored_result(truth, predicted, per):
+    """A localizer result around one method's scores, as ``localizer.localize`` builds it."""
+    return {"split": "test", "boxes_file": "boxes.csv", "boxes": len(truth),
+            "images": len(set(truth.image_ids)),
+            "pairs": len(set(zip(truth.image_ids, truth.labels, strict=True))),
+            "classes": sorted({labels_lib.CLASSES[c] for c in truth.labels}),
+            "frame": [1024, 1024],
+            "resolution": 256, "crop": 224, "field_of_view": [64, 64, 896, 896],
+            "thresholds": list(loc.T_LEVELS), "accuracy_per": per, "random_draws": 2,
+            "rule": {"keep": 0.5}, "primary": "gradcam",
+            "methods": {"gradcam": {
+                "title": "Grad-CAM", "predicted_boxes": len(predicted), "flat_maps": 0,
+                "scores": loc.localization_scores(truth, predicted, per=per),
+                "random_baseline": loc.random_baseline_scores(
+                    truth, predicted, [0, 0, 100, 100], draws=2, per=per)}}}
+
+
+def test_reading_is_chosen_by_config_and_flag_and_named_in_the_report():
+    import ml_collections as mlc
+
+    from cxrjax import config_checks, localize, localizer, recipe
+
+    assert config_checks.LOCALIZATION_PER == loc.ACCURACY_PER
+    assert recipe.base_config().eval.localization_per == "box"
+    model = recipe.base_config().model
+    config_checks.check_eval_config(mlc.ConfigDict({"localization_per": "image"}), model)
+    with pytest.raises(config_checks.ConfigError,
+                       match="eval.localization_per='pair': expected one of box, image"):
+        config_checks.check_eval_config(mlc.ConfigDict({"localization_per": "pair"}), model)
+    parser = localize.build_parser()
+    assert parser.parse_args(["--workdir", "w"]).per is None  # the run's field decides
+    assert parser.parse_args(["--workdir", "w", "--per", "image"]).per == "image"
+    truth = loc.Boxes.create(["a", "a", "b"], ["Mass", "Mass", "Nodule"],
+                             [[0, 0, 10, 10], [50, 50, 10, 10], [0, 0, 8, 8]])
+    predicted = loc.Boxes.create(["a"], ["Mass"], [[0, 0, 10, 10]])
+    by_box = localizer.report_section(_scored_result(truth, predicted, "box"))
+    by_image = localizer.report_section(_scored_result(truth, predicted, "image"))
+    assert "finds **0.333 / 0.333 / 0.333** of the boxes" in by_box
+    assert "| **all boxes** | 3 |" in by_box and "counts twice" in by_box
+    assert "finds **0.500 / 0.500 / 0.500** of the (image, class) pairs" in by_image
+    assert "| **all pairs** | 2 |" in by_image and "| Mass | 1 |" in by_image
+
+
+def test_one_box_per_image_and_class_reads_the_same_both_ways(nih_boxes):
+    view = loc.field_of_view((1024, 1024), RESOLUTION, CROP)
+    moved = loc.random_boxes(nih_boxes, view, seed=1)
+    by_box = loc.localization_scores(nih_boxes, moved)
+    by_image = loc.localization_scores(nih_boxes, moved, per="image")
+    assert by_box["per_class"] == by_image["per_class"]  # NIH: never two boxes of a class
+
+
 def test_prediction_on_an_image_without_truth_is_a_one_line_error():
     truth = loc.Boxes.create(["a"], ["Mass"], [[0, 0, 10, 10]])
     predicted = loc.Boxes.create(["zz.png"], ["Mass"], [[0, 0, 10, 10]])
