@@ -224,8 +224,8 @@ def fit_calibrator(probs, labels, method: str = "temperature", *, l2: float = 1e
     positives happen to score low gets a negative slope and its test AUC reverses. The
     constrained fit is the maximum-likelihood rescaling among the order-keeping ones: a class
     whose validation scores do not rise with its label ends on the floor, nearly flat (Platt:
-    near its validation prevalence), with a warning. A class with one label value keeps the identity
-    (slope 1, intercept 0), with a warning.
+    near its validation prevalence), with a warning. A class with one label value keeps the
+    identity (slope 1, intercept 0), with a warning.
     """
     probs, labels = _check(probs, labels)
     if method not in METHODS:
