@@ -10,8 +10,9 @@ a ranking score such as the MSML head's has no probability scale, and is not inp
 **Rescaling** (only when asked): per class, on validation, either a temperature
 (``p' = sigmoid(logit(p) / T)``) or Platt scaling (``p' = sigmoid(a logit(p) + b)``), fitted by
 maximum likelihood with a tiny ridge on the slope (``l2``) so a separable class stays finite.
-Both are fitted for all classes at once by damped Newton steps. ``rescaling_report`` returns the
-test ECE before and after.
+Both are fitted for all classes at once by damped Newton steps. The slope is kept at or above
+``MIN_SLOPE`` > 0, so a rescaling never reorders a class's images and its AUC is unchanged
+(see ``fit_calibrator``). ``rescaling_report`` returns the test ECE before and after.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import matplotlib as mpl
 import numpy as np
 from matplotlib.figure import Figure
+from scipy.special import expit
 
 from cxrjax import fileio, metrics
 from cxrjax.data.labels import CLASSES
@@ -31,7 +33,10 @@ from cxrjax.predictions import HEAD_TITLES
 from cxrjax.section import Section, caveats_logged_once
 
 METHODS = ("temperature", "platt")
-_EPS = 1e-7  # probabilities are clipped to [eps, 1 - eps] before taking logits
+_EPS = 1e-7  # the fit clips probabilities to [eps, 1 - eps] before taking logits
+# The smallest slope a fit may reach: a positive floor keeps every rescaling strictly increasing
+# (a slope of 0 would tie all images; a negative one reverses the ranking).
+MIN_SLOPE = 1e-2
 
 
 def _check(probs, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -150,13 +155,15 @@ def plot_reliability(heads: Mapping[str, tuple[np.ndarray, np.ndarray]], path: s
 # ---------------------------------------------------------------------------------------------
 
 
-def _logit(probs: np.ndarray) -> np.ndarray:
-    p = np.clip(probs, _EPS, 1 - _EPS)
-    return np.log(p) - np.log1p(-p)
+def _logit(probs: np.ndarray, eps: float = _EPS) -> np.ndarray:
+    """logit(p), with p clipped to [eps, 1 - eps] (eps 0: 0 and 1 give -inf and inf)."""
+    p = np.clip(probs, eps, 1 - eps)
+    with np.errstate(divide="ignore"):
+        return np.log(p) - np.log1p(-p)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1 + np.tanh(0.5 * z))
+    return expit(z)  # accurate in both tails, so distinct small values stay distinct
 
 
 def _objective(a, b, z, y, l2):
@@ -175,12 +182,14 @@ class Calibrator:
     intercept: np.ndarray  # (C,)
 
     def apply(self, probs) -> np.ndarray:
-        """Rescaled (N, C) probabilities."""
+        """Rescaled (N, C) probabilities, strictly increasing in each column: slope > 0, and
+        the logit is not clipped here (0 -> 0, 1 -> 1). Only float64 can merge two values,
+        where the result lies nearer 0 or 1 than it can hold (slope 2 sends 1 - 1e-9 to 1)."""
         probs = np.asarray(probs, np.float64)
         if probs.shape[-1:] != self.slope.shape:
             raise ValueError(f"calibrator for {len(self.slope)} classes applied to "
                              f"{probs.shape[-1]} columns")
-        return _sigmoid(self.slope * _logit(probs) + self.intercept)
+        return _sigmoid(self.slope * _logit(probs, eps=0.0) + self.intercept)
 
     def to_dict(self) -> dict:
         """JSON-ready parameters per class."""
@@ -189,11 +198,36 @@ class Calibrator:
             for c, a, b in zip(self.classes, self.slope, self.intercept, strict=True)}}
 
 
+def _newton_direction(a, b, z, y, l2, fit_intercept):
+    """Per class, the Newton step (da, db) to subtract; a class whose slope sits on
+    ``MIN_SLOPE`` with the gradient pushing it lower moves its intercept alone."""
+    p = _sigmoid(a * z + b)
+    w = p * (1 - p)
+    ga, gb = ((p - y) * z).mean(axis=0) + l2 * a, (p - y).mean(axis=0)
+    haa, hab, hbb = (w * z * z).mean(axis=0) + l2, (w * z).mean(axis=0), w.mean(axis=0)
+    pinned = (a <= MIN_SLOPE) & (ga > 0)
+    if fit_intercept:
+        det = np.maximum(haa * hbb - hab * hab, 1e-300)
+        da, db = (hbb * ga - hab * gb) / det, (haa * gb - hab * ga) / det
+        db = np.where(pinned, gb / np.maximum(hbb, 1e-300), db)
+    else:
+        da, db = ga / np.maximum(haa, 1e-300), np.zeros_like(gb)
+    return np.where(pinned, 0.0, da), db
+
+
 def fit_calibrator(probs, labels, method: str = "temperature", *, l2: float = 1e-4,
                    classes: Sequence[str] = CLASSES, steps: int = 100) -> Calibrator:
-    """Fits the per-class rescaling on validation probabilities by maximum likelihood.
+    """Fits the per-class rescaling on validation probabilities by maximum likelihood, the
+    slope constrained to ``>= MIN_SLOPE`` (projected Newton steps).
 
-    A class with one label value keeps the identity (slope 1, intercept 0), with a warning.
+    Why constrained rather than free: a rescaling exists to change what a probability means,
+    never the order of the images, so the AUC, the operating points' ranking and every
+    comparison of heads stay as validated. Unconstrained, a class whose few validation
+    positives happen to score low gets a negative slope and its test AUC reverses. The
+    constrained fit is the maximum-likelihood rescaling among the order-keeping ones: a class
+    whose validation scores do not rise with its label ends on the floor, nearly flat (Platt:
+    near its validation prevalence), with a warning. A class with one label value keeps the
+    identity (slope 1, intercept 0), with a warning.
     """
     probs, labels = _check(probs, labels)
     if method not in METHODS:
@@ -203,32 +237,30 @@ def fit_calibrator(probs, labels, method: str = "temperature", *, l2: float = 1e
         raise ValueError(f"{len(classes)} class names for {probs.shape[1]} columns")
     z, y = _logit(probs), labels
     a, b = np.ones(z.shape[1]), np.zeros(z.shape[1])
-    fit_intercept = method == "platt"
     for _ in range(steps):
-        p = _sigmoid(a * z + b)
-        w = p * (1 - p)
-        ga, gb = ((p - y) * z).mean(axis=0) + l2 * a, (p - y).mean(axis=0)
-        haa, hab, hbb = (w * z * z).mean(axis=0) + l2, (w * z).mean(axis=0), w.mean(axis=0)
-        if fit_intercept:
-            det = np.maximum(haa * hbb - hab * hab, 1e-300)
-            da, db = (hbb * ga - hab * gb) / det, (haa * gb - hab * ga) / det
-        else:
-            da, db = ga / np.maximum(haa, 1e-300), np.zeros_like(gb)
+        da, db = _newton_direction(a, b, z, y, l2, method == "platt")
         step = np.ones_like(a)
         before = _objective(a, b, z, y, l2)
         for _ in range(30):  # halve each class's step until its objective does not rise
-            worse = _objective(a - step * da, b - step * db, z, y, l2) > before + 1e-15
+            new_a, new_b = np.maximum(a - step * da, MIN_SLOPE), b - step * db
+            worse = _objective(new_a, new_b, z, y, l2) > before + 1e-15
             if not worse.any():
                 break
             step = np.where(worse, step / 2, step)
-        a, b = a - step * da, b - step * db
-        if np.max(np.abs(step * da) + np.abs(step * db)) < 1e-10:
+        moved = np.abs(new_a - a) + np.abs(new_b - b)
+        a, b = np.where(worse, a, new_a), np.where(worse, b, new_b)
+        if np.max(np.where(worse, 0.0, moved)) < 1e-10:
             break
     degenerate = (labels.min(axis=0) == labels.max(axis=0))
     if degenerate.any():
         warnings.warn(f"{', '.join(np.asarray(classes)[degenerate])}: one label value on "
                       "validation; left uncalibrated", stacklevel=2)
         a, b = np.where(degenerate, 1.0, a), np.where(degenerate, 0.0, b)
+    floored = ~degenerate & (a <= MIN_SLOPE)
+    if floored.any():
+        warnings.warn(f"{', '.join(np.asarray(classes)[floored])}: validation scores do "
+                      "not rise with the label; slope held at its floor "
+                      f"{MIN_SLOPE:g} (nearly flat probabilities, order kept)", stacklevel=2)
     return Calibrator(method, tuple(classes), a, b)
 
 

@@ -96,7 +96,7 @@ class Evaluator:
 
     def localize(self, variables: dict, boxes: Any, split: str = "test", *,
                  methods: Sequence[str] | None = None, boxes_file: str = "", seed: int = 0,
-                 primary: str | None = None) -> Any:
+                 primary: str | None = None, per: str = "box") -> Any:
         """``localizer.localize`` of ``split``'s boxed images with this model's heatmaps (all
         it offers by default), in jitted batches of the training batch size (Grad-CAM runs a
         backward pass: a batch that trains fits)."""
@@ -107,7 +107,7 @@ class Evaluator:
             methods or heatmaps.available_methods(self.model),
             self.datasets.local_batch_size * self.datasets.process_count)
         return localizer.localize(fn, size, self.datasets, boxes, split, crop=self.datasets.crop,
-                                  boxes_file=boxes_file, seed=seed, primary=primary)
+                                  boxes_file=boxes_file, seed=seed, primary=primary, per=per)
 
 
 def write_test_outputs(workdir: str, config: mlc.ConfigDict, scores: SplitScores,

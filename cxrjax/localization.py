@@ -17,16 +17,22 @@ Four pieces, each usable alone:
   resized (bilinear) to ``upsample``², min-max normalised to [0, 1]; pixels ``>= threshold``
   (0.5 by default: half way from the map's minimum to its maximum) are kept; each 8-connected
   component is one box (its bounding rectangle, in crop pixels), scored by its peak
-  normalised heat. A constant map yields no box. The normalisation and
+  normalised heat. A constant map yields no box. The comparison allows ``TOLERANCE`` of the
+  map's range: float32 rounding in the resize puts a plateau that sits exactly on the
+  threshold a few ulps either side of it, which would cut it into stripes. The normalisation and
   threshold are jitted over fixed-size chunks; the components are ``scipy.ndimage.label`` over
   a whole chunk at once (a structure that never links two maps), so there is no per-image
   Python loop.
 * **Scores** (``localization_scores``): IoU and IoBB = |GT ∩ pred| / |pred|. A ground-truth box
   is localized at T when a predicted box of the same image and class has IoU (or IoBB) > T,
-  as Wang et al. define it. A predicted box that reaches no ground-truth box of its image and
-  class beyond T is a false positive; FP per image divides by the images holding a
-  ground-truth box (of that class, per class). ``random_baseline_scores`` scores boxes of the
-  predicted sizes placed uniformly at random in the field of view: the chance level.
+  as Wang et al. define it. Accuracy counts ground-truth boxes by default (``per="box"``: an
+  image with two boxes of one class counts twice); Wang et al. leave it open, and NIH's list
+  never has two boxes of one class on an image, but the synthetic set does. ``per="image"``
+  counts each (image, class) pair once, localized when any of its boxes is. A predicted box
+  that reaches no ground-truth box of its image and class beyond T is a false positive; FP
+  per image divides by the images holding a ground-truth box (of that class, per class).
+  ``random_baseline_scores`` scores boxes of the predicted sizes placed uniformly at random in
+  the field of view: the chance level.
 """
 
 from __future__ import annotations
@@ -50,6 +56,12 @@ from cxrjax.data.labels import (  # noqa: F401
 )
 
 T_LEVELS: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
+ACCURACY_PER = ("box", "image")  # what accuracy at T counts: ground-truth boxes, or pairs
+# A pixel within this share of its map's range below the threshold counts as reaching it. The
+# map is scaled to [0, 1] before the float32 resize, whose rounding then stays within ~10 ulps
+# (1e-6); 2**-16 (1.5e-5) is well above that and far below any heat difference that matters
+# (an 8-bit heatmap's step is 1/255).
+TOLERANCE = 2.0 ** -16
 _CHUNK = 256  # heatmaps per jitted call (padded, so one compilation per map shape)
 
 
@@ -108,13 +120,17 @@ def clip_boxes(xywh, bounds) -> np.ndarray:
 @functools.partial(jax.jit, static_argnames=("size",))
 def _normalise_and_threshold(maps: jax.Array, threshold: jax.Array, size: tuple[int, int] | None
                              ) -> tuple[jax.Array, jax.Array]:
-    maps = maps.astype(jnp.float32)
+    def normalise(m):  # min-max to [0, 1]; a constant map to zeros
+        lo = m.min(axis=(1, 2), keepdims=True)
+        span = m.max(axis=(1, 2), keepdims=True) - lo
+        return jnp.where(span > 0, (m - lo) / jnp.where(span > 0, span, 1.0), 0.0), span > 0
+
+    # Scaled to [0, 1] first: the resize's rounding is then small against the range, whatever
+    # the map's offset (bilinear weights sum to 1, so this changes nothing in exact arithmetic).
+    norm, varied = normalise(maps.astype(jnp.float32))
     if size is not None and size != maps.shape[1:]:
-        maps = jax.image.resize(maps, (maps.shape[0], *size), "bilinear")
-    lo = maps.min(axis=(1, 2), keepdims=True)
-    span = maps.max(axis=(1, 2), keepdims=True) - lo
-    norm = jnp.where(span > 0, (maps - lo) / jnp.where(span > 0, span, 1.0), 0.0)
-    return norm, (norm >= threshold) & (span > 0)
+        norm, varied = normalise(jax.image.resize(norm, (maps.shape[0], *size), "bilinear"))
+    return norm, (norm >= threshold - TOLERANCE) & varied
 
 
 def boxes_from_heatmaps(heatmaps, crop: int, *, threshold: float = 0.5,
@@ -226,20 +242,37 @@ def _pairs(truth: Boxes, predicted: Boxes) -> tuple[np.ndarray, np.ndarray]:
     return t_idx, order[np.repeat(lo, count) + within]
 
 
-def _block(hit_t: np.ndarray, fp_p: np.ndarray, n_images: int) -> dict:
-    return {"boxes": int(len(hit_t["iou"])), "images": n_images,
-            **{f"acc_{m}": hit_t[m].mean(axis=0).tolist() for m in ("iou", "iobb")},
+def _block(hit: dict, fp_p: dict, n_images: int, n_boxes: int, n_pairs: int) -> dict:
+    """One row of scores: ``hit`` holds a (K, T) bool per measure, K boxes or pairs."""
+    return {"boxes": n_boxes, "pairs": n_pairs, "images": n_images,
+            **{f"acc_{m}": hit[m].mean(axis=0).tolist() for m in ("iou", "iobb")},
             **{f"fp_per_image_{m}": (fp_p[m].sum(axis=0) / max(n_images, 1)).tolist()
                for m in ("iou", "iobb")}}
 
 
-def localization_scores(truth: Boxes, predicted: Boxes,
-                        thresholds: Sequence[float] = T_LEVELS) -> dict:
-    """Accuracy at T(IoU) and T(IoBB) and false-positive boxes per image, per class present in
-    ``truth``, over all boxes (``overall``) and as the mean of the classes.
+def _per_pair(truth: Boxes, hit: dict) -> tuple[np.ndarray, dict]:
+    """(class of each (image, class) pair in ``truth``, {measure: (pairs, T) bool}: any of
+    the pair's boxes hit)."""
+    keys, pair = np.unique(np.rec.fromarrays([truth.image_ids, truth.labels]),
+                           return_inverse=True)
+    out = {}
+    for m, h in hit.items():
+        out[m] = np.zeros((len(keys), h.shape[1]), bool)
+        np.logical_or.at(out[m], pair.ravel(), h)
+    return np.asarray(keys.f1, np.int64), out
 
-    Lists follow ``thresholds``. Predictions must lie on images that hold a ground-truth box.
+
+def localization_scores(truth: Boxes, predicted: Boxes,
+                        thresholds: Sequence[float] = T_LEVELS, *, per: str = "box") -> dict:
+    """Accuracy at T(IoU) and T(IoBB) and false-positive boxes per image, per class present in
+    ``truth``, over all of it (``overall``) and as the mean of the classes.
+
+    ``per``: what accuracy counts, ground-truth boxes ("box") or (image, class) pairs, each
+    localized when any of its boxes is ("image"). Lists follow ``thresholds``. Predictions
+    must lie on images that hold a ground-truth box.
     """
+    if per not in ACCURACY_PER:
+        raise BoxError(f"per={per!r}: expected one of {', '.join(ACCURACY_PER)}")
     stray = np.setdiff1d(predicted.image_ids, truth.image_ids)
     if len(stray):
         raise BoxError(f"{len(stray)} predicted image(s) have no ground-truth box, e.g. "
@@ -254,16 +287,20 @@ def localization_scores(truth: Boxes, predicted: Boxes,
         np.maximum.at(best_p, p_idx, overlap)
         hit[name] = best_t[:, None] > levels
         fp[name] = best_p[:, None] <= levels
+    pair_class, pair_hit = _per_pair(truth, hit)
+    unit_class, unit_hit = (truth.labels, hit) if per == "box" else (pair_class, pair_hit)
     per_class = {}
     for c in np.unique(truth.labels):
         t_c, p_c = truth.labels == c, predicted.labels == c
         images = len(np.unique(truth.image_ids[t_c]))
-        per_class[CLASSES[c]] = _block({m: v[t_c] for m, v in hit.items()},
-                                       {m: v[p_c] for m, v in fp.items()}, images)
+        per_class[CLASSES[c]] = _block({m: v[unit_class == c] for m, v in unit_hit.items()},
+                                       {m: v[p_c] for m, v in fp.items()}, images,
+                                       int(t_c.sum()), int((pair_class == c).sum()))
     mean = {key: np.mean([b[key] for b in per_class.values()], axis=0).tolist()
             for key in ("acc_iou", "acc_iobb", "fp_per_image_iou", "fp_per_image_iobb")}
-    return {"thresholds": levels.tolist(), "per_class": per_class,
-            "overall": _block(hit, fp, len(np.unique(truth.image_ids))),
+    return {"thresholds": levels.tolist(), "accuracy_per": per, "per_class": per_class,
+            "overall": _block(unit_hit, fp, len(np.unique(truth.image_ids)), len(truth),
+                              len(pair_class)),
             "mean_over_classes": mean}
 
 
@@ -278,10 +315,12 @@ def random_boxes(predicted: Boxes, bounds, *, seed: int = 0) -> Boxes:
 
 
 def random_baseline_scores(truth: Boxes, predicted: Boxes, bounds, *, draws: int = 20,
-                           seed: int = 0, thresholds: Sequence[float] = T_LEVELS) -> dict:
+                           seed: int = 0, thresholds: Sequence[float] = T_LEVELS,
+                           per: str = "box") -> dict:
     """``localization_scores`` of ``random_boxes``, averaged over ``draws`` seeded draws."""
     if draws < 1:
         raise BoxError(f"draws must be >= 1, got {draws}")
     runs = [localization_scores(truth, random_boxes(predicted, bounds, seed=seed + k),
-                                thresholds) for k in range(draws)]
-    return jax.tree.map(lambda *v: type(v[0])(np.mean(v)), *runs)
+                                thresholds, per=per) for k in range(draws)]
+    return jax.tree.map(lambda *v: v[0] if isinstance(v[0], str) else type(v[0])(np.mean(v)),
+                        *runs)

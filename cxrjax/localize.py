@@ -2,6 +2,7 @@
 
     python -m cxrjax.localize --workdir W [--boxes CSV] [--split test|val|train|all]
                               [--json OUT.json] [--out DIR] [--methods gradcam,cam_a,cam_b]
+                              [--per box|image]
 
 For every image of the run's split (default: test) that has boxes in CSV (NIH's
 ``BBox_List_2017.csv`` format, 1024² frame; default: the run's data folder's own list, as the
@@ -45,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated heatmaps, the first leading the tables and the "
                              "picture (default: all the model offers, led by the run's "
                              "eval.localization_heatmap)")
+    parser.add_argument("--per", choices=loc.ACCURACY_PER, default=None,
+                        help="what accuracy counts: each ground-truth box, or each (image, "
+                             "class) pair once (default: the run's eval.localization_per, "
+                             "box unless set)")
 
     parser.add_argument("--grid", type=int, default=8, help="images in the PNG grid")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random-box baseline")
@@ -69,9 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             methods = (heatmaps.check_methods(args.methods.split(","), run.evaluator.model)
                        if args.methods else None)
             primary = methods[0] if methods else run.config.eval.localization_heatmap
+            per = args.per or run.config.eval.localization_per
             localized = run.evaluator.localize(run.variables, boxes, args.split,
                                                methods=methods, boxes_file=path, seed=args.seed,
-                                               primary=primary)
+                                               primary=primary, per=per)
             out_dir = args.out or fileio.join(run.workdir, "eval")
             paths = localizer.write_outputs(localized, run.evaluator.datasets, out_dir,
                                             args.json, count=args.grid)

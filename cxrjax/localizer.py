@@ -118,14 +118,18 @@ class Localized:
 
 def localize(map_fn: MapFn, batch_size: int, datasets: Any, boxes: loc.Boxes, split: str, *,
              crop: int, boxes_file: str = "", seed: int = 0, draws: int = 20,
-             threshold: float = 0.5, primary: str | None = None) -> Localized:
+             threshold: float = 0.5, primary: str | None = None, per: str = "box"
+             ) -> Localized:
     """Scores every method ``map_fn`` returns on the boxed images of ``split``.
 
     ``result`` holds, per method, ``localization_scores`` (per class, overall, mean over
     classes) and ``random_baseline`` (the same boxes at uniform random places in the field of
     view, averaged over ``draws`` seeded draws), plus what was scored and how. ``primary``:
     the method the tables and the picture show first (default: Grad-CAM when present).
+    ``per``: accuracy counts ground-truth boxes ("box") or (image, class) pairs ("image").
     """
+    if per not in loc.ACCURACY_PER:
+        raise loc.BoxError(f"per={per!r}: expected one of {', '.join(loc.ACCURACY_PER)}")
     truth, where = boxes_in_split(boxes, datasets, split)
     keys = np.unique(np.rec.fromarrays([truth.image_ids, truth.labels]))
     pair_ids, pair_labels = np.asarray(keys.f0, str), np.asarray(keys.f1, np.int64)
@@ -147,16 +151,16 @@ def localize(map_fn: MapFn, batch_size: int, datasets: Any, boxes: loc.Boxes, sp
         methods[method] = {
             "title": heatmaps.TITLES.get(method, method), "predicted_boxes": len(found),
             "flat_maps": flat,  # pairs whose map is constant (a Grad-CAM all ReLU'd): no box
-            "scores": loc.localization_scores(truth, found),
+            "scores": loc.localization_scores(truth, found, per=per),
             "random_baseline": loc.random_baseline_scores(truth, found, view, draws=draws,
-                                                          seed=seed)}
+                                                          seed=seed, per=per)}
     result = {
         "split": split, "boxes_file": boxes_file, "boxes": len(truth),
         "images": int(len(np.unique(truth.image_ids))), "pairs": int(len(pair_ids)),
         "classes": sorted({labels_lib.CLASSES[c] for c in truth.labels},
                           key=labels_lib.CLASSES.index),
         "frame": list(labels_lib.BOX_FRAME), "resolution": resolution, "crop": crop,
-        "field_of_view": view.tolist(), "thresholds": list(loc.T_LEVELS),
+        "field_of_view": view.tolist(), "thresholds": list(loc.T_LEVELS), "accuracy_per": per,
         "rule": {"map": f"bilinear to {crop}x{crop}, min-max normalised", "keep": threshold,
                  "components": "8-connected, one box each"},
         "random_draws": draws, "primary": primary if primary in maps else next(iter(maps)),
@@ -181,15 +185,17 @@ def markdown_tables(result: Mapping, method: str | None = None) -> str:
     block = result["methods"][method]
     scores, chance = block["scores"], block["random_baseline"]
     levels = [f"{t:g}" for t in result["thresholds"]]
-    head = ("| Finding | boxes | " + " | ".join(f"IoBB {t}" for t in levels) + " | "
+    per_image = result.get("accuracy_per", "box") == "image"
+    unit = "pairs" if per_image else "boxes"
+    head = (f"| Finding | {unit} | " + " | ".join(f"IoBB {t}" for t in levels) + " | "
             + " | ".join(f"IoU {t}" for t in levels) + " |")
     rule = "|---|---:|" + "---:|" * (2 * len(levels))
-    acc, fp = [head, rule], [head.replace("| boxes |", "| images |"), rule]
+    acc, fp = [head, rule], [head.replace(f"| {unit} |", "| images |"), rule]
     rows = [(name, s, None) for name, s in scores["per_class"].items()]
-    rows += [("**all boxes**", scores["overall"], None),
+    rows += [(f"**all {unit}**", scores["overall"], None),
              ("*random boxes, same sizes*", chance["overall"], True)]
     for name, s, _ in rows:
-        acc.append(f"| {name} | {s['boxes']} | " + " | ".join(_cells(s["acc_iobb"])) + " | "
+        acc.append(f"| {name} | {s[unit]} | " + " | ".join(_cells(s["acc_iobb"])) + " | "
                    + " | ".join(_cells(s["acc_iou"])) + " |")
         fp.append(f"| {name} | {s['images']} | " + " | ".join(_cells(s["fp_per_image_iobb"]))
                   + " | " + " | ".join(_cells(s["fp_per_image_iou"])) + " |")
@@ -205,10 +211,12 @@ def markdown_tables(result: Mapping, method: str | None = None) -> str:
                            + " | ".join(_cells(s["acc_iobb"])) + " | "
                            + " | ".join(_cells(s["acc_iou"])) + " |")
 
-    return "\n".join([f"Accuracy (share of ground-truth boxes hit), {block['title']}:", "",
+    counted = ("(image, class) pairs with a ground-truth box hit" if per_image
+               else "ground-truth boxes hit")
+    return "\n".join([f"Accuracy (share of {counted}), {block['title']}:", "",
                       *acc, "", "False-positive boxes per image (a predicted box that reaches "
                       "no ground-truth box of its image and class beyond T):", "", *fp, "",
-                      "Every heatmap, all boxes (a flat map, e.g. a Grad-CAM that the ReLU "
+                      f"Every heatmap, all {unit} (a flat map, e.g. a Grad-CAM that the ReLU "
                       "zeroes, gives no box):", "", *compare])
 
 
@@ -227,6 +235,14 @@ def report_section(result: Mapping | None, picture: str | None = None,
     overall, chance = primary["scores"]["overall"], primary["random_baseline"]["overall"]
     shown = [i for i, t in enumerate(result["thresholds"]) if t <= 0.5] or [0]
     levels = " / ".join(f"{result['thresholds'][i]:g}" for i in shown)
+    if result.get("accuracy_per", "box") == "image":
+        counted, reading = "(image, class) pairs", (
+            "Accuracy counts each (image, class) pair once, found when any of its boxes is "
+            "(`eval.localization_per = \"image\"`).")
+    else:
+        counted, reading = "boxes", (
+            "Accuracy counts ground-truth boxes: an image with two boxes of one class counts "
+            "twice (`eval.localization_per = \"image\"` counts it once).")
     lines += [
         f"{result['boxes']} ground-truth boxes on {result['images']} images of the "
         f"{result['split']} split ({', '.join(result['classes'])}), from "
@@ -237,10 +253,10 @@ def report_section(result: Mapping | None, picture: str | None = None,
         f"{result['resolution']}² and the centre crop (the crop sees "
         f"{result['field_of_view'][2]:.0f}² of it). Scored as Wang et al. (CVPR 2017): a box "
         "is found at T when a predicted box of its image and class has IoU (or IoBB = "
-        "|truth ∩ predicted| / |predicted|) > T. Chance: the same predicted boxes placed "
-        f"uniformly at random in the field of view ({result['random_draws']} draws).", "",
-        f"At T(IoBB) = {levels}, {primary['title']} finds **{_at(overall, shown)}** of the "
-        f"boxes; the same boxes at random places {_at(chance, shown)}.", "",
+        f"|truth ∩ predicted| / |predicted|) > T. {reading} Chance: the same predicted boxes "
+        f"placed uniformly at random in the field of view ({result['random_draws']} draws).",
+        "", f"At T(IoBB) = {levels}, {primary['title']} finds **{_at(overall, shown)}** of the "
+        f"{counted}; the same boxes at random places {_at(chance, shown)}.", "",
         markdown_tables(result), ""]
 
     if picture:
@@ -348,6 +364,9 @@ def _check_fields(e: Any, model: Any) -> None:
     if heatmap in ("cam_a", "cam_b") and model.get(f"head_{heatmap[-1]}") is None:
         raise ConfigError(f"eval.localization_heatmap={heatmap!r} needs model.head_"
                           f"{heatmap[-1]}, which this model does not have")
+    if e.localization_per not in loc.ACCURACY_PER:
+        raise ConfigError(f"eval.localization_per={e.localization_per!r}: expected one of "
+                          f"{', '.join(loc.ACCURACY_PER)}")
 
 
 def _compute(inputs: Any) -> dict:
@@ -359,7 +378,8 @@ def _compute(inputs: Any) -> dict:
     try:
         localized = inputs.evaluator.localize(
             inputs.variables, loc.read_boxes(path), "test", boxes_file=path,
-            primary=inputs.config.eval.localization_heatmap)
+            primary=inputs.config.eval.localization_heatmap,
+            per=inputs.config.eval.localization_per)
     except loc.BoxError as e:
         logging.getLogger("cxrjax").warning("localization not scored: %s", e)
         return {"skipped": str(e)}
@@ -379,7 +399,7 @@ def _summary(result: Mapping) -> Mapping:
             "random_baseline_overall": best["random_baseline"]["overall"]}
 
 
-SECTION = Section("localization", ("localization", "localization_heatmap"),
+SECTION = Section("localization", ("localization", "localization_heatmap", "localization_per"),
                   check=_check_fields, compute=_compute, summary=_summary,
                   switch="localization",
                   report=lambda result: report_section(result, "eval/localization.png"))

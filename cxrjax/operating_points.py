@@ -8,9 +8,11 @@ threshold per class among the scores themselves, by a rule:
 * ``sensitivity``: the highest threshold whose sensitivity reaches ``target_sensitivity`` (so
   the most specific one that meets it).
 
-Ties go to the highest threshold (the first ROC point, as ``argmax`` over scikit-learn's
-``roc_curve`` does). A class with no positive or no negative validation image gets NaN (with a
-warning): it cannot be called, and every count at it is NaN. ``OperatingPoints`` saves and
+Ties go to the highest threshold, decided exactly: each rule compares integer counts (Youden's
+J as ``TP N - FP P``, F1 as one correctly rounded ratio of integers, the target as the decimal
+it is written as), never a float such as ``TP/P - FP/N`` whose rounding could split a tie. A
+class with no positive or no negative validation image gets NaN (with a warning): it cannot be
+called, and every count at it is NaN. ``OperatingPoints`` saves and
 loads ``thresholds.json``, naming its classes and its rule; a file for other classes is a
 one-line ``ThresholdsError``. ``operating_point_metrics`` reports sensitivity, specificity, PPV,
 NPV and F1 per class, each with a seeded bootstrap 95% CI: image resamples are count vectors,
@@ -25,6 +27,7 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -71,13 +74,7 @@ def choose_thresholds(scores, labels, rule: str = "youden", *,
         if positives == 0 or negatives == 0:
             lacking["positive" if positives == 0 else "negative"].append(names[c])
             continue
-        if rule == "youden":
-            k = np.argmax(tp / positives - fp / negatives)
-        elif rule == "max_f1":
-            k = np.argmax(2 * tp / (tp + fp + positives))
-        else:  # the integer form avoids 0.9 * 10 < 9 rounding
-            k = np.argmax(tp >= math.ceil(target_sensitivity * positives - 1e-9))
-        out[c] = thresholds[k]
+        out[c] = thresholds[_best_point(rule, tp, fp, positives, negatives, target_sensitivity)]
     for kind, which in lacking.items():  # one warning per kind, naming every class
         if which:
             warnings.warn(f"{', '.join(which)}: no {kind} validation image; "
@@ -85,6 +82,22 @@ def choose_thresholds(scores, labels, rule: str = "youden", *,
                           " NaN", stacklevel=2)
     return out
 
+
+
+def _best_point(rule: str, tp: np.ndarray, fp: np.ndarray, positives: int, negatives: int,
+                target_sensitivity: float | None) -> int:
+    """Index of the ROC point (thresholds descending) that ``rule`` picks, the first (highest
+    threshold) among exact ties."""
+    tp, fp = tp.astype(np.int64), fp.astype(np.int64)
+    if rule == "youden":  # J = TP/P - FP/N, times P N: exact in integers
+        return int(np.argmax(tp * negatives - fp * positives))
+    if rule == "max_f1":  # F1 = 2TP / (TP + FP + P): one correctly rounded division per point;
+        # equal fractions round equal, and distinct ones with terms below 2**26 (67 million
+        # images) differ by more than their rounding, so the float order is the exact order
+        return int(np.argmax(2 * tp / (tp + fp + positives)))
+    target = Fraction(repr(float(target_sensitivity)))  # 0.9 means 9/10, not 0.9000...0222
+    needed = math.ceil(target * positives)
+    return int(np.argmax(tp >= needed))
 
 
 def _names(classes: Sequence[str] | None, num_classes: int) -> tuple[str, ...]:

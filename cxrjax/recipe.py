@@ -114,6 +114,10 @@ def base_config() -> mlc.ConfigDict:
     # The heatmap its tables and picture lead with (all are scored): "gradcam" (stream A's last
     # map), "gradcam_fine" (stream A's block at 2x that resolution), "cam_a" or "cam_b".
     c.eval.localization_heatmap = "gradcam"
+    # What accuracy at T(IoU) / T(IoBB) counts: "box" (each ground-truth box) or "image" (each
+    # (image, class) pair once, found when any of its boxes is). Wang et al. leave it open; they
+    # differ only where an image has two boxes of one class (the synthetic set, not NIH's list).
+    c.eval.localization_per = "box"
     return c
 
 

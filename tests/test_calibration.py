@@ -1,13 +1,17 @@
 """Calibration: reliability bins against scikit-learn, ECE by hand, temperature and Platt
 scaling fitted on validation, and the reliability-diagram PNG."""
 
+import warnings
+
 import numpy as np
 import pytest
 from PIL import Image
+from scipy.optimize import minimize
 from sklearn.calibration import calibration_curve
 from sklearn.linear_model import LogisticRegression
 
 from cxrjax import calibration as cal
+from cxrjax import metrics
 from cxrjax.data.labels import CLASSES
 
 
@@ -92,6 +96,94 @@ def test_separable_class_keeps_a_finite_fit_and_constant_class_stays_uncalibrate
     assert np.isfinite(fitted.slope).all() and fitted.slope[0] > 1
     assert (fitted.slope[1], fitted.intercept[1]) == (1.0, 0.0)
     np.testing.assert_allclose(fitted.apply(probs)[:, 1], probs[:, 1])
+
+
+@pytest.mark.parametrize("method", cal.METHODS)
+def test_few_low_scoring_positives_cannot_reverse_the_ranking(method):
+    """Three validation positives that score low: a free fit's slope is negative (-0.43 for
+    the temperature) and maps 0.1 above 0.9; the fit keeps it at the positive floor."""
+    probs = np.array([[.9], [.7], [.3], [.1], [.2], [.6]])
+    labels = np.array([[0], [0], [1], [0], [1], [1]])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fitted = cal.fit_calibrator(probs, labels, method, classes=["Mass"])
+    rescaled = fitted.apply(probs)[:, 0]
+    assert metrics.roc_auc(rescaled, labels[:, 0]) == metrics.roc_auc(probs, labels)
+    assert (np.diff(rescaled[np.argsort(probs[:, 0])]) > 0).all()  # strictly increasing
+    assert fitted.slope[0] == cal.MIN_SLOPE
+    assert [str(w.message) for w in caught] == [
+        f"Mass: validation scores do not rise with the label; slope held at its floor "
+        f"{cal.MIN_SLOPE:g} (nearly flat probabilities, order kept)"]
+
+
+def test_rescaled_probabilities_stay_distinct_in_both_tails():
+    """Float32 models give probabilities far below 1e-7: the rescaling keeps them apart (no
+    clipping when applied), and maps 0 to 0 and 1 to 1."""
+    probs = np.array([0.0, 1e-100, 1e-12, 1e-9, 1e-8, 0.3, 1 - 1e-6, 1 - 1e-7, 1.0])[:, None]
+    for slope, intercept in ((0.5, 0.0), (1.0, 0.0), (2.0, -3.0)):
+        rescaled = cal.Calibrator("platt", ("a",), np.array([slope]),
+                                  np.array([intercept])).apply(probs)[:, 0]
+        assert (np.diff(rescaled) > 0).all() and rescaled[[0, -1]].tolist() == [0.0, 1.0]
+
+
+def _bounded_reference(z, y, method, l2):
+    """The same penalised likelihood minimised by scipy's bounded L-BFGS-B."""
+    def loss(v):
+        t = v[0] * z + (v[1] if method == "platt" else 0.0)
+        return (np.logaddexp(0, t) - y * t).mean() + 0.5 * l2 * v[0] ** 2
+    return minimize(loss, [1.0, 0.0], method="L-BFGS-B", bounds=[(cal.MIN_SLOPE, None),
+                    (None, None)], options={"ftol": 1e-15, "gtol": 1e-11}).x
+
+
+@pytest.mark.parametrize("method", cal.METHODS)
+def test_constrained_fit_is_the_bounded_minimum_of_the_likelihood(method):
+    rng = np.random.default_rng(11)
+    z = rng.normal(0, 2, (60, 4))
+    y = (rng.random(z.shape) < 1 / (1 + np.exp(-np.array([2.0, 0.5, -0.5, -2.0]) * z))
+         ).astype(int)  # two classes rank right, two backwards
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        fitted = cal.fit_calibrator(1 / (1 + np.exp(-z)), y, method, classes=list("abcd"))
+    for c in range(4):
+        slope, intercept = _bounded_reference(z[:, c], y[:, c], method, 1e-4)
+        assert fitted.slope[c] == pytest.approx(slope, rel=1e-4, abs=1e-6), c
+        if method == "platt":
+            assert fitted.intercept[c] == pytest.approx(intercept, abs=1e-4), c
+    assert (fitted.slope[2:] == cal.MIN_SLOPE).all() and (fitted.slope[:2] > 0.3).all()
+
+
+@pytest.mark.parametrize("method", cal.METHODS)
+def test_rescaling_never_changes_a_class_auc_on_random_inputs(method):
+    """200 random validation sets (1 to 5 positives in some, ties, 0 and 1, scores that rank
+    right, at random or backwards): the fitted rescaling keeps every class's AUC exactly, on
+    validation and on a fresh draw."""
+    rng = np.random.default_rng(5)
+    for trial in range(200):
+        n, c = int(rng.integers(6, 80)), 3
+        direction = rng.choice([-2.0, 0.0, 1.0, 3.0], size=c)
+        z = rng.normal(0, 2, (2 * n, c))
+        labels = (rng.random(z.shape) < 1 / (1 + np.exp(-direction * z))).astype(int)
+        if trial % 2:  # few positives: at most five per class
+            labels[np.argsort(rng.random(z.shape), axis=0)[5:], np.arange(c)] = 0
+        probs = 1 / (1 + np.exp(-z))
+        tied = rng.random(z.shape) < 0.2
+        probs[tied] = np.round(probs[tied], 1)
+        probs[rng.random(z.shape) < 0.03] = rng.choice([0.0, 1.0])
+        val, test = (probs[:n], labels[:n]), (probs[n:], labels[n:])
+        usable = [k for k in range(c) if 0 < val[1][:, k].sum() < n]
+        if not usable:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            fitted = cal.fit_calibrator(val[0][:, usable], val[1][:, usable], method,
+                                        classes=[str(k) for k in usable])
+        for p, y in (val, test):
+            p, y = p[:, usable], y[:, usable]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a class without positives: NaN both ways
+                before, after = metrics.roc_auc(p, y), metrics.roc_auc(fitted.apply(p), y)
+            np.testing.assert_array_equal(after, before, err_msg=f"trial {trial}")
+        assert (fitted.slope > 0).all()
 
 
 @pytest.mark.parametrize("probs, message", [

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
+from scipy import ndimage
 
 from cxrjax import localization as loc
 from cxrjax.data import labels as labels_lib
@@ -202,6 +203,64 @@ def test_upsampled_map_gives_a_box_around_the_hot_cell_centre():
     assert 16 <= w <= 48 and 16 <= h <= 48
 
 
+def _bilinear_weights(n_in, n_out):
+    """(n_out, n_in) half-pixel bilinear weights, edges held (what jax.image.resize does)."""
+    c = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+    i0 = np.floor(c).astype(int)
+    weights = np.zeros((n_out, n_in))
+    np.add.at(weights, (np.arange(n_out), i0), 1 - (c - i0))
+    np.add.at(weights, (np.arange(n_out), np.minimum(i0 + 1, n_in - 1)), c - i0)
+    return weights
+
+
+def _rule_by_definition(heat, crop, upsample=None, threshold=0.5):
+    """The half-maximum rule written out in float64 for one map: resize, keep
+    ``heat - min >= threshold * (max - min)``, one box per 8-connected component. With small
+    integer maps, a power-of-two zoom and threshold 0.5 or 0.25 every step is exact."""
+    heat = np.asarray(heat, np.float64)
+    if upsample:
+        heat = _bilinear_weights(heat.shape[0], upsample) @ heat @ _bilinear_weights(
+            heat.shape[1], upsample).T
+    lo, hi = heat.min(), heat.max()
+    if hi == lo:
+        return np.zeros((0, 4))
+    components, _ = ndimage.label(heat - lo >= threshold * (hi - lo), np.ones((3, 3)))
+    cell = np.array([crop / heat.shape[1], crop / heat.shape[0]] * 2)
+    boxes = [[s[1].start, s[0].start, s[1].stop - s[1].start, s[0].stop - s[0].start]
+             for s in ndimage.find_objects(components)]
+    return np.array(boxes, np.float64) * cell
+
+
+def _box_set(boxes):
+    return sorted(map(tuple, np.asarray(boxes).tolist()))
+
+
+@pytest.mark.parametrize("heat, upsample, threshold", [
+    ([[2, 1, 1], [0, 0, 0], [0, 0, 0]], 96, 0.5),  # the plateau sits on half the maximum
+    ([[2, 1, 1], [0, 0, 0], [0, 0, 0]], None, 0.5),
+    ([[0, 1, 1, 0], [0, 1, 2, 0], [1, 1, 0, 0], [0, 0, 0, 2]], 64, 0.5),
+    ([[0, 1, 1, 0], [0, 1, 2, 0], [1, 1, 0, 0], [0, 0, 0, 2]], 128, 0.5),
+    ([[4, 1, 1, 1], [1, 0, 0, 1], [1, 0, 0, 1], [1, 1, 1, 0]], 32, 0.25),
+    ([[1001, 1002, 1002], [1000, 1002, 1000], [1000, 1000, 1004]], 48, 0.5),  # an offset
+    ([[3, 3, 0, 0, 5, 0], [0, 3, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0], [6, 6, 0, 0, 0, 3],
+      [0, 0, 0, 0, 3, 3], [0, 0, 0, 0, 0, 0]], 96, 0.5),
+])
+def test_heatmap_rule_matches_its_definition_on_plateaus_at_the_threshold(heat, upsample,
+                                                                         threshold):
+    heat = np.asarray(heat, np.float32)
+    _, boxes, _ = loc.boxes_from_heatmaps(heat[None], 96, upsample=upsample,
+                                          threshold=threshold)
+    assert _box_set(boxes) == _box_set(_rule_by_definition(heat, 96, upsample, threshold))
+
+
+def test_heatmap_rule_matches_its_definition_on_random_integer_maps():
+    rng = np.random.default_rng(4)
+    maps = rng.integers(0, 5, (40, 4, 4)).astype(np.float32)  # many values on half the max
+    index, boxes, _ = loc.boxes_from_heatmaps(maps, 64, upsample=64)
+    for i, heat in enumerate(maps):
+        assert _box_set(boxes[index == i]) == _box_set(_rule_by_definition(heat, 64, 64)), i
+
+
 def test_chunked_maps_give_the_boxes_of_maps_taken_one_by_one():
     rng = np.random.default_rng(1)
     heat = rng.random((300, 6, 6)) ** 4  # more maps than one jitted chunk
@@ -254,6 +313,81 @@ def test_accuracy_and_false_positives_per_image_follow_wang_et_al():
     assert overall["fp_per_image_iou"] == [1.5, 1.5, 2.0, 2.0, 2.0]  # 4 boxes / 2 images
     assert scores["mean_over_classes"]["acc_iobb"] == pytest.approx([0.5, 0.5, 0.25, 0.25,
                                                                      0.25])
+
+
+def test_per_box_and_per_image_readings_differ_where_an_image_has_two_boxes_of_a_class():
+    """Image a has two Mass boxes and one predicted box on the first; image b one Mass box,
+    missed. Per box: 1 of 3 boxes found; per image: 1 of 2 (image, class) pairs."""
+    truth = loc.Boxes.create(["a", "a", "b", "b"], ["Mass", "Mass", "Mass", "Nodule"],
+                             [[0, 0, 10, 10], [50, 50, 10, 10], [0, 0, 10, 10], [0, 0, 8, 8]])
+    predicted = loc.Boxes.create(["a", "b", "b"], ["Mass", "Mass", "Nodule"],
+                                 [[0, 0, 10, 10], [80, 80, 5, 5], [0, 0, 8, 8]])
+    by_box = loc.localization_scores(truth, predicted)
+    by_image = loc.localization_scores(truth, predicted, per="image")
+    assert (by_box["accuracy_per"], by_image["accuracy_per"]) == ("box", "image")
+    assert by_box["per_class"]["Mass"]["acc_iou"] == [1 / 3] * 5
+    assert by_image["per_class"]["Mass"]["acc_iou"] == [1 / 2] * 5
+    assert by_box["overall"]["acc_iobb"] == [2 / 4] * 5  # a's first Mass box and b's Nodule
+    assert by_image["overall"]["acc_iobb"] == [2 / 3] * 5  # a/Mass and b/Nodule of 3 pairs
+    for scores in (by_box, by_image):  # the counts and the false positives are the same
+        assert scores["overall"]["boxes"] == 4 and scores["overall"]["pairs"] == 3
+        assert scores["per_class"]["Mass"]["pairs"] == 2
+        assert scores["per_class"]["Mass"]["fp_per_image_iou"] == [0.5] * 5
+    chance = loc.random_baseline_scores(truth, predicted, [0, 0, 100, 100], draws=2,
+                                        per="image")
+    assert chance["accuracy_per"] == "image" and chance["overall"]["pairs"] == 3
+    with pytest.raises(loc.BoxError, match="per='boxes': expected one of box, image"):
+        loc.localization_scores(truth, predicted, per="boxes")
+
+
+def _scored_result(truth, predicted, per):
+    """A localizer result around one method's scores, as ``localizer.localize`` builds it."""
+    return {"split": "test", "boxes_file": "boxes.csv", "boxes": len(truth),
+            "images": len(set(truth.image_ids)),
+            "pairs": len(set(zip(truth.image_ids, truth.labels, strict=True))),
+            "classes": sorted({labels_lib.CLASSES[c] for c in truth.labels}),
+            "frame": [1024, 1024],
+            "resolution": 256, "crop": 224, "field_of_view": [64, 64, 896, 896],
+            "thresholds": list(loc.T_LEVELS), "accuracy_per": per, "random_draws": 2,
+            "rule": {"keep": 0.5}, "primary": "gradcam",
+            "methods": {"gradcam": {
+                "title": "Grad-CAM", "predicted_boxes": len(predicted), "flat_maps": 0,
+                "scores": loc.localization_scores(truth, predicted, per=per),
+                "random_baseline": loc.random_baseline_scores(
+                    truth, predicted, [0, 0, 100, 100], draws=2, per=per)}}}
+
+
+def test_reading_is_chosen_by_config_and_flag_and_named_in_the_report():
+    from cxrjax import config_checks, localize, localizer, recipe
+
+    config = recipe.base_config()
+    assert config.eval.localization_per == "box"
+    config.eval.localization_per = "image"
+    localizer.SECTION.check(config.eval, config.model)
+    config.eval.localization_per = "pair"
+    with pytest.raises(config_checks.ConfigError,
+                       match="eval.localization_per='pair': expected one of box, image"):
+        localizer.SECTION.check(config.eval, config.model)
+    parser = localize.build_parser()
+    assert parser.parse_args(["--workdir", "w"]).per is None  # the run's field decides
+    assert parser.parse_args(["--workdir", "w", "--per", "image"]).per == "image"
+    truth = loc.Boxes.create(["a", "a", "b"], ["Mass", "Mass", "Nodule"],
+                             [[0, 0, 10, 10], [50, 50, 10, 10], [0, 0, 8, 8]])
+    predicted = loc.Boxes.create(["a"], ["Mass"], [[0, 0, 10, 10]])
+    by_box = localizer.report_section(_scored_result(truth, predicted, "box"))
+    by_image = localizer.report_section(_scored_result(truth, predicted, "image"))
+    assert "finds **0.333 / 0.333 / 0.333** of the boxes" in by_box
+    assert "| **all boxes** | 3 |" in by_box and "counts twice" in by_box
+    assert "finds **0.500 / 0.500 / 0.500** of the (image, class) pairs" in by_image
+    assert "| **all pairs** | 2 |" in by_image and "| Mass | 1 |" in by_image
+
+
+def test_one_box_per_image_and_class_reads_the_same_both_ways(nih_boxes):
+    view = loc.field_of_view((1024, 1024), RESOLUTION, CROP)
+    moved = loc.random_boxes(nih_boxes, view, seed=1)
+    by_box = loc.localization_scores(nih_boxes, moved)
+    by_image = loc.localization_scores(nih_boxes, moved, per="image")
+    assert by_box["per_class"] == by_image["per_class"]  # NIH: never two boxes of a class
 
 
 def test_prediction_on_an_image_without_truth_is_a_one_line_error():

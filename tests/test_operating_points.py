@@ -2,6 +2,7 @@
 measures at a threshold with bootstrap CIs."""
 
 import json
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -45,6 +46,50 @@ def test_target_sensitivity_threshold_is_the_highest_that_reaches_the_target(tar
         fpr, tpr, thresholds = roc_curve(labels[:, c], scores[:, c], drop_intermediate=False)
         assert chosen[c] == thresholds[np.argmax(tpr >= target)]
         assert recall_score(labels[:, c], scores[:, c] >= chosen[c]) >= target
+
+
+def test_youden_tie_in_exact_arithmetic_goes_to_the_highest_threshold():
+    """J is exactly 1/3 at 0.4 (TP 2, FP 1) and at 0.2 (TP 3, FP 2); as floats, 2/3 - 1/3
+    rounds below 1 - 2/3, which used to pick 0.2."""
+    chosen = op.choose_thresholds([.6, .5, .4, .3, .2, .1], [0, 1, 1, 0, 1, 0], "youden")
+    assert chosen.tolist() == [0.4]
+
+
+def _exact_reference(scores, labels, rule, target=None):
+    """The rule from its definition, in fractions: every distinct score as a threshold, the
+    best by ``rule``, the highest threshold among equals."""
+    positives, negatives = int(labels.sum()), int((1 - labels).sum())
+    best, chosen = None, None
+    for t in sorted(set(scores.tolist()), reverse=True):
+        tp = int(((scores >= t) & (labels == 1)).sum())
+        fp = int(((scores >= t) & (labels == 0)).sum())
+        if rule == "youden":
+            value = Fraction(tp, positives) - Fraction(fp, negatives)
+        elif rule == "max_f1":
+            value = Fraction(2 * tp, 2 * tp + fp + (positives - tp))
+        else:  # the first (highest) threshold whose sensitivity reaches the written target
+            value = int(Fraction(tp, positives) >= Fraction(repr(target)))
+        if best is None or value > best:
+            best, chosen = value, t
+    return chosen
+
+
+@pytest.mark.parametrize("rule", op.RULES)
+def test_every_rule_matches_its_exact_definition_on_random_tied_scores(rule):
+    rng = np.random.default_rng(3)
+    for trial in range(300):
+        n = int(rng.integers(2, 40))
+        labels = (rng.random(n) < rng.uniform(0.1, 0.9)).astype(int)
+        if labels.sum() in (0, n):
+            continue
+        scores = rng.integers(0, rng.integers(2, 12), n) / 10  # few distinct values: ties
+        positives = int(labels.sum())
+        target = None
+        if rule == "sensitivity":  # a reachable fraction, or one just above it
+            target = float(rng.integers(1, positives + 1) / positives)
+            target = float(min(1.0, target + rng.choice([0.0, 1e-12, 1e-10])))
+        chosen = op.choose_thresholds(scores, labels, rule, target_sensitivity=target)
+        assert chosen[0] == _exact_reference(scores, labels, rule, target), (trial, rule)
 
 
 def test_class_without_positives_gets_nan_threshold_and_a_warning_naming_it():
