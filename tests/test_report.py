@@ -264,6 +264,28 @@ def test_a_row_added_to_the_table_reaches_the_report_tables_and_recipe(
     assert ("R34 + R34-F-MSML", "r34_msml") in model_table.table_rows()
 
 
+def test_training_curves_label_every_axis_and_give_each_head_its_own_panel(tmp_path):
+    records = []
+    for step in range(10, 101, 10):
+        records.append({"step": step, "stage": "global", "train/loss": 1 / step,
+                        "train/loss_ce": 0.40 / step, "train/loss_fce": 0.41 / step,
+                        "train/loss_msml": 3 / step, "train/lr": 1e-4})
+        if step % 50 == 0:
+            records.append({"step": step, "stage": "global", "val/mean_auc": 0.7})
+    fig = report_plots.training_figure(records)
+    drawn = [ax for ax in fig.get_axes() if ax.get_lines()]
+    assert len(drawn) == 6  # total, lr, validation; CE, MSML, FCE
+    for ax in drawn:
+        assert ax.get_xlabel().startswith("step") and ax.get_ylabel(), ax.get_title()
+    panel_of = {}
+    for ax in drawn:
+        for head in ("CE (stream A)", "MSML (stream B)", "FCE (bilinear)"):
+            if ax.get_title().startswith(head):
+                panel_of[head] = ax
+    assert len(set(map(id, panel_of.values()))) == 3  # CE and FCE never share a panel
+    report_plots.plt.close(fig)
+
+
 def test_report_flags_classes_with_fewer_than_five_positives(tmp_path):
     probs, labels = _fake_predictions(seed=2)
     hernia = CLASSES.index("Hernia")
