@@ -134,11 +134,11 @@ def training_figure(records: Sequence[dict],
         return [p[0] for p in pts], [p[1] for p in pts]
 
     x, y = series("train/loss")
-    top[0].plot(x, y, lw=1.5, color="black")
+    top[0].plot(x, y, lw=1.5, color="black", **_points(x))
     top[0].set(title="training loss (total, weighted over heads)", ylabel="loss")
     _log_scale_if_wide(top[0], y)
     x, y = series("train/lr")
-    top[1].plot(x, y)
+    top[1].plot(x, y, **_points(x))
     top[1].set(title="learning rate", ylabel="learning rate")
     _log_scale_if_wide(top[1], y, ratio=1.5)  # decays: a log scale shows each step
     if top[1].get_yscale() == "linear":
@@ -156,12 +156,17 @@ def training_figure(records: Sequence[dict],
         colors = plt.get_cmap("tab10").colors
         for i, (ax, head) in enumerate(zip(bottom, heads, strict=False)):
             x, y = series(f"train/loss_{head}")
-            ax.plot(x, y, lw=1.2, color=colors[i % len(colors)])
+            ax.plot(x, y, lw=1.2, color=colors[i % len(colors)], **_points(x))
             ax.set(title=f"{HEAD_TITLES.get(head, head)} head: training loss", ylabel="loss")
             _log_scale_if_wide(ax, y)
         axes += list(bottom[:len(heads)])
     _decorate(axes, rows, starts)
     return fig
+
+
+def _points(x: Sequence[float]) -> dict:
+    """Markers on a short series, so that a run of a few logged steps still shows them."""
+    return {"marker": "o", "ms": 3} if len(x) <= 30 else {}
 
 
 def _log_scale_if_wide(ax: Any, values: Sequence[float], ratio: float = 20.0) -> None:
@@ -187,7 +192,7 @@ def _decorate(axes: Sequence[Any], rows: Sequence[dict], starts: Sequence[tuple]
     end = max(max(r["x"] for r in rows), 1)
     for ax in axes:
         ax.set_xlabel("step (all stages)" if len(starts) > 1 else "step")
-        ax.set_xlim(0, end)
+        ax.set_xlim(0, end * 1.02)  # a point on the last step stays whole
         if best:
             ax.axvline(best[-1][0], color="crimson", ls="--", lw=0.8)
         for x0, stage in starts:
