@@ -41,7 +41,10 @@ def test_a_config_copied_elsewhere_loads_from_another_directory(tmp_path):
     config = tmp_path / "elsewhere" / "my_config.py"
     shutil.copy(os.path.join(ROOT, "configs", "demo.py"), config)
     (tmp_path / "a_file").write_text("")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # This checkout's package alone on the path (not the repository root: no ``configs``).
+    (tmp_path / "path").mkdir()
+    (tmp_path / "path" / "cxrjax").symlink_to(os.path.join(ROOT, "cxrjax"))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "path")}
     proc = subprocess.run(
         [sys.executable, "-m", "cxrjax.main", "--config", str(config),
          "--config.data.synthetic_seed=1", "--config.data.prepare_workers=1",
