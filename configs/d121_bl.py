@@ -4,4 +4,4 @@ from cxrjax import recipe
 
 
 def get_config():
-    return recipe.densenet121_streams(recipe.self_bilinear(recipe.base_config()))
+    return recipe.row("d121_bl")

@@ -4,8 +4,4 @@ from cxrjax import recipe
 
 
 def get_config():
-    c = recipe.f_msml(recipe.base_config())
-    c.model.trunk_a = "densenet121"
-    c.model.trunk_b = "vgg16"
-    c.model.bilinear_reduce = 256
-    return c
+    return recipe.row("d121_vgg_msml")

@@ -11,7 +11,7 @@ from cxrjax import recipe
 
 
 def get_config():
-    c = recipe.f_msml(recipe.base_config())
+    c = recipe.row("r18_msml")
     c.model.init = "scratch"
     c.model.bilinear_reduce = 64
     c.data.source = "synthetic"

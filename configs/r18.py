@@ -4,4 +4,4 @@ from cxrjax import recipe
 
 
 def get_config():
-    return recipe.base_config()
+    return recipe.row("r18")

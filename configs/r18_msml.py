@@ -7,4 +7,4 @@ from cxrjax import recipe
 
 
 def get_config():
-    return recipe.f_msml(recipe.base_config())
+    return recipe.row("r18_msml")

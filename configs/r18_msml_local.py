@@ -7,4 +7,4 @@ from cxrjax import recipe
 
 
 def get_config():
-    return recipe.local_strategy(recipe.f_msml(recipe.base_config()))
+    return recipe.row("r18_msml_local")

@@ -8,6 +8,4 @@ from cxrjax import recipe
 
 
 def get_config():
-    c = recipe.local_strategy(recipe.f_msml(recipe.base_config()))
-    c.train.stages[1] = recipe.stage("bilinear", 3, trainable="^(?!trunk_).*", fce=1.0)
-    return c
+    return recipe.row("r18_msml_local_fixed")

@@ -4,4 +4,4 @@ from cxrjax import recipe
 
 
 def get_config():
-    return recipe.two_stream_bilinear(recipe.base_config())
+    return recipe.row("r18_r18_bl")

@@ -7,6 +7,4 @@ from cxrjax import recipe
 
 
 def get_config():
-    c = recipe.f_msml(recipe.base_config())
-    c.model.trunk_b = "vgg16"
-    return c
+    return recipe.row("r18_vgg_msml")

@@ -13,7 +13,7 @@ import re
 import jax
 import ml_collections as mlc
 
-from cxrjax import models
+from cxrjax import models, recipe
 
 
 class ConfigError(ValueError):
@@ -28,6 +28,7 @@ def check_config(config: mlc.ConfigDict) -> None:
         models.compute_dtype(config.dtype)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    check_row(config.get("row"))
     heads = models.output_heads(m)
     if d.crop > d.resolution:
         raise ConfigError(f"data.crop={d.crop} is larger than data.resolution={d.resolution}")
@@ -61,6 +62,14 @@ def check_config(config: mlc.ConfigDict) -> None:
             re.compile(stage.trainable)
         except re.error as e:
             raise ConfigError(f"{where}.trainable={stage.trainable!r}: bad regex ({e})") from None
+
+
+def check_row(row: str | None) -> None:
+    """``row``: None (no paper row) or the name of a config row of ``recipe.ROWS``."""
+    if row is not None and row not in recipe.row_names():
+        raise ConfigError(f"row={row!r}: not a row of the paper's table (cxrjax.recipe.ROWS: "
+                          f"{', '.join(recipe.row_names())}); None for a config that is no "
+                          "paper row")
 
 
 # ---------------------------------------------------------------------------------------------

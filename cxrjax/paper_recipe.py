@@ -1,8 +1,9 @@
 """How a run differs from the paper's recipe for its row, and whether its number compares.
 
-A run's mean AUC is set beside the paper's only when the run followed the recipe of that row
-(``configs/<row>.py``: ImageNet initialisation, 224-px crops of 256-px images, batch 64, the
-row's epochs and stages, the 112,120 NIH images in the paper's patient-level split). Otherwise
+A run's row is the one its recorded config names (``config.row``, set by ``recipe.row``). Its
+mean AUC is set beside the paper's only when the run followed the recipe of that row
+(``recipe.ROWS``: ImageNet initialisation, 224-px crops of 256-px images, batch 64, the row's
+epochs and stages, the 112,120 NIH images in the paper's patient-level split). Otherwise
 the report lists each field that differs and says why there is no comparison. Fields that do
 not change what is measured (logging, checkpoints, workers, paths, seeds, evaluation options,
 the compute dtype) are not compared.
@@ -23,43 +24,12 @@ from cxrjax.workdir import flatten_config, resumable
 NIH_IMAGES = 112_120  # images in the ChestX-ray14 release (all splits)
 
 
-def _d121_vgg(c: mlc.ConfigDict) -> mlc.ConfigDict:
-    c.model.trunk_a, c.model.trunk_b, c.model.bilinear_reduce = "densenet121", "vgg16", 256
-    return c
-
-
-def _vgg(c: mlc.ConfigDict) -> mlc.ConfigDict:
-    c.model.trunk_b = "vgg16"
-    return c
-
-
-def _local_fixed(c: mlc.ConfigDict) -> mlc.ConfigDict:
-    c.train.stages[1] = recipe.stage("bilinear", 3, trainable="^(?!trunk_).*", fce=1.0)
-    return c
-
-
-_r, _b = recipe, recipe.base_config
-# Config name (configs/<name>.py) -> its recipe, built as that file builds it.
-ROWS: dict[str, Callable[[], mlc.ConfigDict]] = {
-    "r18": _b,
-    "r18_bl": lambda: _r.self_bilinear(_b()),
-    "r18_r18_bl": lambda: _r.two_stream_bilinear(_b()),
-    "r18_msml": lambda: _r.f_msml(_b()),
-    "r18_vgg_msml": lambda: _vgg(_r.f_msml(_b())),
-    "r18_msml_local": lambda: _r.local_strategy(_r.f_msml(_b())),
-    "r18_msml_local_fixed": lambda: _local_fixed(_r.local_strategy(_r.f_msml(_b()))),
-    "d121": lambda: _r.densenet121_streams(_b()),
-    "d121_bl": lambda: _r.densenet121_streams(_r.self_bilinear(_b())),
-    "d121_d121_bl": lambda: _r.densenet121_streams(_r.two_stream_bilinear(_b())),
-    "d121_msml": lambda: _r.densenet121_streams(_r.f_msml(_b())),
-    "d121_vgg_msml": lambda: _d121_vgg(_r.f_msml(_b())),
-}
 # A field a resumed run may change (workdir.RESUMABLE_FIELDS) is not compared, unless it
 # changes what is measured; nor are these, which change neither the model, nor the data, nor
 # how it is trained.
 MEASURED = ("train.lr",)
-NOT_COMPARED = ("seed", "dtype", "data.split_seed", "data.synthetic_n", "data.synthetic_size",
-                "data.synthetic_seed")
+NOT_COMPARED = ("row", "seed", "dtype", "data.split_seed", "data.synthetic_n",
+                "data.synthetic_size", "data.synthetic_seed")
 
 
 def differences(config: Mapping | mlc.ConfigDict, row: str | None,
@@ -67,7 +37,7 @@ def differences(config: Mapping | mlc.ConfigDict, row: str | None,
     """(field, this run, the recipe) for every compared field in which ``config`` differs from
     the recipe of ``row`` (the base recipe, row R18, when ``row`` is None), and the image count
     when ``split_sizes`` (images per split) does not add up to the NIH release's."""
-    reference = ROWS.get(row or "r18", recipe.base_config)()
+    reference = recipe.row(row) if row in recipe.row_names() else recipe.base_config()
     ours, theirs = flatten_config(config), flatten_config(reference)
     out = []
     for name in list(theirs) + [n for n in ours if n not in theirs]:
@@ -82,12 +52,20 @@ def differences(config: Mapping | mlc.ConfigDict, row: str | None,
     return out
 
 
-def row_of_file(config_file: str | None) -> str | None:
-    """``r18_msml`` for ``.../configs/r18_msml.py``; None for a file that is no row's."""
-    if not config_file:
-        return None
-    stem = os.path.splitext(os.path.basename(config_file.split(":")[0]))[0]
-    return stem if stem in ROWS else None
+def run_row(config: Mapping | mlc.ConfigDict | None, command: Mapping | None = None
+            ) -> tuple[str | None, str]:
+    """(row, where it came from) of a run: the row its recorded config names (``row``); for a
+    config that names none (recorded before the field existed), the row whose name its recorded
+    config file bears (``configs/r18_msml.py``). (None, "") when neither names a row."""
+    recorded = config.get("row") if config is not None else None
+    if recorded in recipe.row_names():
+        return recorded, "config.json"
+    if recorded is None:
+        config_file = (command or {}).get("config_file") or ""
+        stem = os.path.splitext(os.path.basename(config_file.split(":")[0]))[0]
+        if stem in recipe.row_names():
+            return stem, "the config file's name"
+    return None, ""
 
 
 def _show(value: Any) -> str:
@@ -108,13 +86,15 @@ def data_banner(source: str) -> list[str]:
     return []
 
 
-def section(config: Mapping, row: str | None, row_title: str, paper_auc: float | None,
-            fused: Mapping, split_sizes: Mapping[str, int] | None,
-            command: Mapping | None, fmt: Callable[[Any], str]) -> list[str]:
+def section(config: Mapping, row: str | None, fused: Mapping,
+            split_sizes: Mapping[str, int] | None, command: Mapping | None,
+            fmt: Callable[[Any], str]) -> list[str]:
     """The report's "Recipe" section: the config file and overrides, each field that differs
-    from the paper's recipe, and the comparison with the paper's mean AUC or why there is
-    none."""
+    from the recipe of ``row`` (a name in ``recipe.ROWS``, or None), and the comparison with
+    the paper's mean AUC for that row or why there is none."""
     lines = ["## Recipe", ""]
+    row_title = recipe.ROWS[row].label if row else ""
+    paper_auc = recipe.ROWS[row].paper_mean_auc if row else None
     if command and command.get("config_file"):
         overrides = " ".join(f"`{o}`" for o in command.get("overrides") or [])
         lines.append(f"Config file `{command['config_file']}`"
@@ -123,7 +103,7 @@ def section(config: Mapping, row: str | None, row_title: str, paper_auc: float |
         lines.append("Config file: not recorded (a run started from Python, or before cxrjax "
                      "recorded it); `config.json` holds the config as run.")
     differ = differences(config, row, split_sizes)
-    reference = f"`configs/{row}.py`" if row else "the base recipe, `configs/r18.py`"
+    reference = f"row `{row}`" if row else "the base recipe, `recipe.base_config()`"
     if differ:
         lines += ["", f"Fields that differ from the paper's recipe ({reference}):", "",
                   "| field | this run | paper's recipe |", "|---|---|---|"]
@@ -133,8 +113,8 @@ def section(config: Mapping, row: str | None, row_title: str, paper_auc: float |
                   "shapes the model, the data or the training."]
     lines.append("")
     if row is None:
-        lines.append("Not a row of the paper's Tables 1-2 (neither its model and stages nor its "
-                     "config file match one): no paper number to compare with.")
+        lines.append("This run's config names no row of the paper's Tables 1-2 (no `row` "
+                     "field): no paper number to compare with.")
     elif paper_auc is None:
         lines.append(f"The paper's mean AUC for {row_title} is not one cxrjax could check: no "
                      "comparison.")

@@ -1,18 +1,19 @@
-"""The paper's recipe as a config, and the pieces its table rows are built from.
+"""The paper's recipe as a config, the pieces its rows are built from, and the table of rows.
+
+``ROWS`` is the one table of the paper's Tables 1-2: per row its name, how it is built (the
+transforms below, applied in order to ``base_config()``), its label in the tables and the
+paper's mean AUC. The config files, the recipe comparison (``paper_recipe``), the report,
+``scripts/reproduce_tables.py`` and ``scripts/model_table.py`` all read it: adding a row is one
+entry here. ``row(name)`` builds a row's config and records its name in ``config.row``.
 
 Config files under ``configs/`` import only this module (no ``configs.*`` imports), so a copy
-of one runs from any directory: ``python -m cxrjax.main --config /tmp/my_config.py``. A row is
-``base_config()`` passed through the transforms below; each sets only what its row changes.
-
-    R18                      base_config()
-    R18-BL                   self_bilinear(base_config())
-    R18 + R18-BL             two_stream_bilinear(base_config())
-    R18 + R18-F-MSML         f_msml(base_config())
-    ... Local (Table 2)      local_strategy(f_msml(base_config()))
-    D121 rows                densenet121_streams(<the R18 row>)
+of one runs from any directory: ``python -m cxrjax.main --config /tmp/my_config.py``.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
 
 import ml_collections as mlc
 from ml_collections.config_dict import placeholder
@@ -28,6 +29,9 @@ def base_config() -> mlc.ConfigDict:
     """Row R18 and every field the code reads: one ImageNet ResNet18, CE head, Adam 1e-4 with
     x0.1 every 3 epochs, 224 crops of 256-px images."""
     c = mlc.ConfigDict()
+    # The paper row this config is (a name in ROWS; ``row()`` sets it): the report and the
+    # tables compare a run with that row's recipe and number. None: no paper row.
+    c.row = placeholder(str)
     c.seed = 0
     # "auto": bfloat16 compute (float32 params and losses) on GPU/TPU, float32 on CPU.
     c.dtype = "auto"
@@ -167,4 +171,86 @@ def densenet121_streams(c: mlc.ConfigDict) -> mlc.ConfigDict:
     if c.model.trunk_b is not None:
         c.model.trunk_b = "densenet121"
     c.model.bilinear_reduce = 256 if c.model.bilinear else None
+    return c
+
+
+def local_fixed(c: mlc.ConfigDict) -> mlc.ConfigDict:
+    """Table 2's Local-Fixed (after ``local_strategy``): stage 2 trains all but the trunks."""
+    c.train.stages[1] = stage("bilinear", 3, trainable="^(?!trunk_).*", fce=1.0)
+    return c
+
+
+def vgg16_stream_b(c: mlc.ConfigDict) -> mlc.ConfigDict:
+    """An F-MSML row with a VGG16 stream B (average-pooled to stream A's map size)."""
+    c.model.trunk_b = "vgg16"
+    return c
+
+
+def densenet121_vgg16(c: mlc.ConfigDict) -> mlc.ConfigDict:
+    """An F-MSML row with DenseNet121 on stream A and VGG16 on stream B, each reduced to 256
+    channels before the bilinear product."""
+    c.model.trunk_a, c.model.trunk_b, c.model.bilinear_reduce = "densenet121", "vgg16", 256
+    return c
+
+
+# ---------------------------------------------------------------------------------------------
+# The table of the paper's rows (Ge et al. 2018, arXiv 1807.07247, Tables 1-2).
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One row of the paper's tables.
+
+    ``build``: the transforms that make its config from ``base_config()``, in order (empty: the
+    base recipe; None: not one config, e.g. an ensemble of two runs). ``label``: its name in
+    the paper's Table 1 (a Table 2 row: the network and strategy). ``table2``: its label in
+    Table 2 (None: not there); ``in_table1``: whether Table 1 lists it. ``paper_mean_auc``: the
+    mean AUC over the 14 classes as printed, where it is one we could check, else None."""
+
+    name: str
+    label: str
+    build: tuple[Callable[[mlc.ConfigDict], mlc.ConfigDict], ...] | None
+    paper_mean_auc: float | None = None
+    in_table1: bool = True
+    table2: str | None = None
+
+
+_D121 = densenet121_streams  # applied last: it swaps every trunk of an R18 row
+# In the paper's order (Table 1, then the Table 2 rows that Table 1 does not list).
+ROWS: dict[str, Row] = {r.name: r for r in (
+    Row("r18", "R18", (), 0.8239),
+    Row("r18_bl", "R18-BL", (self_bilinear,)),
+    Row("r18_r18_bl", "R18 + R18-BL", (two_stream_bilinear,)),
+    Row("r18_msml", "R18 + R18-F-MSML", (f_msml,), 0.8388, table2="Global"),
+    Row("r18_vgg_msml", "R18 + VGG-F-MSML", (f_msml, vgg16_stream_b)),
+    Row("d121", "D121", (_D121,), 0.8354),
+    Row("d121_bl", "D121-BL", (self_bilinear, _D121)),
+    Row("d121_d121_bl", "D121 + D121-BL", (two_stream_bilinear, _D121)),
+    Row("d121_msml", "D121 + D121-F-MSML", (f_msml, _D121)),
+    Row("d121_vgg_msml", "D121 + VGG-F-MSML", (f_msml, densenet121_vgg16), 0.8537),
+    Row("r18_d121_ensemble", "R18 + D121 (ensemble)", None),
+    Row("r18_msml_local", "R18 + R18-F-MSML, Local", (f_msml, local_strategy), in_table1=False,
+        table2="Local"),
+    Row("r18_msml_local_fixed", "R18 + R18-F-MSML, Local-Fixed",
+        (f_msml, local_strategy, local_fixed), in_table1=False, table2="Local-Fixed"),
+)}
+# The reference line the paper compares against: CheXNet (DenseNet121), on its own split.
+REFERENCE = ("CheXNet (reference quoted by the paper)", 0.8413)
+
+
+def row_names() -> list[str]:
+    """The rows of ROWS that are one config (not an ensemble of runs), in table order."""
+    return [name for name, r in ROWS.items() if r.build is not None]
+
+
+def row(name: str) -> mlc.ConfigDict:
+    """The config of the paper row ``name`` (one of ``row_names()``), ``config.row`` set to it."""
+    if name not in row_names():
+        raise ValueError(f"row {name!r}: not a config row of the paper's table "
+                         f"({', '.join(row_names())})")
+    c = base_config()
+    for transform in ROWS[name].build:
+        c = transform(c)
+    c.row = name
     return c

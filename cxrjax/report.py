@@ -1,7 +1,8 @@
 """The end-of-run report: WORKDIR/report.md, ROC curves and training curves as PNG.
 
-Also holds the paper's reported numbers and the mapping from a config to its paper row, which
-``scripts/reproduce_tables.py`` shares. The plots are ``report_plots``'s.
+The report describes the run from what it recorded: its config (``config.json``: the model, its
+heads and its paper row, ``config.row``) and its command (``command.json``: the config file as
+typed). The paper's rows and numbers are ``recipe.ROWS``'s; the plots are ``report_plots``'s.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import ml_collections as mlc
 import numpy as np
 
-from cxrjax import fileio
+from cxrjax import fileio, models, paper_recipe, recipe
 from cxrjax.data.labels import CLASSES
 from cxrjax.metric_writers import read_metrics
 from cxrjax.metrics import FEW_POSITIVES
@@ -22,31 +24,10 @@ from cxrjax.predictions import HEAD_TITLES, format_value
 from cxrjax.report_plots import plot_roc_curves, plot_training_curves
 from cxrjax.workdir import read_command
 
-# Mean AUC over the 14 classes as printed in Ge et al. 2018 (arXiv 1807.07247), keyed by our
-# config name ("chexnet" is the CheXNet figure the paper compares against). Only numbers we could
-# check are here: the per-class values and W/D/N-AUC of Table 1 and every Table 2 figure are not.
-PAPER_MEAN_AUC: dict[str, float] = {
-    "r18": 0.8239, "d121": 0.8354, "r18_msml": 0.8388, "d121_vgg_msml": 0.8537,
-    "chexnet": 0.8413,
-}
-
-# Our config name -> the paper's row label, per table, in the paper's order.
-TABLE1_ROWS: dict[str, str] = {
-    "r18": "R18", "r18_bl": "R18-BL", "r18_r18_bl": "R18 + R18-BL",
-    "r18_msml": "R18 + R18-F-MSML", "r18_vgg_msml": "R18 + VGG-F-MSML",
-    "d121": "D121", "d121_bl": "D121-BL", "d121_d121_bl": "D121 + D121-BL",
-    "d121_msml": "D121 + D121-F-MSML", "d121_vgg_msml": "D121 + VGG-F-MSML",
-    "r18_d121_ensemble": "R18 + D121 (ensemble)",
-}
-TABLE2_ROWS: dict[str, str] = {
-    "r18_msml": "Global", "r18_msml_local": "Local", "r18_msml_local_fixed": "Local-Fixed",
-}
-
 SUMMARY_ROWS: tuple[tuple[str, str], ...] = (
     ("mean_auc", "**AUC**"), ("w_auc", "**W-AUC**"), ("d_auc", "**D-AUC**"),
     ("n_auc", "**N-AUC**"),
 )
-_TRUNK_ABBREV = {"resnet18": "r18", "densenet121": "d121", "vgg16": "vgg"}
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -58,30 +39,45 @@ def _as_dict(config: Any) -> dict:
     return config.to_dict() if hasattr(config, "to_dict") else dict(config)
 
 
-def config_row(config: Any) -> str | None:
-    """The config name (``r18_msml``, ``d121_bl``, ``r18_msml_local`` ...) whose model and
-    training stages ``config`` (a ConfigDict or its JSON dict) has; None if it is no paper row."""
-    c = _as_dict(config)
-    m, stages = c.get("model") or {}, (c.get("train") or {}).get("stages") or []
-    a, b = _TRUNK_ABBREV.get(m.get("trunk_a")), m.get("trunk_b")
-    if a is None or (b is not None and b not in _TRUNK_ABBREV):
-        return None
-    if b is None:
-        name = f"{a}_bl" if m.get("bilinear") else a
-    elif m.get("head_b") == "msml":
-        name = f"{a}_msml" if b == m["trunk_a"] else f"{a}_{_TRUNK_ABBREV[b]}_msml"
-    else:
-        name = f"{a}_{_TRUNK_ABBREV[b]}_bl"
-    if len(stages) == 2:
-        name += "_local" if stages[1].get("trainable", ".*") == ".*" else "_local_fixed"
-    return name if name in TABLE1_ROWS or name in TABLE2_ROWS else None
-
-
 def row_label(name: str | None) -> str:
-    """``r18_msml_local`` -> ``R18 + R18-F-MSML, Local``; unknown names come back unchanged."""
-    if name in TABLE2_ROWS and name != "r18_msml":
-        return f"{TABLE1_ROWS['r18_msml']}, {TABLE2_ROWS[name]}"
-    return TABLE1_ROWS.get(name, name or "unknown config")
+    """``r18_msml_local`` -> ``R18 + R18-F-MSML, Local`` (``recipe.ROWS``); other names come
+    back unchanged."""
+    row = recipe.ROWS.get(name or "")
+    return row.label if row else (name or "unknown config")
+
+
+def fused_heads(model: Mapping) -> list[str]:
+    """The heads whose probabilities the fused prediction averages: the model's heads (its
+    family names them, ``models.output_heads``) that ``model.fusion`` lists, or its first head
+    when it has none of those (as ``models.probabilities`` fuses them)."""
+    heads = list(models.output_heads(mlc.ConfigDict(dict(model))))
+    return [h for h in model.get("fusion") or () if h in heads] or heads[:1]
+
+
+def _fusion_text(model: Mapping) -> str:
+    titles = [HEAD_TITLES.get(h, h) for h in fused_heads(model)]
+    if not titles:
+        return "Fused = ? (no model heads recorded)"
+    if len(titles) == 1:
+        return f"Fused = the {titles[0]} probabilities (this model's one fused head)"
+    return f"Fused = mean of the {', '.join(titles[:-1])} and {titles[-1]} probabilities"
+
+
+def _run_lines(workdir: str, config: Mapping, command: Mapping | None) -> tuple[str, list[str]]:
+    """The report's title and its first table rows: the config file as typed (the recorded
+    command), the paper row the recorded config names, and the workdir."""
+    row, origin = paper_recipe.run_row(config, command)
+    config_file = (command or {}).get("config_file")
+    if config_file:
+        title = os.path.basename(config_file) + (f" (row {row_label(row)})" if row else "")
+        file_cell = f"`{config_file}`"
+    else:
+        title = row_label(row) if row else os.path.basename(os.path.normpath(workdir))
+        file_cell = "not recorded (no command.json: a run started from Python, or older)"
+    row_cell = (f"`{row}`: {row_label(row)} (from {origin})" if row else
+                "none: the config names no row of the paper's tables")
+    return title, [f"| config file | {file_cell} |", f"| paper row | {row_cell} |",
+                   f"| workdir | `{workdir}` |"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,6 +149,31 @@ def _stages_line(stages: Sequence[Mapping]) -> str:
     return " → ".join(out)
 
 
+def _header(workdir: str, c: Mapping, fused: Mapping, split_sizes: Mapping[str, int] | None,
+            command: Mapping | None) -> list[str]:
+    """The report's title, data banner and table of what ran: the config file and row, the
+    model, its training, its data, and the heads the reported prediction fuses."""
+    m, data, train = c.get("model") or {}, c.get("data") or {}, c.get("train") or {}
+    source = data.get("source", "?")
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    title, run_lines = _run_lines(workdir, c, command)
+    return [
+        f"# cxrjax run report: {title}", "",
+        *paper_recipe.data_banner(source),
+        "| | |", "|---|---|",
+        *run_lines,
+        f"| model | {_model_line(m)} (init `{m.get('init', '?')}`) |",
+        f"| training | {_stages_line(train.get('stages') or [])}; batch "
+        f"{train.get('batch_size', '?')} |",
+        f"| data | source `{source}`, split `{data.get('split_scheme', '?')}`, "
+        f"{data.get('crop', '?')}-px crops of {data.get('resolution', '?')}-px images"
+        + (f"; {paper_recipe.describe_splits(split_sizes)}" if split_sizes else "") + " |",
+        f"| test images | {fused.get('n_images', 'n/a')} |",
+        f"| reported prediction | {_fusion_text(m)} |",
+        f"| written | {now} |", "",
+    ]
+
+
 def render_markdown(workdir: str, config: Any, results: Mapping[str, Mapping],
                     log_problem: str | None = None, sections: Mapping | None = None, *,
                     split_sizes: Mapping[str, int] | None = None,
@@ -162,32 +183,13 @@ def render_markdown(workdir: str, config: Any, results: Mapping[str, Mapping],
     ``sections``: each evaluation section's result (``cxrjax.sections.compute``), or None.
     ``split_sizes``: images per split of the run's data; ``command``: the recorded command
     (``workdir.read_command``): both for the recipe section."""
-    from cxrjax import paper_recipe
-
     c = _as_dict(config)
-    name = config_row(c)
     curves_note = f" (empty: {log_problem})" if log_problem else ""
     fused = results["fused"]
-    m, data = c.get("model") or {}, c.get("data") or {}
-    source = data.get("source", "?")
     order = [h for h in HEAD_TITLES if h in results] + [h for h in results if h not in HEAD_TITLES]
     columns = {HEAD_TITLES.get(h, h): results[h] for h in order}
-    fusion = ", ".join(m.get("fusion") or ()) or "?"
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        f"# cxrjax run report: {row_label(name) if name else os.path.basename(workdir)}", "",
-        *paper_recipe.data_banner(source),
-        "| | |", "|---|---|",
-        f"| config | `{name or 'not a paper row'}` (workdir `{workdir}`) |",
-        f"| model | {_model_line(m)} (init `{m.get('init', '?')}`) |",
-        f"| training | {_stages_line((c.get('train') or {}).get('stages') or [])}; batch "
-        f"{(c.get('train') or {}).get('batch_size', '?')} |",
-        f"| data | source `{source}`, split `{data.get('split_scheme', '?')}`, "
-        f"{data.get('crop', '?')}-px crops of {data.get('resolution', '?')}-px images"
-        + (f"; {paper_recipe.describe_splits(split_sizes)}" if split_sizes else "") + " |",
-        f"| test images | {fused.get('n_images', 'n/a')} |",
-        f"| reported prediction | Fused = mean of the {fusion} probabilities |",
-        f"| written | {now} |", "",
+        *_header(workdir, c, fused, split_sizes, command),
         "## Test split: AUC per class", "",
         per_class_table(columns, detail=fused), "",
         f"Fused mean AUC **{fmt(fused.get('mean_auc'))}**, 95% bootstrap CI {ci_text(fused)}: "
@@ -210,11 +212,8 @@ def render_markdown(workdir: str, config: Any, results: Mapping[str, Mapping],
     if excluded:
         lines.append(f"Left out of the means (one label value in the test set): "
                      f"{', '.join(excluded)}.")
-    # The row to hold the run against: its model's, else its config file's (a row's file with
-    # another trunk is that row, changed).
-    ref = name or paper_recipe.row_of_file((command or {}).get("config_file"))
-    lines += ["", *paper_recipe.section(c, ref, row_label(ref), PAPER_MEAN_AUC.get(ref or ""),
-                                        fused, split_sizes, command, fmt)]
+    row, _ = paper_recipe.run_row(c, command)
+    lines += ["", *paper_recipe.section(c, row, fused, split_sizes, command, fmt)]
     if sections is not None:
         from cxrjax import sections as registry
 
@@ -259,12 +258,13 @@ def write_report(workdir: str, config: Any, results: dict[str, dict],
                          f"{labels.shape} must have the same (N, 14) shape")
     fileio.makedirs(fileio.join(workdir, "eval"))
     c = _as_dict(config)
-    name = config_row(c)
+    command = read_command(workdir)
+    title, _ = _run_lines(workdir, c, command)
     with warnings.catch_warnings():  # sklearn warns on a one-valued class; the plot says so.
         warnings.simplefilter("ignore")
         plot_roc_curves(fileio.join(workdir, "eval", "roc_curves.png"), probs["fused"], labels,
                         results["fused"].get("per_class"),
-                        title=f"ROC curves, fused prediction, test split: {row_label(name)}")
+                        title=f"ROC curves, fused prediction, test split: {title}")
     try:
         with warnings.catch_warnings(record=True) as cut:  # lines cut short by a kill
             warnings.simplefilter("always")
@@ -280,5 +280,5 @@ def write_report(workdir: str, config: Any, results: dict[str, dict],
     path = fileio.join(workdir, "report.md")
     with fileio.open(path, "w") as f:
         f.write(render_markdown(workdir, c, results, log_problem, sections,
-                                split_sizes=split_sizes, command=read_command(workdir)))
+                                split_sizes=split_sizes, command=command))
     return path

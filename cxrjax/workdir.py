@@ -35,6 +35,7 @@ RESUMABLE_FIELDS: tuple[str, ...] = (
     "train.eval_batch_size", "eval", "data.workers", "data.prefetch", "data.prepare_workers",
     "data.data_dir", "data.manual_dir", "data.chestmnist_path", "model.weights_dir",
     "model.dense_scan_chunk", "compile_cache_dir",
+    "row",  # the paper row a config names: a label, not the model
 )
 CONFIG_FILE = "config.json"
 COMMAND_FILE = "command.json"  # the config file and overrides of the latest command

@@ -1,5 +1,7 @@
 """The README's model table: parameters and FLOPs per 224^2 image of every paper row.
 
+The rows are Table 1's networks in ``cxrjax.recipe.ROWS``, in the paper's order.
+
     python scripts/model_table.py [--size 224] [--json]
 
 FLOPs come from XLA's cost analysis of the jitted eval-mode forward at batch 1 (a multiply-add
@@ -9,7 +11,6 @@ counts as 2 FLOPs); nothing is materialised (abstract shapes only), so it runs o
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -20,21 +21,13 @@ import jax.numpy as jnp
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from cxrjax import recipe  # noqa: E402
 from cxrjax.models import build_model  # noqa: E402
 
-# paper row (Ge et al., Tables 1-2) -> config under configs/
-ROWS = (
-    ("R18", "r18"),
-    ("R18-BL", "r18_bl"),
-    ("R18 + R18-BL", "r18_r18_bl"),
-    ("R18 + R18-F-MSML", "r18_msml"),
-    ("D121", "d121"),
-    ("D121-BL", "d121_bl"),
-    ("D121 + D121-BL", "d121_d121_bl"),
-    ("D121 + D121-F-MSML", "d121_msml"),
-    ("R18 + VGG-F-MSML", "r18_vgg_msml"),
-    ("D121 + VGG-F-MSML", "d121_vgg_msml"),
-)
+
+def table_rows() -> list[tuple[str, str]]:
+    """(label, name) of each row of the paper's Table 1 that is one config (``recipe.ROWS``)."""
+    return [(r.label, r.name) for r in recipe.ROWS.values() if r.in_table1 and r.build is not None]
 
 
 def measure(model_cfg, size: int = 224) -> dict:
@@ -57,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.json:
         print(f"| paper row | config | parameters | GFLOPs / image at {args.size}² |")
         print("|---|---|---:|---:|")
-    for row, name in ROWS:
-        model_cfg = importlib.import_module(f"configs.{name}").get_config().model
+    for row, name in table_rows():
+        model_cfg = recipe.row(name).model
         m = measure(model_cfg, args.size)
         if args.json:
             print(json.dumps({"row": row, "config": name, "size": args.size, **m}), flush=True)

@@ -3,12 +3,13 @@
     python scripts/reproduce_tables.py --runs runs/            # one workdir per config inside
     python scripts/reproduce_tables.py --runs runs/r18 runs/r18_msml --out tables.md
 
-Each workdir's row comes from its config.json (written by train.py), else from its folder name
-(``r18_msml``, ``d121_bl``, ...). The ensemble row is read from a folder named
-``r18_d121_ensemble`` holding eval/test_metrics.json. A workdir without results gets a line
-saying why, not a traceback. A run is set beside the paper's number (Δ) only when its config.json
-follows the row's recipe (``cxrjax.paper_recipe.differences``, as in each run's report.md);
-otherwise its Note names the fields that differ.
+The rows, their labels and the paper's numbers are ``cxrjax.recipe.ROWS``'s. Each workdir's row
+is the one its config.json names (``row``; for a run recorded before that field, its recorded
+config file's name), else its folder name (``r18_msml``, ``d121_bl``, ...). The ensemble row
+is read from a folder named ``r18_d121_ensemble`` holding eval/test_metrics.json. A workdir
+without results gets a line saying why, not a traceback. A run is set beside the paper's number
+(Δ) only when its config.json follows the row's recipe (``cxrjax.paper_recipe.differences``,
+as in each run's report.md); otherwise its Note names the fields that differ.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from cxrjax import paper_recipe, report
+from cxrjax import paper_recipe, recipe, report
+from cxrjax.workdir import read_command
 
 _MARKERS = ("config.json", "eval", "metrics.jsonl", "checkpoints")
 
@@ -89,8 +91,8 @@ def load_run(workdir: str) -> Run:
             config = _read_json(config_path)
         except (ValueError, OSError) as e:
             problems.append(f"config.json unreadable ({e})")
-    name = report.config_row(config) if config else None
-    if name is None and (base in report.TABLE1_ROWS or base in report.TABLE2_ROWS):
+    name = paper_recipe.run_row(config, read_command(workdir))[0] if config else None
+    if name is None and base in recipe.ROWS:
         name = base
     summary = None
     metrics_path = os.path.join(workdir, "eval", "test_metrics.json")
@@ -116,7 +118,7 @@ def _num(value) -> float:
 def _comparison(run: Run) -> tuple[bool, str]:
     """Whether ``run`` may stand beside the paper's number, and its Note (why not)."""
     if run.config is None:  # an ensemble folder has no recipe of its own
-        return True, "recipe not checked: no config.json" if run.name in paper_recipe.ROWS else ""
+        return True, "recipe not checked: no config.json" if run.name in recipe.row_names() else ""
     if run.source not in ("nih", "?"):
         return False, "not NIH data: not comparable"
     differ = run.recipe_differences() if run.name is not None else []
@@ -173,21 +175,34 @@ def _section(title: str, rows: dict[str, str], runs: list[Run],
     return out
 
 
+def _paper_tables() -> tuple[dict[str, str], dict[str, str], dict[str, tuple[float, str]],
+                             dict[str, tuple[float, str]]]:
+    """From ``recipe.ROWS``: Table 1's and Table 2's rows (name -> label) and the paper's mean
+    AUC per row for each (Table 2 shows a network's Table 1 figure, marked †)."""
+    rows, fmt = recipe.ROWS.values(), report.fmt
+    table1 = {r.name: r.label for r in rows if r.in_table1}
+    table2 = {r.name: r.table2 for r in rows if r.table2}
+    paper1 = {r.name: (r.paper_mean_auc, fmt(r.paper_mean_auc)) for r in rows
+              if r.paper_mean_auc is not None}
+    paper2 = {name: (value, f"{text}†") for name, (value, text) in paper1.items()
+              if name in table2}
+    return table1, table2, paper1, paper2
+
+
 def render(runs: list[Run]) -> str:
     """Markdown: Table 1 and Table 2 (summary + per class), then the runs without results."""
-    fmt, paper = report.fmt, report.PAPER_MEAN_AUC
-    chexnet_row = ("| CheXNet (reference quoted by the paper) | — | — | — |  |  | "
-                   f"{fmt(paper['chexnet'])} |  |  |  |  | not a cxrjax config |")
+    table1, table2, paper1, paper2 = _paper_tables()
+    reference, reference_auc = recipe.REFERENCE
+    reference_row = (f"| {reference} | — | — | — |  |  | {report.fmt(reference_auc)} |  |  |  |  "
+                     "| not a cxrjax config |")
     out = [
         "# Ge et al. 2018 (arXiv 1807.07247), reproduced with cxrjax", "",
         "Ours: the fused prediction on each run's test split. Paper: the mean AUCs printed in "
         "the paper; its per-class values, W/D/N-AUC and Table 2 figures are not recorded in "
         "cxrjax and show as —. Δ = ours − paper, only for runs on NIH data.", "",
     ]
-    out += _section("Table 1: networks", report.TABLE1_ROWS, runs,
-                    {k: (v, fmt(v)) for k, v in paper.items()}, [chexnet_row])
-    out += _section("Table 2: training strategies, R18 + R18-F-MSML", report.TABLE2_ROWS, runs,
-                    {"r18_msml": (paper["r18_msml"], f"{fmt(paper['r18_msml'])}†")},
+    out += _section("Table 1: networks", table1, runs, paper1, [reference_row])
+    out += _section("Table 2: training strategies, R18 + R18-F-MSML", table2, runs, paper2,
                     notes=["† the paper's Table 1 figure for this network (Global is the "
                            "Table 1 training); Table 2's own figures are not recorded.", ""])
     missing = [r for r in runs if r.summary is None]

@@ -15,24 +15,24 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from configs import base, d121, r18, r18_bl, r18_msml, r18_msml_local, r18_msml_local_fixed
-from cxrjax import metrics, paper_recipe, report, report_plots
+from configs import demo, r18, r18_msml, r18_msml_local
+from cxrjax import config_checks, metrics, paper_recipe, recipe, report, report_plots
 from cxrjax.data.labels import CLASSES
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location(
-        "reproduce_tables", ROOT / "scripts" / "reproduce_tables.py")
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
 
-reproduce_tables = _load_script()
+reproduce_tables = _load_script("reproduce_tables")
+model_table = _load_script("model_table")
 
 
 def _fake_predictions(seed: int = 0, n: int = 240) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -124,7 +124,7 @@ def test_report_compares_with_the_paper_only_when_the_run_follows_the_rows_recip
     mean = results["fused"]["mean_auc"]
     text = report.render_markdown(str(tmp_path), r18_msml.get_config(), results,
                                   split_sizes=NIH_SPLITS)
-    assert "This run follows the paper's recipe (`configs/r18_msml.py`)" in text
+    assert "This run follows the paper's recipe (row `r18_msml`)" in text
     assert (f"The paper reports a mean AUC of 0.8388 for R18 + R18-F-MSML (ours "
             f"{report.fmt(mean)}, difference {mean - 0.8388:+.4f}).") in text
     assert "Not compared" not in text and "Synthetic data" not in text
@@ -183,13 +183,107 @@ def test_report_names_the_recorded_config_file_and_overrides(tmp_path, fake_run)
             in text)
 
 
-@pytest.mark.parametrize("name", ["r18", "r18_bl", "r18_r18_bl", "r18_msml", "r18_vgg_msml",
-                                  "r18_msml_local", "r18_msml_local_fixed", "d121", "d121_bl",
-                                  "d121_d121_bl", "d121_msml", "d121_vgg_msml"])
-def test_each_rows_recipe_is_its_config_file(name):
-    config = importlib.import_module(f"configs.{name}").get_config()
-    assert paper_recipe.ROWS[name]().to_json_best_effort() == config.to_json_best_effort()
-    assert paper_recipe.differences(config, name) == []
+def _header(text: str) -> dict[str, str]:
+    """The report's first table: {row title: cell}."""
+    cells = [line.strip("|").split("|", 1) for line in text.splitlines()
+             if line.startswith("| ") and line.count("|") == 3]
+    return {k.strip(): v.strip() for k, v in cells}
+
+
+def test_report_names_only_the_heads_the_model_fuses(tmp_path, fake_run):
+    """R18 has one head (CE): its report must not say it fuses an FCE head it does not have."""
+    _, labels, results = fake_run
+    one_head = {"ce": results["ce"], "fused": results["ce"]}
+    text = report.render_markdown(str(tmp_path), r18.get_config(), one_head)
+    assert _header(text)["reported prediction"] == (
+        "Fused = the CE (stream A) probabilities (this model's one fused head)")
+    text = report.render_markdown(str(tmp_path), r18_msml.get_config(), results)
+    assert _header(text)["reported prediction"] == (
+        "Fused = mean of the CE (stream A) and FCE (bilinear) probabilities")
+    assert report.fused_heads(demo.get_config().model.to_dict()) == ["ce", "fce"]
+
+
+def test_report_header_names_the_config_file_as_typed_and_the_recorded_row(tmp_path, fake_run):
+    """The demo starts from row r18_msml and overrides it: the header names configs/demo.py as
+    the config and r18_msml as its row, from command.json and config.json."""
+    probs, labels, results = fake_run
+    (tmp_path / "command.json").write_text(json.dumps(
+        {"config_file": "configs/demo.py", "overrides": [],
+         "argv": ["python", "-m", "cxrjax.main", "--config", "configs/demo.py"]}))
+    report.write_report(str(tmp_path), demo.get_config(), results, probs, labels)
+    text = (tmp_path / "report.md").read_text()
+    assert text.splitlines()[0] == "# cxrjax run report: demo.py (row R18 + R18-F-MSML)"
+    header = _header(text)
+    assert header["config file"] == "`configs/demo.py`"
+    assert header["paper row"] == "`r18_msml`: R18 + R18-F-MSML (from config.json)"
+    assert "Config file `configs/demo.py`, no overrides." in text
+
+
+def test_report_of_a_config_without_a_row_does_not_compare(tmp_path, fake_run):
+    _, _, results = fake_run
+    config = recipe.base_config()  # the recipe, naming no row
+    text = report.render_markdown(str(tmp_path / "mine"), config, results,
+                                  split_sizes=NIH_SPLITS)
+    assert text.splitlines()[0] == "# cxrjax run report: mine"
+    assert _header(text)["paper row"] == "none: the config names no row of the paper's tables"
+    assert "names no row of the paper's Tables 1-2" in text and "paper reports" not in text
+
+
+def _resnet34_streams(c):
+    c.model.trunk_a = c.model.trunk_b = "resnet34"
+    return c
+
+
+def test_a_row_added_to_the_table_reaches_the_report_tables_and_recipe(
+        tmp_path, fake_run, monkeypatch, capsys):
+    """Adding a paper row is one entry in recipe.ROWS: its config, the recipe comparison, the
+    report, reproduce_tables and model_table all pick it up."""
+    new = recipe.Row("r34_msml", "R34 + R34-F-MSML", (recipe.f_msml, _resnet34_streams), 0.8450)
+    monkeypatch.setattr(recipe, "ROWS", {**recipe.ROWS, new.name: new})
+    config = recipe.row("r34_msml")
+    config_checks.check_config(config)
+    assert (config.row, config.model.trunk_b, config.model.head_b) == (
+        "r34_msml", "resnet34", "msml")
+    assert paper_recipe.differences(config, "r34_msml") == []
+    assert paper_recipe.differences(r18_msml.get_config(), "r34_msml")[0][0] == "model.trunk_a"
+
+    _, _, results = fake_run
+    mean = results["fused"]["mean_auc"]
+    text = report.render_markdown(str(tmp_path), config, results, split_sizes=NIH_SPLITS)
+    assert "# cxrjax run report: R34 + R34-F-MSML" in text
+    assert (f"The paper reports a mean AUC of 0.8450 for R34 + R34-F-MSML (ours "
+            f"{report.fmt(mean)}, difference {mean - 0.8450:+.4f}).") in text
+
+    _fake_workdir(tmp_path, "my_r34", config, results["fused"])
+    assert reproduce_tables.main(["--runs", str(tmp_path / "my_r34")]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines()
+                if line.startswith("| R34 + R34-F-MSML |"))
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    assert cells[4] == report.fmt(mean) and cells[6] == "0.8450"
+    assert cells[7] == f"{mean - 0.8450:+.4f}"
+    assert ("R34 + R34-F-MSML", "r34_msml") in model_table.table_rows()
+
+
+def test_training_curves_label_every_axis_and_give_each_head_its_own_panel(tmp_path):
+    records = []
+    for step in range(10, 101, 10):
+        records.append({"step": step, "stage": "global", "train/loss": 1 / step,
+                        "train/loss_ce": 0.40 / step, "train/loss_fce": 0.41 / step,
+                        "train/loss_msml": 3 / step, "train/lr": 1e-4})
+        if step % 50 == 0:
+            records.append({"step": step, "stage": "global", "val/mean_auc": 0.7})
+    fig = report_plots.training_figure(records)
+    drawn = [ax for ax in fig.get_axes() if ax.get_lines()]
+    assert len(drawn) == 6  # total, lr, validation; CE, MSML, FCE
+    for ax in drawn:
+        assert ax.get_xlabel().startswith("step") and ax.get_ylabel(), ax.get_title()
+    panel_of = {}
+    for ax in drawn:
+        for head in ("CE (stream A)", "MSML (stream B)", "FCE (bilinear)"):
+            if ax.get_title().startswith(head):
+                panel_of[head] = ax
+    assert len(set(map(id, panel_of.values()))) == 3  # CE and FCE never share a panel
+    report_plots.plt.close(fig)
 
 
 def test_report_flags_classes_with_fewer_than_five_positives(tmp_path):
@@ -266,19 +360,24 @@ def test_global_steps_offsets_each_stage_and_keeps_the_last_of_resumed_steps():
     assert [r["x"] for r in rows if "val/mean_auc" in r] == [10]
 
 
-@pytest.mark.parametrize("module, name", [
-    (r18, "r18"), (r18_bl, "r18_bl"), (r18_msml, "r18_msml"), (d121, "d121"),
-    (r18_msml_local, "r18_msml_local"), (r18_msml_local_fixed, "r18_msml_local_fixed")])
-def test_config_row_names_the_config_from_model_and_stages(module, name):
-    config = module.get_config()
-    assert report.config_row(config) == name
-    assert report.config_row(json.loads(config.to_json_best_effort())) == name
+def test_a_runs_row_is_the_one_its_recorded_config_names():
+    config = json.loads(r18_msml_local.get_config().to_json_best_effort())
+    assert paper_recipe.run_row(config) == ("r18_msml_local", "config.json")
+    # A row's file with another trunk is still that row, changed (the recipe lists the change).
+    config["model"]["trunk_a"] = "resnet50"
+    assert paper_recipe.run_row(config) == ("r18_msml_local", "config.json")
+    # Named by the config, never guessed from the model: the demo's model is not r18_msml's.
+    assert paper_recipe.run_row(demo.get_config().to_dict())[0] == "r18_msml"
 
 
-def test_config_row_is_none_for_a_config_that_is_no_paper_row():
-    config = base.get_config()
-    config.model.trunk_a = "resnet50"
-    assert report.config_row(config) is None
+def test_a_run_recorded_before_the_row_field_takes_its_config_files_row_or_none():
+    old = json.loads(r18.get_config().to_json_best_effort())
+    del old["row"]
+    assert paper_recipe.run_row(old) == (None, "")
+    assert paper_recipe.run_row(old, {"config_file": "configs/r18_msml.py"}) == (
+        "r18_msml", "the config file's name")
+    assert paper_recipe.run_row(old, {"config_file": "configs/demo.py"}) == (None, "")
+    assert paper_recipe.run_row({**old, "row": None}, {"config_file": "my.py"}) == (None, "")
 
 
 def test_fmt_prints_four_decimals_and_na():
