@@ -17,7 +17,10 @@ import glob
 import os
 from collections.abc import Sequence
 
-from cxrjax.data import label_space
+import numpy as np
+from PIL import Image
+
+from cxrjax.data import label_space, nih_layout
 from cxrjax.data import labels as labels_lib
 from cxrjax.data import release_rows as rr
 from cxrjax.data.nih_layout import PrepareError, Problem
@@ -26,6 +29,7 @@ CSV_GLOB = "PADCHEST_chest_x_ray_images_labels_*.csv"
 COLUMNS = ("ImageID", "ImageDir", "StudyDate_DICOM", "StudyID", "PatientID", "PatientBirth",
            "PatientSex_DICOM", "Projection", "Labels")
 _VIEWS = {"L": "LATERAL"}  # PadChest's lateral; other projections as written
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
 
 
 def find_csv(manual_dir: str) -> str:
@@ -112,3 +116,34 @@ def scan(manual_dir: str, views: Sequence[str] = rr.DEFAULT_VIEWS,
     if check_files:
         rows = rr.check_files(rows, problems)
     return rr.Scan(rows, excluded, problems, dict(sorted(unmapped.items())))
+
+
+def decode_image(path: str, resolution: int) -> tuple[np.ndarray, str]:
+    """One PNG -> (resolution, resolution) uint8 gray, and its source mode.
+
+    16-bit images are stretched from their own minimum..maximum onto 0..255: PadChest's PNGs
+    hold 12-bit or narrower data, which a fixed 65535 -> 255 map would crush into a few dozen
+    gray levels. Other modes decode as NIH's do. Truncated files raise ``OSError``.
+    """
+    with Image.open(path) as img:
+        img.load()
+        mode = img.mode
+        if mode not in _SIXTEEN_BIT:
+            return nih_layout.decode_image(path, resolution)
+        arr = np.asarray(img, dtype=np.float32)
+    lo, hi = float(arr.min()), float(arr.max())
+    scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+    gray = Image.fromarray(np.clip(scaled + 0.5, 0, 255).astype(np.uint8))
+    if gray.size != (resolution, resolution):
+        gray = gray.resize((resolution, resolution), Image.Resampling.BILINEAR)
+    return np.asarray(gray, dtype=np.uint8), mode
+
+
+def decode_task(args: tuple[int, str, int]) -> tuple[int, np.ndarray | None, str]:
+    """Pool worker: ``(i, path, res)`` -> ``(i, image or None, mode or error text)``."""
+    i, path, resolution = args
+    try:
+        image, mode = decode_image(path, resolution)
+    except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three for bad files
+        return i, None, f"cannot decode {path}: {type(e).__name__}: {e}"
+    return i, image, mode
