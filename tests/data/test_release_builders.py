@@ -172,3 +172,42 @@ def test_nih_builder_output_is_unchanged(tmp_path):
     for name in ("metadata.json", "features.json"):
         digest.update((b.data_path / name).read_bytes())
     assert len(_records(b)) == 24 and digest.hexdigest() == NIH_DIGEST
+
+
+def test_real_chexpert_rows_prepare_with_the_right_states_cell_by_cell(tmp_path):
+    """The 2,883 real rows (CRLF, unchanged) with a tiny JPEG for each, through the builder."""
+    import csv
+    import gzip
+    import shutil
+
+    from PIL import Image
+
+    sample = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data",
+                          "chexpert", "train_sample.csv.gz")
+    with gzip.open(sample, "rt", newline="", encoding="utf-8") as f:
+        real = list(csv.DictReader(f))
+    root = tmp_path / "CheXpert-v1.0-small"
+    tile = Image.fromarray(np.full((8, 8), 128, np.uint8))
+    for row in real:
+        path = root / row["Path"].split("/", 1)[1]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tile.save(path)
+    shutil.copy(sample, root / "train.csv.gz")
+    b = release_builder.build("chexpert", str(root), str(tmp_path / "out"), resolution=8,
+                              views=["PA", "AP", "LATERAL"], workers=0)
+    recs = {r["image_id"].decode(): r for r in _records(b)}
+    assert len(recs) == 2883 and b.info.metadata["excluded"] == {}
+    cell_state = {"1.0": P, "0.0": N, "": N, "-1.0": U}
+    after = {"ignore": {U: M}, "zeros": {U: N}, "ones": {U: P}}
+    for row in real:
+        rec = recs[row["Path"].split("/", 1)[1]]
+        for column in rf.CHEXPERT_HEADER[5:]:
+            at = AT["Effusion" if column == "Pleural Effusion" else column]
+            raw = cell_state[row[column]]
+            assert rec["label_states"][at] == raw, (row["Path"], column)
+            for policy, change in after.items():
+                resolved = label_space.resolve(rec["label_states"], policy)[at]
+                assert resolved == change.get(raw, raw), (row["Path"], column, policy)
+        assert rec["sex"].decode() == row["Sex"][0] and rec["age"] == int(row["Age"])
+        lateral = row["Frontal/Lateral"] == "Lateral"
+        assert rec["view"].decode() == ("LATERAL" if lateral else row["AP/PA"])
