@@ -1,6 +1,9 @@
 """A synthetic ChestX-ray14 in the exact NIH layout, for demos and tests without the 42 GB.
 
-    python -m cxrjax.data.synthetic --out DIR --n N --size S --seed K
+    python -m cxrjax.data.synthetic --out DIR --n N --size S --seed K [--format FORMAT]
+
+``--format`` (default ``nih``) writes the same chests in another release's layout instead:
+``chexpert``, ``mimic_cxr`` or ``padchest`` (``synthetic_formats``).
 
 Labels, patients and follow-ups are whole patients drawn from the REAL label table, so the
 imbalance (Hernia 0.2%, No Finding 54%) and the co-occurrences are the real ones; image names
@@ -37,7 +40,7 @@ from PIL import Image
 from scipy import ndimage
 
 from cxrjax.data import labels as labels_lib
-from cxrjax.data import nih_layout
+from cxrjax.data import nih_layout, synthetic_formats
 from cxrjax.data import splits as splits_lib
 
 _DONE = ".synthetic_complete.json"
@@ -332,6 +335,35 @@ def generate(out_dir: str, n: int, size: int = 256, seed: int = 0,
     return out_dir
 
 
+def _render_image(args) -> np.ndarray:
+    return render(*args).image
+
+
+def generate_format(out_dir: str, fmt: str, n: int, size: int = 256, seed: int = 0,
+                    workers: int | None = None) -> str:
+    """``generate``'s chests in the layout of release ``fmt`` (``nih`` is ``generate``)."""
+    if fmt == "nih":
+        return generate(out_dir, n, size, seed, workers)
+    if not 32 <= size <= 1024:
+        raise ValueError(f"size must be in [32, 1024], got {size}")
+    params = {"n": n, "size": size, "seed": seed, "version": VERSION, "format": fmt}
+    done = os.path.join(out_dir, _DONE)
+    if os.path.exists(done):
+        with open(done) as f:
+            if json.load(f) == params:
+                return out_dir
+        raise ValueError(f"{out_dir} holds a synthetic set with other parameters ({done})")
+    table, rows = labels_lib.load_label_table(), sample_rows(n, seed)
+    tasks = [(table.labels[i], size, _stable_seed(seed, int(table.patient_ids[i])),
+              seed * 1_000_003 + i) for i in rows]
+    workers = len(os.sched_getaffinity(0)) if workers is None else workers
+    images = list(nih_layout.ordered_map(_render_image, tasks, workers if n > 64 else 0, 16))
+    synthetic_formats.write(out_dir, fmt, table, rows, images, seed)
+    with open(done, "w") as f:
+        json.dump(params, f)
+    return out_dir
+
+
 def _stable_seed(seed: int, patient: int) -> int:
     return (seed * 2_654_435_761 + patient * 40_503) % 2**63
 
@@ -360,13 +392,15 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--format", default="nih", choices=["nih", *synthetic_formats.FORMATS])
     args = parser.parse_args(argv)
     try:
-        generate(args.out, args.n, args.size, args.seed, args.workers)
+        generate_format(args.out, args.format, args.n, args.size, args.seed, args.workers)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {args.n} synthetic images ({args.size}px) in NIH layout to {args.out}")
+    layout = "NIH" if args.format == "nih" else args.format
+    print(f"wrote {args.n} synthetic images ({args.size}px) in {layout} layout to {args.out}")
     return 0
 
 
