@@ -142,7 +142,7 @@ class _ReleaseBuilder(nih_builder.PreparedLocally, tfds.core.GeneratorBasedBuild
         tasks = [(i, row.path, self.resolution) for i, row in enumerate(rows)]
         converted: collections.Counter[str] = collections.Counter()
         bad: list[nih_layout.Problem] = []
-        written: list[str] = []
+        written: list[rr.ImageRow] = []
         results = nih_layout.ordered_map(self.decode(), tasks, self._workers)
         for i, image, note in tqdm.tqdm(results, total=len(tasks), desc="decoding",
                                         unit="img", smoothing=0.05):
@@ -154,7 +154,7 @@ class _ReleaseBuilder(nih_builder.PreparedLocally, tfds.core.GeneratorBasedBuild
                 converted[note] += 1
             if bad and not self._skip_bad:
                 continue  # keep decoding only to list every problem; nothing is kept
-            written.append(row.image_id)
+            written.append(row)
             yield i, {"image": image, "label_states": row.states, "image_id": row.image_id,
                       "patient_id": row.patient_id, "study_id": row.study_id, "age": row.age,
                       "sex": row.sex, "view": row.view, "split": row.split}
@@ -165,7 +165,9 @@ class _ReleaseBuilder(nih_builder.PreparedLocally, tfds.core.GeneratorBasedBuild
         excluded = [*found.excluded, *(rr.Exclusion(p.image, rr.BAD_FILE, p.reason)
                                        for p in [*found.problems, *bad])]
         meta = self.info.metadata
-        meta.update(image_ids=written, num_images=len(written), resolution=self.resolution,
+        meta.update(image_ids=[r.image_id for r in written], num_images=len(written),
+                    patient_ids=[r.patient_id for r in written],
+                    release_splits=[r.split for r in written], resolution=self.resolution,
                     classes=list(label_space.CLASSES), views=list(self.builder_config.views),
                     converted=dict(sorted(converted.items())),
                     skipped=[dataclasses.asdict(p) for p in [*found.problems, *bad]],
