@@ -93,9 +93,15 @@ def scan(manual_dir: str, views: Sequence[str] = rr.DEFAULT_VIEWS, labeler: str 
         rr.find_file(manual_dir, [f"{PREFIX}split.csv"], "split table"), SPLIT_COLUMNS)}
     patients = read_patients(manual_dir)
     rows, excluded = [], []
+    first_line: dict[str, int] = {}
     meta = rr.find_file(manual_dir, [f"{PREFIX}metadata.csv"], "metadata table")
     for line_no, c in _rows(meta, META_COLUMNS):
         dicom, subject, study = c["dicom_id"], c["subject_id"], c["study_id"]
+        if dicom in first_line:
+            problems.append(Problem(dicom, f"{os.path.basename(meta)} line {line_no}: "
+                                           f"duplicate of line {first_line[dicom]}"))
+            continue
+        first_line[dicom] = line_no
         if study not in states:
             excluded.append(rr.Exclusion(dicom, rr.MISSING_LABEL,
                                          f"study s{study} has no row in the {labeler} table"))

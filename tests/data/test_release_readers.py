@@ -177,3 +177,15 @@ def test_padchest_lists_ages_projections_and_exclusions(tmp_path):
     d = {r.image_id: r for r in every.rows}["d.png"]
     assert (d.age, d.sex, d.view) == (36, "", "AP_horizontal")
     np.testing.assert_array_equal(d.states == P, np.arange(len(d.states)) == at["No Finding"])
+
+
+def test_mimic_duplicate_image_and_image_without_split_are_problems(tmp_path):
+    images = [("d1", "10000032", "50414267", "PA", "21800506"),
+              ("d1", "10000032", "50414267", "PA", "21800506"),
+              ("d2", "10000032", "50414267", "AP", "21800506")]
+    labels = {"50414267": ("10000032", {"Edema": "1.0"})}
+    root = rf.mimic_folder(tmp_path, images, labels, splits={"d1": "train"})
+    scan = mimic_layout.scan(str(root))
+    assert [r.image_id for r in scan.rows] == ["d1"]
+    assert [(p.image, p.reason.split(": ")[1]) for p in scan.problems] == [
+        ("d1", "duplicate of line 2"), ("d2", "not in the split table")]
