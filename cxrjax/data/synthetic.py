@@ -1,9 +1,11 @@
 """A synthetic ChestX-ray14 in the exact NIH layout, for demos and tests without the 42 GB.
 
     python -m cxrjax.data.synthetic --out DIR --n N --size S --seed K [--format FORMAT]
+        [--site same|other]
 
 ``--format`` (default ``nih``) writes the same chests in another release's layout instead:
-``chexpert``, ``mimic_cxr`` or ``padchest`` (``synthetic_formats``).
+``chexpert``, ``mimic_cxr`` or ``padchest``; ``--site other`` acquires them as another
+hospital would (exposure, noise, a marker, prevalence). Both live in ``synthetic_formats``.
 
 Labels, patients and follow-ups are whole patients drawn from the REAL label table, so the
 imbalance (Hernia 0.2%, No Finding 54%) and the co-occurrences are the real ones; image names
@@ -43,7 +45,7 @@ from cxrjax.data import labels as labels_lib
 from cxrjax.data import nih_layout, synthetic_formats
 from cxrjax.data import splits as splits_lib
 
-_DONE = ".synthetic_complete.json"
+DONE_NAME = ".synthetic_complete.json"
 VERSION = 3  # of the drawing: part of the cache folder name and of the complete marker
 
 
@@ -304,7 +306,7 @@ def generate(out_dir: str, n: int, size: int = 256, seed: int = 0,
     if not 32 <= size <= 1024:
         raise ValueError(f"size must be in [32, 1024], got {size}")
     params = {"n": n, "size": size, "seed": seed, "version": VERSION}
-    done = os.path.join(out_dir, _DONE)
+    done = os.path.join(out_dir, DONE_NAME)
     if os.path.exists(done):
         with open(done) as f:
             if json.load(f) == params:
@@ -316,7 +318,7 @@ def generate(out_dir: str, n: int, size: int = 256, seed: int = 0,
     images = os.path.join(out_dir, nih_layout.IMAGES_DIR)
     os.makedirs(images, exist_ok=True)
     tasks = [(os.path.join(images, table.image_ids[i]), table.labels[i], size,
-              _stable_seed(seed, int(table.patient_ids[i])), seed * 1_000_003 + i)
+              stable_seed(seed, int(table.patient_ids[i])), seed * 1_000_003 + i)
              for i in rows]
     workers = len(os.sched_getaffinity(0)) if workers is None else workers
     drawn = nih_layout.ordered_map(_render_task, tasks, workers if n > 64 else 0, chunk=16)
@@ -335,36 +337,7 @@ def generate(out_dir: str, n: int, size: int = 256, seed: int = 0,
     return out_dir
 
 
-def _render_image(args) -> np.ndarray:
-    return render(*args).image
-
-
-def generate_format(out_dir: str, fmt: str, n: int, size: int = 256, seed: int = 0,
-                    workers: int | None = None) -> str:
-    """``generate``'s chests in the layout of release ``fmt`` (``nih`` is ``generate``)."""
-    if fmt == "nih":
-        return generate(out_dir, n, size, seed, workers)
-    if not 32 <= size <= 1024:
-        raise ValueError(f"size must be in [32, 1024], got {size}")
-    params = {"n": n, "size": size, "seed": seed, "version": VERSION, "format": fmt}
-    done = os.path.join(out_dir, _DONE)
-    if os.path.exists(done):
-        with open(done) as f:
-            if json.load(f) == params:
-                return out_dir
-        raise ValueError(f"{out_dir} holds a synthetic set with other parameters ({done})")
-    table, rows = labels_lib.load_label_table(), sample_rows(n, seed)
-    tasks = [(table.labels[i], size, _stable_seed(seed, int(table.patient_ids[i])),
-              seed * 1_000_003 + i) for i in rows]
-    workers = len(os.sched_getaffinity(0)) if workers is None else workers
-    images = list(nih_layout.ordered_map(_render_image, tasks, workers if n > 64 else 0, 16))
-    synthetic_formats.write(out_dir, fmt, table, rows, images, seed)
-    with open(done, "w") as f:
-        json.dump(params, f)
-    return out_dir
-
-
-def _stable_seed(seed: int, patient: int) -> int:
+def stable_seed(seed: int, patient: int) -> int:
     return (seed * 2_654_435_761 + patient * 40_503) % 2**63
 
 
@@ -393,9 +366,12 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--format", default="nih", choices=["nih", *synthetic_formats.FORMATS])
+    parser.add_argument("--site", default="same", choices=list(synthetic_formats.SITES),
+                        help="'other': another hospital's exposure, noise, marker, prevalence")
     args = parser.parse_args(argv)
     try:
-        generate_format(args.out, args.format, args.n, args.size, args.seed, args.workers)
+        synthetic_formats.generate_format(args.out, args.format, args.n, args.size, args.seed,
+                                          args.workers, args.site)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

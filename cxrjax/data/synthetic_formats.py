@@ -5,24 +5,69 @@ differ: each release's CSV columns and terms, folder tree and image format (CheX
 8-bit JPEG, PadChest 16-bit PNG holding 12-bit data). NIH findings are written in each
 release's words where it has them (Effusion -> "Pleural Effusion" / "pleural effusion"; Mass and
 Nodule -> CheXpert's "Lung Lesion"; Infiltration -> "Lung Opacity"); a seeded tenth of the
-CheXpert/MIMIC positives are written uncertain (``-1.0``), as their labelers do.
+CheXpert/MIMIC positives are written uncertain (``-1.0``), as their labelers do. A ``Site``
+changes how the chests are acquired (exposure curve, noise, a burned-in marker) and who they are
+(the share of "No Finding"); the default site changes nothing.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import io
+import json
 import os
 
 import numpy as np
 from PIL import Image
 
-from cxrjax.data import label_space
+from cxrjax.data import label_space, nih_layout
 from cxrjax.data import labels as labels_lib
 from cxrjax.data import splits as splits_lib
 
 FORMATS = ("chexpert", "mimic_cxr", "padchest")
+
+
+@dataclasses.dataclass(frozen=True)
+class Site:
+    """How another hospital's images and patients differ: ``gamma`` (exposure curve),
+    ``noise`` (gray levels of Gaussian noise), a burned-in corner ``marker``, and the share of
+    "No Finding" patients (None: as drawn from NIH)."""
+
+    gamma: float = 1.0
+    noise: float = 0.0
+    marker: bool = False
+    no_finding_share: float | None = None
+
+
+SITES = {"same": Site(), "other": Site(gamma=0.6, noise=12.0, marker=True,
+                                       no_finding_share=0.25)}
+
+
+def pick_rows(table, pool: list[int], n: int, site: Site) -> list[int]:
+    """``n`` rows of ``pool`` (seeded order kept) with the site's share of "No Finding"."""
+    if site.no_finding_share is None:
+        return sorted(pool[:n])
+    normal = [i for i in pool if not table.labels[i].any()]
+    sick = [i for i in pool if table.labels[i].any()]
+    k = min(round(site.no_finding_share * n), len(normal))
+    if n - k > len(sick):
+        raise ValueError(f"cannot draw {n} images at this site's prevalence; use a smaller n")
+    return sorted(normal[:k] + sick[:n - k])
+
+
+def apply_site(image: np.ndarray, site: Site, seed: int) -> np.ndarray:
+    """One rendered uint8 chest as the site acquires it; ``Site()`` returns it unchanged."""
+    if site == Site():
+        return image
+    x = 255.0 * (image / 255.0) ** site.gamma
+    if site.noise:
+        x = x + np.random.default_rng(seed).normal(0, site.noise, x.shape)
+    if site.marker:
+        side = max(2, image.shape[0] // 12)
+        x[side:2 * side, side:2 * side] = 255.0
+    return np.clip(x + 0.5, 0, 255).astype(np.uint8)
 UNCERTAIN_SHARE = 0.1
 # NIH class -> CheXpert/MIMIC column; NIH classes absent here are not written.
 _CHEXPERT_COLUMN = {"Atelectasis": "Atelectasis", "Cardiomegaly": "Cardiomegaly",
@@ -150,3 +195,48 @@ def write(out_dir: str, fmt: str, table, rows: list[int], images: list[np.ndarra
         write_mimic(out_dir, table, rows, images, rng, seed)
     else:
         write_padchest(out_dir, table, rows, images)
+
+
+def _render_image(args) -> np.ndarray:
+    from cxrjax.data import synthetic
+
+    return synthetic.render(*args).image
+
+
+def generate_format(out_dir: str, fmt: str, n: int, size: int = 256, seed: int = 0,
+                    workers: int | None = None, site: str = "same") -> str:
+    """``synthetic.generate``'s chests in the layout of release ``fmt`` (``nih`` is
+    ``generate`` itself), as acquired at ``site`` (``SITES``: ``same`` changes nothing)."""
+    from cxrjax.data import synthetic  # it imports this module for its CLI
+
+    if site not in SITES:
+        raise ValueError(f"unknown site {site!r}; expected {', '.join(SITES)}")
+    if fmt == "nih":
+        if site != "same":
+            raise ValueError("--site applies to the chexpert, mimic_cxr and padchest formats")
+        return synthetic.generate(out_dir, n, size, seed, workers)
+    if not 32 <= size <= 1024:
+        raise ValueError(f"size must be in [32, 1024], got {size}")
+    params = {"n": n, "size": size, "seed": seed, "version": synthetic.VERSION, "format": fmt,
+              "site": site}
+    done = os.path.join(out_dir, synthetic.DONE_NAME)
+    if os.path.exists(done):
+        with open(done) as f:
+            if json.load(f) == params:
+                return out_dir
+        raise ValueError(f"{out_dir} holds a synthetic set with other parameters ({done})")
+    at = SITES[site]
+    table = labels_lib.load_label_table()
+    pool = synthetic.sample_rows(
+        n if at.no_finding_share is None else min(4 * n, len(table)), seed)
+    rows = pick_rows(table, pool, n, at)
+    tasks = [(table.labels[i], size, synthetic.stable_seed(seed, int(table.patient_ids[i])),
+              seed * 1_000_003 + i) for i in rows]
+    workers = len(os.sched_getaffinity(0)) if workers is None else workers
+    images = [apply_site(image, at, seed * 7_919 + i) for i, image in zip(
+        rows, nih_layout.ordered_map(_render_image, tasks, workers if n > 64 else 0, 16),
+        strict=True)]
+    write(out_dir, fmt, table, rows, images, seed)
+    with open(done, "w") as f:
+        json.dump(params, f)
+    return out_dir

@@ -4,7 +4,7 @@ builders: the same chests and NIH labels come back as each release's label state
 import numpy as np
 import pytest
 
-from cxrjax.data import builder, label_space, labels, release_builder, synthetic
+from cxrjax.data import builder, label_space, labels, release_builder, synthetic, synthetic_formats
 
 AT = label_space.CLASS_INDEX
 P, N, U = label_space.POSITIVE, label_space.NEGATIVE, label_space.UNCERTAIN
@@ -43,3 +43,32 @@ def test_unknown_format_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         synthetic.main(["--out", str(tmp_path), "--n", "4", "--format", "openi"])
     assert "invalid choice: 'openi'" in capsys.readouterr().err
+
+
+def test_site_same_changes_nothing_and_other_shifts_exposure_noise_marker():
+    from cxrjax.data import synthetic_formats as sf
+
+    image = synthetic.render(np.zeros(14, np.uint8), 64, 1, 2).image
+    assert sf.apply_site(image, sf.SITES["same"], 0) is image
+    shifted = sf.apply_site(image, sf.SITES["other"], 0).astype(float)
+    assert shifted.mean() > image.mean() + 10  # gamma 0.6 brightens
+    side = 64 // 12
+    assert np.all(shifted[side:2 * side, side:2 * side] == 255)
+    assert np.array_equal(shifted, sf.apply_site(image, sf.SITES["other"], 0))  # seeded
+
+
+def test_site_other_sets_the_no_finding_share_and_is_written_as_16_bit(tmp_path):
+    from PIL import Image
+
+    from cxrjax.data import padchest_layout
+
+    out = tmp_path / "other"
+    assert synthetic.main(["--out", str(out), "--n", "40", "--size", "48", "--format",
+                           "padchest", "--site", "other", "--workers", "0"]) == 0
+    scan = padchest_layout.scan(str(out))
+    normal = sum(r.states[AT["No Finding"]] == P for r in scan.rows)
+    assert len(scan.rows) == 40 and normal == 10  # 25% instead of NIH's ~54%
+    pixels = np.asarray(Image.open(scan.rows[0].path))
+    assert pixels.dtype == np.uint16 and pixels[4:8, 4:8].min() == 255 * 16  # the marker
+    with pytest.raises(ValueError, match="--site applies to"):
+        synthetic_formats.generate_format(str(tmp_path / "n"), "nih", 4, site="other")
