@@ -178,7 +178,7 @@ class _ReleaseBuilder(nih_builder.PreparedLocally, tfds.core.GeneratorBasedBuild
             meta["labeler"] = self.builder_config.labeler
 
 
-class Chexpert(_ReleaseBuilder):
+class Chexpert(_ReleaseBuilder, skip_registration=True):
     """CheXpert v1.0 (Stanford): 224,316 chest X-rays, 14 observations with uncertainty."""
 
     name = "chexpert"
@@ -188,7 +188,7 @@ class Chexpert(_ReleaseBuilder):
         "the folder holding train.csv, valid.csv and train/, valid/.")
 
 
-class MimicCxr(_ReleaseBuilder):
+class MimicCxr(_ReleaseBuilder, skip_registration=True):
     """MIMIC-CXR-JPG 2.0.0/2.1.0 (PhysioNet): 377,110 images of 227,827 studies."""
 
     name = "mimic_cxr"
@@ -199,7 +199,7 @@ class MimicCxr(_ReleaseBuilder):
         "there for sex and age.")
 
 
-class Padchest(_ReleaseBuilder):
+class Padchest(_ReleaseBuilder, skip_registration=True):
     """PadChest (BIMCV): about 160,000 images, 16-bit PNGs, report-derived labels."""
 
     name = "padchest"
@@ -209,6 +209,9 @@ class Padchest(_ReleaseBuilder):
         "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv(.gz) and the image folders 0..54.")
 
 
+# Not in TFDS's registry (``skip_registration``): TFDS ships a builder of its own named
+# ``chexpert``, and two of one name cannot both be imported. Ours are used as classes, never
+# looked up by name.
 BUILDERS: dict[str, type[_ReleaseBuilder]] = {"chexpert": Chexpert, "mimic_cxr": MimicCxr,
                                               "padchest": Padchest}
 

@@ -211,3 +211,10 @@ def test_real_chexpert_rows_prepare_with_the_right_states_cell_by_cell(tmp_path)
         assert rec["sex"].decode() == row["Sex"][0] and rec["age"] == int(row["Age"])
         lateral = row["Frontal/Lateral"] == "Lateral"
         assert rec["view"].decode() == ("LATERAL" if lateral else row["AP/PA"])
+
+
+def test_tfds_own_chexpert_builder_can_still_be_imported():
+    """Ours are not registered by name, so TFDS's catalog builder of the same name loads."""
+    import tensorflow_datasets.image_classification.chexpert as tfds_chexpert
+
+    assert tfds_chexpert.Chexpert.name == release_builder.Chexpert.name == "chexpert"
