@@ -43,7 +43,7 @@ def read_table(csv_path: str, manual_dir: str, split: str
             if not fields:
                 continue
             where = f"{source} line {line_no}"
-            path = fields[0].strip()
+            path = fields[col["Path"]].strip() if len(fields) > col["Path"] else ""
             try:
                 relative = path.split("/", 1)[1]  # drop the release folder's name
                 parts = relative.split("/")  # train/patientNNNNN/studyN/viewN_frontal.jpg
