@@ -63,26 +63,12 @@ def config_for(resolution: int) -> ChestXray14Config:
     return _CONFIGS[resolution]
 
 
-class ChestXray14(tfds.core.GeneratorBasedBuilder):
-    """NIH ChestX-ray14: 112,120 frontal chest X-rays, 14 findings (multi-label)."""
+class PreparedLocally:
+    """What every builder of ours shares: data that is a manual download, prepared here.
 
-    VERSION = tfds.core.Version("1.1.0")
-    RELEASE_NOTES = {"1.0.0": "uint8 grayscale, one split; splits chosen at load time.",
-                     "1.1.0": "The image stored as raw bytes (16x faster to write and read)."}
-    MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
-    BUILDER_CONFIGS = [config_for(256), config_for(512), config_for(128)]
-
-    @classmethod
-    def get_builder_config(cls, name: str, version=None) -> ChestXray14Config | None:
-        """Every ``<side>px`` is a config of ours, not only the three listed above.
-
-        TFDS looks a config up by name here; one it does not find it calls "custom" and warns
-        about on every load (in every grain worker too).
-        """
-        match = re.fullmatch(r"(\d+)px", name)
-        if match and 8 <= int(match.group(1)) <= 1024:
-            return config_for(int(match.group(1)))
-        return super().get_builder_config(name, version)
+    Put before ``GeneratorBasedBuilder`` in the bases; it replaces TFDS's download logging and
+    its checksum lookup, neither of which applies.
+    """
 
     def is_prepared(self) -> bool:
         """TFDS's check, without its warning about a dataset folder that does not exist yet."""
@@ -102,6 +88,28 @@ class ChestXray14(tfds.core.GeneratorBasedBuilder):
         """No download checksums: the data is a manual download. (TFDS's default would look
         next to this module through ``importlib_resources``, which is not installed.)"""
         return None
+
+
+class ChestXray14(PreparedLocally, tfds.core.GeneratorBasedBuilder):
+    """NIH ChestX-ray14: 112,120 frontal chest X-rays, 14 findings (multi-label)."""
+
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "uint8 grayscale, one split; splits chosen at load time.",
+                     "1.1.0": "The image stored as raw bytes (16x faster to write and read)."}
+    MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+    BUILDER_CONFIGS = [config_for(256), config_for(512), config_for(128)]
+
+    @classmethod
+    def get_builder_config(cls, name: str, version=None) -> ChestXray14Config | None:
+        """Every ``<side>px`` is a config of ours, not only the three listed above.
+
+        TFDS looks a config up by name here; one it does not find it calls "custom" and warns
+        about on every load (in every grain worker too).
+        """
+        match = re.fullmatch(r"(\d+)px", name)
+        if match and 8 <= int(match.group(1)) <= 1024:
+            return config_for(int(match.group(1)))
+        return super().get_builder_config(name, version)
 
     def __init__(self, *, workers: int | None = None, skip_bad: bool = False, **kwargs):
         kwargs.setdefault("file_format", "array_record")

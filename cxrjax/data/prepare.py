@@ -1,7 +1,13 @@
-"""Prepares ChestX-ray14 once: decode every PNG, resize, write ArrayRecord shards through TFDS.
+"""Prepares a release once: decode every image, resize, write ArrayRecord shards through TFDS.
 
-    python -m cxrjax.data.prepare --manual_dir NIH_DIR --data_dir OUT [--resolution 256]
-        [--workers N] [--skip_bad]
+    python -m cxrjax.data.prepare [--dataset nih|chexpert|mimic_cxr|padchest]
+        --manual_dir DIR --data_dir OUT [--resolution 256] [--workers N] [--skip_bad]
+        [--views PA,AP] [--labeler chexpert|negbio]
+
+``--dataset nih`` (the default) is described below; the other releases are read by their
+layout modules (``chexpert_layout``, ``mimic_layout``, ``padchest_layout``) and written by
+``release_builder`` with the same contract, keeping only ``--views`` (default PA,AP) and
+counting every image left out (view, bad file, missing label).
 
 NIH_DIR is the download as users have it: ``Data_Entry_2017*.csv``, images in ``images/`` or
 ``images_001/images/ … images_012/images/`` (read by ``nih_layout``). Bad input fails before
@@ -23,7 +29,8 @@ import sys
 from collections.abc import Sequence
 
 from cxrjax import fileio, logs, mirror, storage_checks
-from cxrjax.data import builder
+from cxrjax.data import builder, mimic_layout, release_builder
+from cxrjax.data import release_rows as rr
 
 PROG = "python -m cxrjax.data.prepare"
 
@@ -31,9 +38,12 @@ PROG = "python -m cxrjax.data.prepare"
 def make_parser() -> argparse.ArgumentParser:
     """The command line: what it makes, from what, and every option's default."""
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="nih", choices=["nih", *release_builder.BUILDERS],
+                        help="which release (default: %(default)s)")
     parser.add_argument("--manual_dir", required=True,
-                        help="the NIH download: Data_Entry_2017*.csv and its PNGs in images/ "
-                             "(or images_001/images/ ... images_012/images/)")
+                        help="the download: for NIH, Data_Entry_2017*.csv and its PNGs in "
+                             "images/ (or images_001/images/ ... images_012/images/); for the "
+                             "others, see README's datasets table")
     parser.add_argument("--data_dir", required=True,
                         help="where the dataset is written; give training this folder as "
                              "data.data_dir")
@@ -46,7 +56,23 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip_bad", action="store_true",
                         help="write the good images and list the bad ones, with the reason, in "
                              f"{builder.MANIFEST_NAME} beside the records (default: refuse)")
+    parser.add_argument("--views", default=",".join(rr.DEFAULT_VIEWS),
+                        help="views to keep, comma-separated (not NIH; default: %(default)s; "
+                             "laterals are LATERAL)")
+    parser.add_argument("--labeler", default="chexpert", choices=mimic_layout.LABELERS,
+                        help="MIMIC-CXR's label table (default: %(default)s)")
     return parser
+
+
+def _build(args, data_dir: str):
+    """The dataset's builder, prepared (or reused)."""
+    if args.dataset == "nih":
+        return builder.build(args.manual_dir, data_dir, resolution=args.resolution,
+                             workers=args.workers, skip_bad=args.skip_bad)
+    return release_builder.build(args.dataset, args.manual_dir, data_dir,
+                                 resolution=args.resolution, views=args.views.split(","),
+                                 labeler=args.labeler, workers=args.workers,
+                                 skip_bad=args.skip_bad)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,8 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             storage_checks.check_writable(data_dir)
             data_dir = os.path.join(mirror.cache_root(), "prepare",
                                     *fileio.split_bucket(fileio.expand(data_dir)))
-        b = builder.build(args.manual_dir, data_dir, resolution=args.resolution,
-                          workers=args.workers, skip_bad=args.skip_bad)
+        b = _build(args, data_dir)
         if data_dir != args.data_dir:
             copied = mirror.copy_tree(data_dir, args.data_dir)
             print(f"copied {copied} new file(s) of {data_dir} to {args.data_dir}, verified")
@@ -72,6 +97,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if meta["skipped"]:
         print(f"skipped {len(meta['skipped'])} image(s), listed with reasons in "
               f"{os.path.join(os.fspath(b.data_dir), builder.MANIFEST_NAME)}")
+    if args.dataset != "nih":
+        counts = meta["excluded"]
+        print(f"left out {sum(counts.values())}: "
+              f"{', '.join(f'{k} {v}' for k, v in counts.items()) or 'none'}"
+              + (f"; listed in {os.path.join(os.fspath(b.data_dir), release_builder.EXCLUDED_NAME)}"
+                 if counts else ""))
     return 0
 
 

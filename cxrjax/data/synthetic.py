@@ -1,6 +1,11 @@
 """A synthetic ChestX-ray14 in the exact NIH layout, for demos and tests without the 42 GB.
 
-    python -m cxrjax.data.synthetic --out DIR --n N --size S --seed K
+    python -m cxrjax.data.synthetic --out DIR --n N --size S --seed K [--format FORMAT]
+        [--site same|other]
+
+``--format`` (default ``nih``) writes the same chests in another release's layout instead:
+``chexpert``, ``mimic_cxr`` or ``padchest``; ``--site other`` acquires them as another
+hospital would (exposure, noise, a marker, prevalence). Both live in ``synthetic_formats``.
 
 Labels, patients and follow-ups are whole patients drawn from the REAL label table, so the
 imbalance (Hernia 0.2%, No Finding 54%) and the co-occurrences are the real ones; image names
@@ -37,10 +42,10 @@ from PIL import Image
 from scipy import ndimage
 
 from cxrjax.data import labels as labels_lib
-from cxrjax.data import nih_layout
+from cxrjax.data import nih_layout, synthetic_formats
 from cxrjax.data import splits as splits_lib
 
-_DONE = ".synthetic_complete.json"
+DONE_NAME = ".synthetic_complete.json"
 VERSION = 3  # of the drawing: part of the cache folder name and of the complete marker
 
 
@@ -301,7 +306,7 @@ def generate(out_dir: str, n: int, size: int = 256, seed: int = 0,
     if not 32 <= size <= 1024:
         raise ValueError(f"size must be in [32, 1024], got {size}")
     params = {"n": n, "size": size, "seed": seed, "version": VERSION}
-    done = os.path.join(out_dir, _DONE)
+    done = os.path.join(out_dir, DONE_NAME)
     if os.path.exists(done):
         with open(done) as f:
             if json.load(f) == params:
@@ -313,7 +318,7 @@ def generate(out_dir: str, n: int, size: int = 256, seed: int = 0,
     images = os.path.join(out_dir, nih_layout.IMAGES_DIR)
     os.makedirs(images, exist_ok=True)
     tasks = [(os.path.join(images, table.image_ids[i]), table.labels[i], size,
-              _stable_seed(seed, int(table.patient_ids[i])), seed * 1_000_003 + i)
+              stable_seed(seed, int(table.patient_ids[i])), seed * 1_000_003 + i)
              for i in rows]
     workers = len(os.sched_getaffinity(0)) if workers is None else workers
     drawn = nih_layout.ordered_map(_render_task, tasks, workers if n > 64 else 0, chunk=16)
@@ -332,7 +337,7 @@ def generate(out_dir: str, n: int, size: int = 256, seed: int = 0,
     return out_dir
 
 
-def _stable_seed(seed: int, patient: int) -> int:
+def stable_seed(seed: int, patient: int) -> int:
     return (seed * 2_654_435_761 + patient * 40_503) % 2**63
 
 
@@ -360,13 +365,18 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--format", default="nih", choices=["nih", *synthetic_formats.FORMATS])
+    parser.add_argument("--site", default="same", choices=list(synthetic_formats.SITES),
+                        help="'other': another hospital's exposure, noise, marker, prevalence")
     args = parser.parse_args(argv)
     try:
-        generate(args.out, args.n, args.size, args.seed, args.workers)
+        synthetic_formats.generate_format(args.out, args.format, args.n, args.size, args.seed,
+                                          args.workers, args.site)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {args.n} synthetic images ({args.size}px) in NIH layout to {args.out}")
+    layout = "NIH" if args.format == "nih" else args.format
+    print(f"wrote {args.n} synthetic images ({args.size}px) in {layout} layout to {args.out}")
     return 0
 
 

@@ -163,7 +163,7 @@ def test_generated_box_list_is_nih_format_in_the_1024_frame(small_set):
     real = labels.load_label_table()
     name = boxes.image_ids[0]
     r = int(real.rows([name])[0])
-    drawn = synthetic.render(real.labels[r], 64, synthetic._stable_seed(5, int(
+    drawn = synthetic.render(real.labels[r], 64, synthetic.stable_seed(5, int(
         real.patient_ids[r])), 5 * 1_000_003 + r).boxes
     np.testing.assert_allclose(boxes.xywh[boxes.image_ids == name],
                                np.array([b for _, b in drawn]) * 1024 / 64)
@@ -177,7 +177,7 @@ def test_a_linear_model_learns_it_above_chance_but_far_from_perfectly():
     rows = synthetic.sample_rows(900, seed=1)
     y = real.labels[rows]
     x = np.stack([np.asarray(Image.fromarray(synthetic.render(
-        y[i], 64, synthetic._stable_seed(1, int(real.patient_ids[r])), r).image).resize(
+        y[i], 64, synthetic.stable_seed(1, int(real.patient_ids[r])), r).image).resize(
         (24, 24), Image.Resampling.BILINEAR), np.float32).ravel() / 255
         for i, r in enumerate(rows)])
     part = splits.patient_split(real.patient_ids[rows], (0.7, 0.3), seed=0)
