@@ -2,6 +2,7 @@
 
 import csv
 import importlib
+import io
 import json
 import os
 import struct
@@ -485,3 +486,35 @@ def test_nothing_scored_leaves_no_folder_and_a_dicom_without_pydicom_is_named(
     assert err == [f"error: {dcm}: a DICOM file; reading it needs pydicom: pip install "
                    "'cxrjax[dicom]'"]
     assert not out.exists()
+
+
+def test_images_in_a_bucket_score_as_their_local_copies(run, tmp_path, gcs_bucket, capsys):
+    from cxrjax import fileio
+
+    local = [save(tmp_path / "a.png", xray(seed=8)), save(tmp_path / "b.jpg", xray(seed=9))]
+    for path in local:
+        fileio.write_bytes(f"{gcs_bucket}/images/{os.path.basename(path)}",
+                           open(path, "rb").read())
+    fileio.write_bytes(f"{gcs_bucket}/images/sub/c.png", open(local[0], "rb").read())
+    pytest.importorskip("pydicom")
+    from data.test_dicom import make_dicom
+
+    dcm = make_dicom(tmp_path / "d.dcm", xray(seed=8), PatientAge="061Y")
+    fileio.write_bytes(f"{gcs_bucket}/images/d.dcm", open(dcm, "rb").read())
+    assert predict.main(["--workdir", run[0], "--out", str(tmp_path / "here"), *local]) == 0
+    remote = [f"{gcs_bucket}/images", f"{gcs_bucket}/images/sub/c.png",
+              f"{gcs_bucket}/missing.png"]
+    out = f"{gcs_bucket}/out"
+    assert predict.main(["--workdir", run[0], "--out", out, *remote]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {gcs_bucket}/missing.png: no such file or directory" in err
+    assert f"{gcs_bucket}/images: 1 subfolder(s) not searched" in err
+    ids, scores = predictions.load_predictions(tmp_path / "here" / "predictions.csv")
+    (tmp_path / "there.csv").write_text(fileio.read_text(f"{out}/predictions.csv"))
+    remote_ids, remote_scores = predictions.load_predictions(tmp_path / "there.csv")
+    assert remote_ids == ("a.png", "b.jpg", "d.dcm", "c.png")  # the folder's, then the file
+    # c.png is a.png, d.dcm its pixels; a batch of 4 (not 2) may move a float32 sum by an ulp
+    np.testing.assert_allclose(remote_scores, [*scores, scores[0], scores[0]], rtol=1e-6)
+    rows = list(csv.DictReader(io.StringIO(fileio.read_text(f"{out}/predictions.csv"))))
+    assert (rows[2]["patient_age"], rows[2]["view_position"]) == ("061Y", "PA")
+    assert [fileio.exists(f"{out}/heatmaps/{n}_gradcam.png") for n in "abc"] == [True] * 3
