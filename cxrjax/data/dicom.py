@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
@@ -162,6 +163,10 @@ def _warnings(modality: str, view: str, age: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _first_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+
+
 def read_dicom(source: str | BinaryIO, max_pixels: int | None = None) -> DicomImage:
     """One DICOM file (a path or a binary file object) as a ``DicomImage``; a DicomError (one
     line) for a file that is unreadable, not one grayscale frame, over ``max_pixels`` pixels, or
@@ -171,11 +176,23 @@ def read_dicom(source: str | BinaryIO, max_pixels: int | None = None) -> DicomIm
     except ImportError:
         raise DicomError("a DICOM file; reading it needs pydicom: pip install "
                          "'cxrjax[dicom]'") from None
-    try:
-        ds = pydicom.dcmread(source)
-    except Exception as e:  # noqa: BLE001 - a broken file raises many kinds: one line each
-        raise DicomError(f"unreadable DICOM ({type(e).__name__}: "
-                         f"{(str(e).splitlines() or [''])[0][:200]})") from None
+    with warnings.catch_warnings():  # pydicom's value-validation warnings: the error says it
+        warnings.simplefilter("ignore")
+        try:
+            ds = pydicom.dcmread(source)
+        except Exception as e:  # noqa: BLE001 - a broken file raises many kinds: one line each
+            raise DicomError(f"unreadable DICOM ({_first_line(e)})") from None
+        try:
+            return _decode(ds, max_pixels)
+        except DicomError:
+            raise
+        except Exception as e:  # noqa: BLE001 - malformed tag values (a fuzzed header)
+            raise DicomError(f"unreadable DICOM header or pixel data ({_first_line(e)})") \
+                from None
+
+
+def _decode(ds: Any, max_pixels: int | None) -> DicomImage:
+    """A read dataset's checks, pixels as displayed, tags and warnings."""
     if "PixelData" not in ds:
         raise DicomError("a DICOM file without pixel data")
     photometric = _check_layout(ds, max_pixels)
@@ -184,8 +201,7 @@ def read_dicom(source: str | BinaryIO, max_pixels: int | None = None) -> DicomIm
         stored = ds.pixel_array
     except Exception as e:  # noqa: BLE001 - a missing decoder, truncated data, ...
         name = getattr(syntax, "name", None) or "its"
-        raise DicomError(f"cannot decode the {name} pixel data ({type(e).__name__}: "
-                         f"{(str(e).splitlines() or [''])[0][:200]})") from None
+        raise DicomError(f"cannot decode the {name} pixel data ({_first_line(e)})") from None
     if photometric.startswith("MONOCHROME"):
         unit = _to_unit_range(np.asarray(stored), ds)
         if photometric == "MONOCHROME1":

@@ -194,3 +194,13 @@ def test_without_pydicom_a_dicom_is_a_one_line_error_naming_the_extra(tmp_path, 
     monkeypatch.setitem(sys.modules, "pydicom", None)  # import pydicom now raises ImportError
     with pytest.raises(dicom.DicomError, match=r"needs pydicom: pip install 'cxrjax\[dicom\]'"):
         dicom.read_dicom(path)
+
+
+def test_malformed_tag_values_are_one_line_errors_not_tracebacks(tmp_path):
+    path = pathlib.Path(make_dicom(tmp_path / "bad.dcm", ramp(), NumberOfFrames=9))
+    element = b"\x28\x00\x08\x00IS\x02\x009 "  # (0028,0008) NumberOfFrames, explicit VR
+    data = path.read_bytes()
+    assert data.count(element) == 1
+    path.write_bytes(data.replace(element, element[:-2] + b"ab"))  # no longer a number
+    with pytest.raises(dicom.DicomError, match=r"^unreadable DICOM"):
+        dicom.read_dicom(str(path))
