@@ -1,20 +1,25 @@
-"""Score X-ray images with a trained run: 14 probabilities per image and a Grad-CAM heatmap.
+"""Score X-ray images with a trained run: 14 probabilities per image and a class heatmap.
 
     python -m cxrjax.predict --workdir W [--out DIR] [--batch_size 16] IMAGE_OR_DIR ...
 
-Each image (PNG or JPEG; 8- or 16-bit gray, RGB(A) or palette) becomes what training saw: gray
-uint8, resized to the run's ``data.resolution`` by the prepare step's own decoder, centre-cropped
-to ``data.crop``. Prints a table of the fused probabilities, each marked ``+`` where it is a
-positive call at the run's per-class thresholds (``W/eval/thresholds.json``, chosen on the
-validation split when the run was tested; without it, probabilities only), writes
-``DIR/predictions.csv`` (fused, calls and per-head columns; ``cxrjax.evaluate --predictions``
-reads it) and
-``DIR/heatmaps/<name>_gradcam.png``: Grad-CAM of the fused top class on stream A's last feature
-map, over the image at its own size (under 256 px, enlarged by a whole factor so the caption
-fits); a map that points nowhere (zero or constant) is not drawn, and the caption and a warning
-on stderr say so. A directory argument means its files. A file that is not
-an image, is empty, truncated or too large (checked from its header, before decoding) gets a
-one-line error; the others still run, and the exit code is 1.
+Each image (PNG or JPEG: 8- or 16-bit gray, RGB(A) or palette; or DICOM: see
+``cxrjax.data.dicom``; local or ``gs://``) becomes what training saw: gray uint8, resized to the
+run's ``data.resolution`` by the prepare step's own decoder, centre-cropped to ``data.crop``.
+Prints a table of the fused probabilities, each marked ``+`` where it is a positive call at the
+run's per-class thresholds (``W/eval/thresholds.json``, chosen on the validation split when the
+run was tested; without it, probabilities only), writes ``DIR/predictions.csv`` (fused, calls
+and per-head columns; ``cxrjax.evaluate --predictions`` reads it; a ``warning`` column; a
+DICOM's view, sex and age) and ``DIR/heatmaps/<name>_<method>.png``: the run's own heatmap
+(``eval.localization_heatmap``, the one its localization led with) of the fused top class over
+the image at its own size (under 256 px, enlarged by a whole factor so the caption fits), with
+a colour bar; a map that points nowhere (zero or constant) is not drawn, and the caption and a
+warning on stderr say so. A run whose recorded config implies a limitation (trained on
+synthetic images, ...: ``cxrjax.limitations``) says so on stderr, in the CSV's ``warning``
+column and in every caption; so does an image with a DICOM warning (a lateral view, a child, a
+modality other than CR/DX). A directory argument means its files. A file that is not an image,
+is empty, truncated or too large (checked from its header, before decoding), or a DICOM that is
+multi-frame or in colour gets a one-line error; the others still run, and the exit code is 1.
+Nothing is written, not even a folder, when no image could be scored.
 """
 
 from __future__ import annotations
@@ -23,154 +28,52 @@ import argparse
 import csv
 import logging
 import os
-import struct
 import sys
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from cxrjax import (
     compilation_cache,
     fileio,
     heatmaps,
     inference,
+    limitations,
     logs,
     operating_points,
     runs,
     storage_checks,
 )
-from cxrjax.data import nih_layout
 from cxrjax.data.labels import CLASSES
-from cxrjax.overlay import cam_problem, overlay
+from cxrjax.image_inputs import TAGS, ImageError, LoadedImage, expand_inputs, load_image
+from cxrjax.overlay import cam_problem, overlay, scaled
 from cxrjax.predictions import IMAGE_COLUMN, SCORE_PREFIX
 
-MAX_PIXELS = 10_000 * 10_000  # ~40x a 1024-px NIH image; larger is refused before decoding
-FORMATS = ("PNG", "JPEG")
 SHORT = ("Atel", "Card", "Effu", "Infi", "Mass", "Nodu", "Pneu", "PnTx", "Cons", "Edem",
          "Emph", "Fibr", "PlTh", "Hern")
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 log = logging.getLogger("cxrjax")
 
 
-class ImageError(ValueError):
-    """An input file that cannot be scored; the message says why in one line."""
-
-
 # ---------------------------------------------------------------------------------------------
-# Inputs: arguments -> files, header checks, decoding exactly as the prepared dataset was.
+# The explainer: the run's heatmap of a class per image (the scores are inference's).
 # ---------------------------------------------------------------------------------------------
 
 
-def expand_inputs(args: Sequence[str]) -> tuple[list[str], list[tuple[str, str]], list[str]]:
-    """(files to score, [(argument, error)], notes): a directory means its files, sorted."""
-    files, errors, notes = [], [], []
-    for arg in args:
-        if os.path.isdir(arg):
-            entries = sorted(os.listdir(arg))
-            inside = [os.path.join(arg, e) for e in entries if os.path.isfile(os.path.join(arg, e))]
-            subdirs = [e for e in entries if os.path.isdir(os.path.join(arg, e))]
-            if subdirs:
-                notes.append(f"{arg}: {len(subdirs)} subfolder(s) not searched (give them as "
-                             f"arguments): {', '.join(subdirs[:5])}")
-            if not inside:
-                errors.append((arg, "directory holds no files"))
-            files += inside
-        elif os.path.isfile(arg):
-            files.append(arg)
-        elif os.path.exists(arg):
-            errors.append((arg, "not a regular file"))
-        else:
-            errors.append((arg, "no such file or directory"))
-    return files, errors, notes
+def heatmap_method(config: Any, model: Any) -> str:
+    """The run's own heatmap, ``eval.localization_heatmap``: the one its localization tables
+    and picture led with (a ValueError if this model does not offer it)."""
+    return heatmaps.check_methods((config.eval.localization_heatmap,), model)[0]
 
 
-def _check_size(width: int, height: int) -> None:
-    if width * height > MAX_PIXELS:
-        raise ImageError(f"image is {width}x{height} px, over the {MAX_PIXELS:,}-pixel limit "
-                         "(a decompression bomb?); refused before decoding")
-    if width < 1 or height < 1:
-        raise ImageError(f"image header says {width}x{height} px")
-
-
-def check_header(path: str) -> tuple[str, int, int]:
-    """(format, width, height) from the file's header alone; ImageError if it is no usable
-    PNG/JPEG or is larger than MAX_PIXELS (nothing is decoded)."""
-    if os.path.getsize(path) == 0:
-        raise ImageError("empty file (0 bytes)")
-    with open(path, "rb") as f:
-        head = f.read(24)
-    if head.startswith(_PNG_SIGNATURE):  # read IHDR ourselves: exact size, whatever PIL allows
-        if len(head) < 24 or head[12:16] != b"IHDR":
-            raise ImageError("truncated or corrupt PNG header")
-        _check_size(*struct.unpack(">II", head[16:24]))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path, formats=FORMATS) as img:
-                fmt, (width, height) = img.format, img.size
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"refused before decoding: {e}") from None
-    except UnidentifiedImageError:
-        if head.startswith(_PNG_SIGNATURE):
-            raise ImageError("truncated or corrupt PNG (its chunks cannot be read)") from None
-        raise ImageError("not a PNG or JPEG image") from None
-    except (OSError, ValueError, SyntaxError, struct.error) as e:
-        raise ImageError(f"unreadable {type(e).__name__}: {e}") from None
-    _check_size(width, height)
-    return fmt, width, height
-
-
-def _gray(path: str) -> np.ndarray:
-    """The image as uint8 gray at its own size, converted as ``nih_layout.decode_image`` does."""
-    with Image.open(path, formats=FORMATS) as img:
-        img.load()
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(img, dtype=np.float32)
-            hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-            return np.clip(arr * (255.0 / hi) + 0.5, 0, 255).astype(np.uint8)
-        return np.asarray(img if img.mode == "L" else img.convert("L"), dtype=np.uint8)
-
-
-def load_image(path: str, resolution: int, crop: int) -> tuple[np.ndarray, np.ndarray]:
-    """(model input (crop, crop, 1) uint8, the gray image at its own size) for one file.
-
-    The input is the prepared dataset's record (``nih_layout.decode_image``: gray, antialiased
-    resize to ``resolution``) centre-cropped like the eval pipeline. ImageError if unusable.
-    """
-    check_header(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            record, _ = nih_layout.decode_image(path, resolution)
-            gray = _gray(path)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        reason = str(e) or type(e).__name__
-        raise ImageError(f"cannot decode (truncated or corrupt?): {reason}") from None
-    o = (resolution - crop) // 2
-    return np.ascontiguousarray(record[o:o + crop, o:o + crop])[..., None], gray
-
-
-# ---------------------------------------------------------------------------------------------
-# The explainer: Grad-CAM of a class per image (the scores are inference.make_predict_fn's).
-# ---------------------------------------------------------------------------------------------
-
-
-def make_gradcam_fn(model: Any, fusion: Sequence[str], mesh: Any) -> Callable:
-    """(variables, uint8 images (B,H,W,1), classes (B,)) -> Grad-CAM (B,h,w) scaled to [0, 1]
-    per image: ``heatmaps``' jitted "gradcam" (the fused probability's gradient w.r.t. stream
-    A's last feature map, averaged over space, weighting that map's channels, then ReLU)."""
-    heat = heatmaps.make_heatmap_fn(model, fusion, mesh, ("gradcam",))
-
-    def run(variables, images, classes):
-        cam = heat(variables, images, classes)["gradcam"]
-        return cam / jnp.maximum(cam.max(axis=(1, 2), keepdims=True), 1e-12)
-
-    return run
+def make_heatmap_fn(model: Any, fusion: Sequence[str], mesh: Any,
+                    method: str = "gradcam") -> Callable:
+    """(variables, uint8 images (B,H,W,1), classes (B,)) -> the ``method`` heatmap (B,h,w),
+    raw (``heatmaps``' jitted maps: a Grad-CAM is the fused probability's gradient w.r.t. a
+    stream A feature map, averaged over space, weighting that map's channels, then ReLU)."""
+    heat = heatmaps.make_heatmap_fn(model, fusion, mesh, (method,))
+    return lambda variables, images, classes: heat(variables, images, classes)[method]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,12 +82,12 @@ def make_gradcam_fn(model: Any, fusion: Sequence[str], mesh: Any) -> Callable:
 
 
 def _batches(files: Sequence[str], resolution: int, crop: int, size: int,
-             errors: list[tuple[str, str]]) -> Iterator[list[tuple[str, np.ndarray, np.ndarray]]]:
+             errors: list[tuple[str, str]]) -> Iterator[list[tuple[str, LoadedImage]]]:
     """Chunks of up to ``size`` decodable files; each bad file goes to ``errors``."""
     chunk = []
     for path in files:
         try:
-            chunk.append((path, *load_image(path, resolution, crop)))
+            chunk.append((path, load_image(path, resolution, crop)))
         except ImageError as e:
             errors.append((path, str(e)))
             continue
@@ -195,49 +98,64 @@ def _batches(files: Sequence[str], resolution: int, crop: int, size: int,
         yield chunk
 
 
-def _heatmap_path(out_dir: str, path: str, used: set[str]) -> str:
+def _heatmap_path(out_dir: str, path: str, method: str, used: set[str]) -> str:
     stem = os.path.splitext(os.path.basename(path))[0]
-    name, k = f"{stem}_gradcam.png", 2
+    name, k = f"{stem}_{method}.png", 2
     while name in used:
-        name, k = f"{stem}_{k}_gradcam.png", k + 1
+        name, k = f"{stem}_{k}_{method}.png", k + 1
     used.add(name)
     return fileio.join(out_dir, "heatmaps", name)
+
+
+def _write_heatmap(target: str, source: str, loaded: LoadedImage, raw: np.ndarray, method: str,
+                   finding: str, caption: str, geometry: tuple[int, int],
+                   warning: str = "") -> None:
+    """The overlay PNG of one image (its folder made on the first one: no empty folder)."""
+    signed = heatmaps.STREAMS[method][1] is not None  # a CAM: logit contributions of any sign
+    problem = cam_problem(raw)
+    if problem is not None:
+        log.warning("%s: the %s map of %s is %s; %s shows the image without a heatmap",
+                    source, heatmaps.TITLES[method], finding, problem, target)
+    fileio.makedirs(os.path.dirname(target))
+    picture = overlay(loaded.gray, scaled(raw, signed), *geometry, caption,
+                      scale=("max", "min" if signed else "0"), warning=warning)
+    with fileio.open(target, "wb") as f:  # local or gs://
+        picture.save(f, format="PNG", compress_level=1)
 
 
 def predict_files(workdir: str, files: Sequence[str], out_dir: str, batch_size: int = 16,
                   ) -> tuple[list[dict], list[tuple[str, str]]]:
     """Scores ``files`` with a run's best checkpoint; writes a heatmap PNG per image.
 
-    Returns (rows: {"path", "probs": {head: (14,)}, "top", "heatmap"}, [(path, error)]).
+    Returns (rows: {"path", "probs": {head: (14,)}, "top", "heatmap", "tags", "warnings"},
+    [(path, error)]). The workdir is checked before ``out_dir`` (its default is inside it).
     """
     mesh = inference.create_mesh()
     config, model, variables, _ = runs.load_run(workdir, mesh)
+    out_dir = storage_checks.check_writable(out_dir)  # a wrong bucket: one line, at once
+    method = heatmap_method(config, model)
+    run_warnings = tuple(x.short for x in limitations.run_limitations(config))
     resolution, crop = int(config.data.resolution), int(config.data.crop)
     size = min(batch_size, 1 << max(len(files) - 1, 0).bit_length())  # one shape, one compile
     size = -(-size // mesh.size) * mesh.size  # a batch splits evenly over the devices
     predict_fn = inference.make_predict_fn(model, tuple(config.model.fusion), mesh)
-    gradcam_fn = make_gradcam_fn(model, tuple(config.model.fusion), mesh)
-    fileio.makedirs(fileio.join(out_dir, "heatmaps"))
+    heatmap_fn = make_heatmap_fn(model, tuple(config.model.fusion), mesh, method)
     rows, errors, used = [], [], set()
     for chunk in _batches(files, resolution, crop, size, errors):
         images = np.zeros((size, crop, crop, 1), np.uint8)
-        images[:len(chunk)] = np.stack([c[1] for c in chunk])
+        images[:len(chunk)] = np.stack([c[1].image for c in chunk])
         probs = jax.device_get(predict_fn(variables, images))
         tops = np.argmax(probs["fused"], axis=-1)
-        cams = jax.device_get(gradcam_fn(variables, images, tops))
-        for i, (path, _, gray) in enumerate(chunk):
-            top = int(tops[i])
-            heatmap = _heatmap_path(out_dir, path, used)
-            caption = f"Grad-CAM: {CLASSES[top]} {probs['fused'][i, top]:.3f}"
-            problem = cam_problem(cams[i])
-            if problem is not None:
-                log.warning("%s: the Grad-CAM map of %s is %s; %s shows the image without a "
-                            "heatmap", path, CLASSES[top], problem, heatmap)
-            with fileio.open(heatmap, "wb") as f:  # local or gs://
-                overlay(gray, cams[i], resolution, crop, caption).save(f, format="PNG",
-                                                                       compress_level=1)
+        maps = jax.device_get(heatmap_fn(variables, images, tops))
+        for i, (path, loaded) in enumerate(chunk):
+            top, notes = int(tops[i]), (*run_warnings, *loaded.warnings)
+            caption = f"{heatmaps.TITLES[method]}: {CLASSES[top]} {probs['fused'][i, top]:.3f}"
+            heatmap = _heatmap_path(out_dir, path, method, used)
+            _write_heatmap(heatmap, path, loaded, maps[i], method, CLASSES[top], caption,
+                           (resolution, crop), "; ".join(notes))
             rows.append({"path": path, "probs": {h: p[i] for h, p in probs.items()},
-                         "top": CLASSES[top], "heatmap": heatmap})
+                         "top": CLASSES[top], "heatmap": heatmap, "tags": loaded.tags,
+                         "warnings": notes})
     return rows, errors
 
 
@@ -256,15 +174,18 @@ def _call_text(call: bool | None) -> str:
 
 
 def write_csv(path: str, rows: Sequence[dict]) -> None:
-    """``Image Index`` (file name), path, top finding, ``prob_<Class>`` (fused); with the run's
-    thresholds ``positive_findings`` (``|``-joined) and ``call_<Class>`` (positive, negative,
-    or empty without a threshold); then ``<head>_<Class>`` per head and the heatmap path.
-    Scores as round-trip float32 text."""
+    """``Image Index`` (file name), path, ``warning`` (the run's limitations and the image's
+    warnings, ``; ``-joined; empty when none), top finding, ``prob_<Class>`` (fused); with the
+    run's thresholds ``positive_findings`` (``|``-joined) and ``call_<Class>`` (positive,
+    negative, or empty without a threshold); then ``<head>_<Class>`` per head, the heatmap
+    path and a DICOM's view, sex and age (empty for PNG/JPEG). Scores as round-trip float32
+    text."""
     heads = [h for h in rows[0]["probs"] if h != "fused"]
     calls = rows[0].get("calls") is not None
-    header = [IMAGE_COLUMN, "path", "top_finding", *(f"{SCORE_PREFIX}{c}" for c in CLASSES),
+    header = [IMAGE_COLUMN, "path", "warning", "top_finding",
+              *(f"{SCORE_PREFIX}{c}" for c in CLASSES),
               *(["positive_findings", *(f"call_{c}" for c in CLASSES)] if calls else []),
-              *(f"{h}_{c}" for h in heads for c in CLASSES), "heatmap"]
+              *(f"{h}_{c}" for h in heads for c in CLASSES), "heatmap", *TAGS]
     with fileio.open(path, "w") as f:
         writer = csv.writer(f)
         writer.writerow(header)
@@ -273,8 +194,10 @@ def write_csv(path: str, rows: Sequence[dict]) -> None:
             marks = ["|".join(c for c, k in zip(CLASSES, r["calls"], strict=True) if k),
                      *map(_call_text, r["calls"])] if calls else []
             others = np.concatenate([np.zeros(0), *(r["probs"][h] for h in heads)])
-            writer.writerow([os.path.basename(r["path"]), r["path"], r["top"], *fused, *marks,
-                             *np.asarray(others, np.float32).astype(str), r["heatmap"]])
+            writer.writerow([os.path.basename(r["path"]), r["path"],
+                             "; ".join(r.get("warnings", ())), r["top"], *fused, *marks,
+                             *np.asarray(others, np.float32).astype(str), r["heatmap"],
+                             *(r.get("tags", {}).get(t, "") for t in TAGS)])
 
 
 def format_rows(rows: Sequence[dict]) -> str:
@@ -308,21 +231,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
     args = parser.parse_args(argv)
     logs.setup(logging.WARNING, libraries=logging.ERROR)  # our format; warnings only
-    compilation_cache.enable()  # warm starts: the scoring and Grad-CAM functions from disk
-    out_dir = args.out or fileio.join(args.workdir, "predict")
+    compilation_cache.enable()  # warm starts: the scoring and heatmap functions from disk
     files, errors, notes = expand_inputs(args.images)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     try:
         if args.batch_size < 1:
             raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
-        out_dir = storage_checks.check_writable(out_dir)  # a wrong bucket: one line, at once
+        out_dir = fileio.expand(args.out or fileio.join(args.workdir, "predict"))
         rows, bad = predict_files(args.workdir, files, out_dir, args.batch_size) if files \
             else ([], [])
         points = operating_points.OperatingPoints.of_run(args.workdir) if rows else None
         mark_calls(rows, points)
         if rows:
             write_csv(fileio.join(out_dir, "predictions.csv"), rows)
+            limits = limitations.run_limitations(runs.load_config(args.workdir))
     except (ValueError, OSError, RuntimeError) as e:  # workdir, checkpoint, out dir
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -330,6 +253,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path, reason in errors:
         print(f"error: {path}: {reason}", file=sys.stderr)
     if rows:
+        for limit in limits:
+            print(f"warning: {args.workdir}: {limit.text}", file=sys.stderr)
+        run_notes = {x.short for x in limits}
+        for r in rows:
+            for note in r["warnings"]:
+                if note not in run_notes:
+                    print(f"warning: {r['path']}: {note}", file=sys.stderr)
         print(format_rows(rows))
         if points is None:
             print(f"note: {args.workdir} has no {operating_points.RUN_FILE} (written when a run "

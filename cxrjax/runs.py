@@ -164,6 +164,9 @@ def load_run(workdir: str, mesh: Mesh) -> tuple[mlc.ConfigDict, Any, dict, int]:
     workdir = fileio.expand(workdir)
     storage_checks.check_bucket(workdir)  # a wrong bucket, an unreachable server: one line
     if not fileio.isdir(workdir):
+        if fileio.exists(workdir):
+            raise NotADirectoryError(f"{workdir} is a file, not a run folder (give the folder "
+                                     "that cxrjax.main wrote)")
         raise FileNotFoundError(f"workdir not found: {workdir}")
     config = load_config(workdir)
     config_checks.check_config(config)

@@ -564,3 +564,12 @@ def test_thresholds_for_other_classes_or_with_workdir_are_one_line_errors(
     assert evaluate.main(["--workdir", trained_runs["a"][0], "--thresholds", good]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if "INFO" not in line]
     assert len(err) == 1 and "--thresholds applies to --predictions only" in err[0], err
+
+
+def test_a_file_given_as_workdir_is_named_a_file_in_one_line(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("# not a run\n")
+    assert evaluate.main(["--workdir", str(readme)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {readme} is a file, not a run folder (give the folder that " \
+                  "cxrjax.main wrote)", err

@@ -218,3 +218,13 @@ def test_boxes_in_other_splits_only_say_so_and_suggest_all(real_run, capsys):
     with pytest.raises(loc.BoxError, match=r"in the run's test split; the dataset holds \d+ "
                                            r"of them in other splits \(try --split all\)"):
         localizer.boxes_in_split(elsewhere, run.evaluator.datasets, "test")
+
+
+def test_a_file_given_as_workdir_is_named_a_file_in_one_line(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("# not a run\n")
+    assert localize.main(["--workdir", str(readme)]) == 2
+    lines = [x for x in capsys.readouterr().err.splitlines() if " INFO " not in x]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {readme} is a file, not a run "
+                                                   "folder"), lines
+    assert "not found" not in lines[0]

@@ -2,8 +2,11 @@
 
 import csv
 import importlib
+import io
+import json
 import os
 import struct
+import sys
 import zlib
 
 import jax
@@ -13,7 +16,18 @@ import pytest
 from helpers import TINY, random_variables
 from PIL import Image
 
-from cxrjax import checkpoint, inference, models, overlay, predict, predictions, runs, train
+from cxrjax import (
+    checkpoint,
+    heatmaps,
+    image_inputs,
+    inference,
+    models,
+    overlay,
+    predict,
+    predictions,
+    runs,
+    train,
+)
 from cxrjax.data import nih_layout
 from cxrjax.data.labels import CLASSES
 
@@ -77,7 +91,9 @@ def test_load_image_is_the_prepared_record_centre_cropped_for_every_mode(tmp_pat
     }
     for name, array in cases.items():
         path = save(tmp_path / name, array)
-        image, full = predict.load_image(path, RES, CROP)
+        loaded = image_inputs.load_image(path, RES, CROP)
+        image, full = loaded.image, loaded.gray
+        assert loaded.tags == dict.fromkeys(image_inputs.TAGS, "") and loaded.warnings == ()
         record, _ = nih_layout.decode_image(path, RES)
         o = (RES - CROP) // 2
         np.testing.assert_array_equal(image[..., 0], record[o:o + CROP, o:o + CROP])
@@ -90,7 +106,7 @@ def test_load_image_is_the_prepared_record_centre_cropped_for_every_mode(tmp_pat
 def test_16_bit_png_is_scaled_by_its_bit_depth_not_clipped(tmp_path):
     ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))
     path = save(tmp_path / "ramp16.png", ramp)
-    _, full = predict.load_image(path, RES, CROP)
+    full = image_inputs.load_image(path, RES, CROP).gray
     np.testing.assert_array_equal(full, np.round(ramp / 257.0).astype(np.uint8))
     assert full.min() == 0 and full.max() == 255 and len(np.unique(full)) == 64
 
@@ -99,7 +115,7 @@ def test_palette_png_becomes_its_gray_values(tmp_path):
     gray = xray((40, 40))
     img = Image.fromarray(gray).convert("P")
     img.save(tmp_path / "p.png")
-    _, full = predict.load_image(str(tmp_path / "p.png"), RES, CROP)
+    full = image_inputs.load_image(str(tmp_path / "p.png"), RES, CROP).gray
     np.testing.assert_array_equal(full, np.asarray(img.convert("L")))
 
 
@@ -111,7 +127,7 @@ def test_probabilities_equal_the_model_on_the_same_array_and_heatmap_has_image_s
     # Batches of 2: a full one and a padded one; padding must not change the real rows.
     rows, errors = predict.predict_files(workdir, paths, str(tmp_path / "out"), batch_size=2)
     assert errors == [] and [r["path"] for r in rows] == paths
-    images = np.stack([predict.load_image(p, RES, CROP)[0] for p in paths])
+    images = np.stack([image_inputs.load_image(p, RES, CROP).image for p in paths])
     want = models.probabilities(model.apply(variables, images, train=False), ("ce", "fce"))
     for i, r in enumerate(rows):
         assert set(r["probs"]) == {"ce", "msml", "fce", "fused"}
@@ -120,10 +136,13 @@ def test_probabilities_equal_the_model_on_the_same_array_and_heatmap_has_image_s
         assert r["top"] == CLASSES[int(np.argmax(want["fused"][i]))]
         with Image.open(r["heatmap"]) as heat, Image.open(r["path"]) as original:
             # Under 256 px the picture is enlarged by a whole factor, so the caption fits.
+            # The colour bar is a strip at the right of the enlarged image.
             k = -(-overlay.MIN_CAPTIONED_SIDE // min(original.size))
-            assert heat.size == (k * original.width, k * original.height) and heat.mode == "RGB"
-            assert not np.array_equal(np.asarray(heat)[..., 0], np.asarray(heat)[..., 2])
-    assert Image.open(rows[0]["heatmap"]).size == (4 * 90, 4 * 70)
+            assert heat.height == k * original.height and heat.mode == "RGB"
+            assert k * original.width < heat.width < k * original.width * 1.5
+            picture = np.asarray(heat)[:, :k * original.width]
+            assert not np.array_equal(picture[..., 0], picture[..., 2])
+    assert Image.open(rows[0]["heatmap"]).height == 4 * 70
 
 
 def test_grad_cam_is_the_top_class_weights_on_stream_a_for_a_gap_dense_head():
@@ -135,8 +154,9 @@ def test_grad_cam_is_the_top_class_weights_on_stream_a_for_a_gap_dense_head():
     images = np.stack([xray((CROP, CROP), s) for s in range(4)])[..., None]
     scores = inference.make_predict_fn(model, ("ce", "fce"), inference.create_mesh())
     top = np.argmax(scores(variables, images)["fused"], axis=-1)
-    cam = predict.make_gradcam_fn(model, ("ce", "fce"), inference.create_mesh())(
+    raw = predict.make_heatmap_fn(model, ("ce", "fce"), inference.create_mesh())(
         variables, images, top)
+    cam = np.stack([overlay.scaled(m) for m in np.asarray(raw)])
     _, state = model.apply(variables, images, train=False,
                            capture_intermediates=lambda m, name: m.path == ("trunk_a",))
     fmap = state["intermediates"]["trunk_a"]["__call__"][0]
@@ -164,7 +184,9 @@ def test_a_blank_map_draws_no_heat_and_its_caption_says_why_whole_on_a_64_px_ima
     gray = np.full((64, 64), 128, np.uint8)
     caption = "Grad-CAM: Pleural_Thickening 0.183"
     picture = np.asarray(overlay.overlay(gray, np.zeros((2, 2)), RES, CROP, caption))
-    assert picture.shape == (256, 256, 3)  # enlarged 4x: a caption needs the room
+    assert picture.shape[0] == 256 and 256 < picture.shape[1] < 320  # enlarged 4x: a caption
+    # needs the room
+    picture = picture[:, :256]  # the X-ray; a colour bar at its right
     top, bottom, left, right = _caption_box(picture)
     assert right < 256 - 1 and bottom - top > 30  # wrapped on several lines, none cut off
     outside = np.ones(picture.shape[:2], bool)
@@ -172,7 +194,7 @@ def test_a_blank_map_draws_no_heat_and_its_caption_says_why_whole_on_a_64_px_ima
     assert (picture[outside] == 128).all()  # no heat anywhere: the map showed nothing
     # The same image with a real map: heat, and the one-line caption still within the width.
     heated = np.asarray(overlay.overlay(gray, np.array([[0.0, 1.0], [0.3, 0.0]]), RES, CROP,
-                                        caption))
+                                        caption))[:, :256]
     assert (heated[..., 0] != heated[..., 2]).any()
     assert _caption_box(heated)[3] < 256 - 1
 
@@ -193,7 +215,7 @@ def test_predict_warns_on_stderr_when_an_images_grad_cam_is_blank(tmp_path, capl
     image = save(tmp_path / "small.png", xray((64, 64)))
     with caplog.at_level("WARNING", logger="cxrjax"):
         rows, _ = predict.predict_files(str(workdir), [image], str(tmp_path / "out"))
-    warned = [r.getMessage() for r in caplog.records if "Grad-CAM map" in r.getMessage()]
+    warned = [r.getMessage() for r in caplog.records if "map of" in r.getMessage()]
     assert len(warned) == 1 and "is empty (zero everywhere on its 2x2 feature map)" in warned[0]
     assert image in warned[0] and rows[0]["heatmap"] in warned[0]
 
@@ -218,7 +240,7 @@ def test_cli_scores_good_files_and_reports_each_bad_one_on_one_line(run, tmp_pat
     errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
     reasons = {line.split(": ")[1]: line for line in errors}
     assert set(reasons) == {str(text), str(empty), str(truncated), bomb, missing}
-    assert "not a PNG or JPEG image" in reasons[str(text)]
+    assert "not a PNG, JPEG or DICOM image" in reasons[str(text)]
     assert "empty file (0 bytes)" in reasons[str(empty)]
     assert "truncated" in reasons[str(truncated)]
     assert "50000x50000" in reasons[bomb] and "refused before decoding" in reasons[bomb]
@@ -233,13 +255,13 @@ def test_cli_scores_good_files_and_reports_each_bad_one_on_one_line(run, tmp_pat
 def test_png_bomb_is_refused_without_reading_past_the_header(tmp_path):
     bomb = png_header_only(tmp_path / "bomb.png", 50_000, 50_000)
     assert os.path.getsize(bomb) == 33  # nothing but the header exists to decode
-    with pytest.raises(predict.ImageError, match="50000x50000 px, over the 100,000,000"):
-        predict.check_header(bomb)
+    with pytest.raises(image_inputs.ImageError, match="50000x50000 px, over the 100,000,000"):
+        image_inputs.check_header(bomb)
     at_limit = png_header_only(tmp_path / "at_limit.png", 10_000, 10_000)
-    with pytest.raises(predict.ImageError, match="truncated or corrupt PNG"):
-        predict.check_header(at_limit)  # passes the size check, then has no chunks to read
+    with pytest.raises(image_inputs.ImageError, match="truncated or corrupt PNG"):
+        image_inputs.check_header(at_limit)  # passes the size check, then has no chunks to read
     small = save(tmp_path / "small.png", xray((30, 20)))
-    assert predict.check_header(small) == ("PNG", 30, 20)
+    assert image_inputs.check_header(small) == ("PNG", 30, 20)
 
 
 def test_jpeg_claiming_60000x60000_is_refused_before_decoding(tmp_path):
@@ -249,8 +271,8 @@ def test_jpeg_claiming_60000x60000_is_refused_before_decoding(tmp_path):
     sof = data.index(b"\xff\xc0")  # baseline frame header: length, precision, height, width
     data[sof + 5:sof + 9] = struct.pack(">HH", 60_000, 60_000)
     path.write_bytes(bytes(data))
-    with pytest.raises(predict.ImageError, match="refused before decoding"):
-        predict.check_header(str(path))
+    with pytest.raises(image_inputs.ImageError, match="refused before decoding"):
+        image_inputs.check_header(str(path))
 
 
 def test_directory_of_mixed_files_scores_the_images_and_lists_the_rest(run, tmp_path, capsys):
@@ -266,7 +288,7 @@ def test_directory_of_mixed_files_scores_the_images_and_lists_the_rest(run, tmp_
     out = tmp_path / "out"
     assert predict.main(["--workdir", run[0], "--out", str(out), str(folder)]) == 1
     err = capsys.readouterr().err
-    assert f"error: {folder / 'readme.txt'}: not a PNG or JPEG image" in err
+    assert f"error: {folder / 'readme.txt'}: not a PNG, JPEG or DICOM image" in err
     assert f"error: {folder / 'zero.jpg'}: empty file" in err
     assert "1 subfolder(s) not searched" in err
     ids, scores = predictions.load_predictions(out / "predictions.csv")  # the evaluate format
@@ -280,8 +302,11 @@ def test_directory_of_mixed_files_scores_the_images_and_lists_the_rest(run, tmp_
 
 def test_bad_workdir_and_batch_size_are_one_line_errors_exit_2(run, tmp_path, capsys):
     good = save(tmp_path / "good.png", xray())
+    readme = tmp_path / "README.md"
+    readme.write_text("# not a run\n")
     for argv, message in (
             (["--workdir", str(tmp_path / "nope"), good], "workdir not found"),
+            (["--workdir", str(readme), good], f"{readme} is a file, not a run folder"),
             (["--workdir", str(tmp_path), good], "not a cxrjax workdir"),
             (["--workdir", run[0], "--batch_size", "0", good], "--batch_size must be >= 1")):
         assert predict.main(argv) == 2
@@ -325,3 +350,171 @@ def test_cli_marks_calls_at_the_run_thresholds_and_says_once_when_it_has_none(
     assert lines[1].split()[1].endswith("+") and not lines[1].split()[2].endswith("+")
     assert "+ = positive at the run's per-class thresholds (youden" in captured.out
     assert "has no eval/thresholds.json" not in captured.err
+
+
+def test_the_colour_bar_runs_from_the_top_colour_to_the_bottom_one_beside_the_image():
+    from matplotlib import colormaps
+
+    gray = np.full((300, 400), 100, np.uint8)
+    picture = np.asarray(overlay.overlay(gray, np.array([[0.0, 1.0], [0.5, 0.2]]), RES, CROP,
+                                         "caption", scale=("max", "0")))
+    assert picture.shape[0] == 300 and picture.shape[1] > 400
+    strip = picture[:, 400:]
+    coloured = np.nonzero((strip.max(axis=-1).astype(int) - strip.min(axis=-1) > 60).any(0))[0]
+    column = strip[:, coloured[len(coloured) // 2]]  # the middle of the bar
+    rows = np.nonzero(column.any(axis=-1))[0]
+    jet = (colormaps["jet"](np.array([1.0, 0.0]))[:, :3] * 255).astype(np.uint8)
+    np.testing.assert_array_equal(column[rows[0]], jet[0])  # top: the map's maximum
+    np.testing.assert_array_equal(column[rows[-1]], jet[1])  # bottom: zero
+    labels = strip[:, coloured.max() + 2:]
+    assert (labels.min(axis=-1) > 200).sum() > 10  # the scale's two labels, in white
+    plain = overlay.overlay(gray, np.array([[0.0, 1.0], [0.5, 0.2]]), RES, CROP, "c", None)
+    assert plain.size == (400, 300)
+
+
+def _recorded_config(workdir, **changes):
+    """Rewrites a run's config.json with dotted-key ``changes``; returns the old text."""
+    path = os.path.join(workdir, "config.json")
+    with open(path) as f:
+        old = f.read()
+    config = json.loads(old)
+    for key, value in changes.items():
+        section, field = key.split(".")
+        config[section][field] = value
+    with open(path, "w") as f:
+        json.dump(config, f)
+    return old
+
+
+def test_a_synthetic_data_run_is_flagged_everywhere_and_its_own_heatmap_is_drawn(
+        run, tmp_path, capsys, monkeypatch):
+    workdir = run[0]
+    images = [save(tmp_path / "a.png", xray(seed=6)), save(tmp_path / "b.png", xray(seed=7))]
+    captions, maps = [], []
+
+    def spy(gray, cam, resolution, crop, caption="", scale=("max", "0"), warning=""):
+        captions.append(f"{caption}. Warning: {warning}" if warning else caption)
+        maps.append(np.asarray(cam))
+        return overlay.overlay(gray, cam, resolution, crop, caption, scale, warning)
+
+    monkeypatch.setattr(predict, "overlay", spy)
+    old = _recorded_config(workdir, **{"data.source": "synthetic",
+                                       "eval.localization_heatmap": "gradcam_fine"})
+    try:
+        out = tmp_path / "out"
+        assert predict.main(["--workdir", workdir, "--out", str(out), *images]) == 0
+    finally:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(old)
+    err = capsys.readouterr().err.splitlines()
+    warned = [line for line in err if line.startswith("warning:")]
+    assert warned == [f"warning: {workdir}: this model was trained on synthetic images (drawn "
+                      "shapes, cxrjax.data.synthetic), not on chest X-rays: its probabilities "
+                      "for real X-rays mean nothing"]
+    with open(out / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["warning"] for r in rows] == ["trained on synthetic images, not X-rays"] * 2
+    assert all(c.endswith(". Warning: trained on synthetic images, not X-rays") for c in captions)
+    # The run's own heatmap: the finer Grad-CAM (a 4x4 map of the 64-px crop, not 2x2).
+    assert all(c.startswith(heatmaps.TITLES["gradcam_fine"]) for c in captions)
+    assert [m.shape for m in maps] == [(4, 4), (4, 4)]
+    assert sorted(os.listdir(out / "heatmaps")) == ["a_gradcam_fine.png", "b_gradcam_fine.png"]
+    # A run on NIH data carries no warning: the column is there, empty.
+    assert predict.main(["--workdir", workdir, "--out", str(tmp_path / "nih"), images[0]]) == 0
+    assert "warning:" not in capsys.readouterr().err
+    with open(tmp_path / "nih" / "predictions.csv") as f:
+        assert next(csv.DictReader(f))["warning"] == ""
+    assert not captions[-1].endswith("X-rays")
+
+
+REAL_DICOM = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
+                          "shared", "data", "dicom", "siim_pneumothorax_sample.dcm")
+
+
+def test_a_dicom_and_a_png_of_its_pixels_score_the_same_and_dicom_warnings_reach_the_csv(
+        run, tmp_path, capsys):
+    pytest.importorskip("pydicom")
+    from data.test_dicom import make_dicom
+
+    if not os.path.isfile(REAL_DICOM):
+        pytest.skip(f"the real DICOM is absent ({REAL_DICOM})")
+    gray = image_inputs.load_image(REAL_DICOM, RES, CROP).gray
+    png = save(tmp_path / "real.png", gray)
+    child = make_dicom(tmp_path / "child.dcm", xray((90, 70), 3), Modality="CT",
+                       ViewPosition="LL", PatientAge="012Y", PatientSex="F")
+    multi = make_dicom(tmp_path / "multi.dcm", np.stack([xray(), xray()]), frames=2)
+    rgb = make_dicom(tmp_path / "rgb.dcm", np.random.default_rng(0).integers(
+        0, 256, (20, 30, 3), dtype=np.uint8), photometric="RGB")
+    out = tmp_path / "out"
+    argv = ["--workdir", run[0], "--out", str(out), REAL_DICOM, png, multi, child, rgb]
+    assert predict.main(argv) == 1  # the two refused files; the three others are scored
+    err = capsys.readouterr().err.splitlines()
+    assert f"error: {multi}: multi-frame DICOM (2 frames): one image per file is read" in err
+    assert f"error: {rgb}: a colour (RGB) DICOM: only grayscale X-rays are read" in err
+    assert [line for line in err if line.startswith("warning:")] == [
+        f"warning: {child}: modality CT, not a radiograph (CR or DX)",
+        f"warning: {child}: lateral view (LL): the model was trained on frontal views",
+        f"warning: {child}: patient aged 012Y, under 18: the training data are mostly adults"]
+    with open(out / "predictions.csv") as f:
+        rows = {r["Image Index"]: r for r in csv.DictReader(f)}
+    assert list(rows) == ["siim_pneumothorax_sample.dcm", "real.png", "child.dcm"]
+    real, as_png = rows["siim_pneumothorax_sample.dcm"], rows["real.png"]
+    for c in CLASSES:  # the same pixels: the same probabilities, to the last float32 digit
+        assert real[f"prob_{c}"] == as_png[f"prob_{c}"]
+    assert (real["view_position"], real["patient_sex"], real["patient_age"]) == ("PA", "M", "62")
+    assert (as_png["view_position"], as_png["warning"]) == ("", "")
+    assert rows["child.dcm"]["warning"] == (
+        "modality CT, not a radiograph (CR or DX); lateral view (LL): the model was trained on "
+        "frontal views; patient aged 012Y, under 18: the training data are mostly adults")
+    assert sorted(os.listdir(out / "heatmaps")) == [
+        "child_gradcam.png", "real_gradcam.png", "siim_pneumothorax_sample_gradcam.png"]
+
+
+def test_nothing_scored_leaves_no_folder_and_a_dicom_without_pydicom_is_named(
+        run, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("pydicom")
+    from data.test_dicom import make_dicom
+
+    dcm = make_dicom(tmp_path / "x.dcm", xray())
+    multi = make_dicom(tmp_path / "multi.dcm", np.stack([xray(), xray()]), frames=2)
+    out = tmp_path / "out"
+    assert predict.main(["--workdir", run[0], "--out", str(out), multi]) == 1
+    assert "multi-frame" in capsys.readouterr().err and not out.exists()
+    monkeypatch.setitem(sys.modules, "pydicom", None)  # as if the dicom extra were absent
+    assert predict.main(["--workdir", run[0], "--out", str(out), dcm]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert err == [f"error: {dcm}: a DICOM file; reading it needs pydicom: pip install "
+                   "'cxrjax[dicom]'"]
+    assert not out.exists()
+
+
+def test_images_in_a_bucket_score_as_their_local_copies(run, tmp_path, gcs_bucket, capsys):
+    from cxrjax import fileio
+
+    local = [save(tmp_path / "a.png", xray(seed=8)), save(tmp_path / "b.jpg", xray(seed=9))]
+    for path in local:
+        fileio.write_bytes(f"{gcs_bucket}/images/{os.path.basename(path)}",
+                           open(path, "rb").read())
+    fileio.write_bytes(f"{gcs_bucket}/images/sub/c.png", open(local[0], "rb").read())
+    pytest.importorskip("pydicom")
+    from data.test_dicom import make_dicom
+
+    dcm = make_dicom(tmp_path / "d.dcm", xray(seed=8), PatientAge="061Y")
+    fileio.write_bytes(f"{gcs_bucket}/images/d.dcm", open(dcm, "rb").read())
+    assert predict.main(["--workdir", run[0], "--out", str(tmp_path / "here"), *local]) == 0
+    remote = [f"{gcs_bucket}/images", f"{gcs_bucket}/images/sub/c.png",
+              f"{gcs_bucket}/missing.png"]
+    out = f"{gcs_bucket}/out"
+    assert predict.main(["--workdir", run[0], "--out", out, *remote]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {gcs_bucket}/missing.png: no such file or directory" in err
+    assert f"{gcs_bucket}/images: 1 subfolder(s) not searched" in err
+    ids, scores = predictions.load_predictions(tmp_path / "here" / "predictions.csv")
+    (tmp_path / "there.csv").write_text(fileio.read_text(f"{out}/predictions.csv"))
+    remote_ids, remote_scores = predictions.load_predictions(tmp_path / "there.csv")
+    assert remote_ids == ("a.png", "b.jpg", "d.dcm", "c.png")  # the folder's, then the file
+    # c.png is a.png, d.dcm its pixels; a batch of 4 (not 2) may move a float32 sum by an ulp
+    np.testing.assert_allclose(remote_scores, [*scores, scores[0], scores[0]], rtol=1e-6)
+    rows = list(csv.DictReader(io.StringIO(fileio.read_text(f"{out}/predictions.csv"))))
+    assert (rows[2]["patient_age"], rows[2]["view_position"]) == ("061Y", "PA")
+    assert [fileio.exists(f"{out}/heatmaps/{n}_gradcam.png") for n in "abc"] == [True] * 3
