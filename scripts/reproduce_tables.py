@@ -101,7 +101,7 @@ def load_run(workdir: str) -> Run:
     summary = None
     metrics_path = os.path.join(workdir, "eval", "test_metrics.json")
     if not os.path.exists(metrics_path):
-        problems.append(why_no_results(workdir, name, config))
+        problems.append(f"no eval/test_metrics.json: {why_no_results(workdir, name, config)}")
     else:
         try:
             summary = _read_json(metrics_path)
@@ -133,14 +133,13 @@ def _saved_steps(directory: str) -> list[int]:
 
 
 def why_no_results(workdir: str, name: str | None, config: dict | None) -> str:
-    """What a workdir without eval/test_metrics.json lacks, and the command that helps: the
+    """Why a workdir has no eval/test_metrics.json, and the command that helps: the
     training command (resuming) when its last stage has no checkpoint, ``--mode eval`` when
     it has one."""
     train = _training_command(workdir, name)
     stages = ((config or {}).get("train") or {}).get("stages") or []
     if not stages or not all(isinstance(st, dict) and st.get("name") for st in stages):
-        return ("no eval/test_metrics.json, and no readable config.json to tell how far it "
-                f"trained: run `{shlex.join(train)}`")
+        return f"no readable config.json to tell how far it trained: run `{shlex.join(train)}`"
     steps = [_saved_steps(runs.stage_dir(workdir, i, mlc.ConfigDict(st)))
              for i, st in enumerate(stages)]
     if steps[-1]:
