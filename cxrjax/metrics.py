@@ -136,7 +136,7 @@ def _undefined(figure: str, why: str) -> None:
     warnings.warn(f"{figure} undefined (NaN): {why}", RuntimeWarning, stacklevel=4)
 
 
-def _default_weights(weights: np.ndarray | None, num_classes: int) -> np.ndarray:
+def _w_auc_weights(weights: np.ndarray | None, num_classes: int) -> np.ndarray:
     """The W-AUC class weights: ``weights`` checked, or NIH's class shares for 14 classes."""
     if weights is None:
         if num_classes != len(CLASSES):
@@ -226,7 +226,7 @@ def summary(scores: np.ndarray, labels: np.ndarray, *, weights: np.ndarray | Non
     scores, labels = check_scores(scores, labels, allow_empty=True)
     n, num_classes = scores.shape
     names = class_names(num_classes)
-    weights = _default_weights(weights, num_classes)
+    weights = _w_auc_weights(weights, num_classes)
 
     auc = _auc(scores, labels)
     _warn_degenerate(auc, labels, names, "AUC")
