@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -33,7 +34,10 @@ class CheckpointError(RuntimeError):
 
 
 def _val_metric(metrics: dict) -> float:
-    return metrics[VAL_METRIC]
+    """The ranking key: a NaN validation AUC (undefined on a tiny split) ranks below every
+    number, and among equal keys orbax keeps the latest step."""
+    value = metrics[VAL_METRIC]
+    return -math.inf if value is None or math.isnan(value) else value
 
 
 def open_manager(directory: str, keep: int, read_only: bool = False

@@ -5,8 +5,10 @@ per-tie-group weight sums, written twice for two jobs: in float64 NumPy for the 
 estimates (`roc_auc`, `summary`), and jitted in float32 for the bootstrap, where a resample is
 a vector of counts over the images, pre-sorted once per class, so 1,000 resamples need no sort.
 
-A class with a single label value in the evaluated set gets NaN (with a warning) and is left
-out of every mean; `summary` lists the excluded classes.
+A figure that is undefined on the evaluated set is NaN, never an error, with a warning that
+names it and says why: a class with a single label value (its AUC, and it is left out of every
+mean; `summary` lists the excluded classes), D-AUC without an image with a finding, N-AUC
+without a "No Finding" image, a mean with no class to average, a CI with no usable resample.
 """
 
 from __future__ import annotations
@@ -41,14 +43,14 @@ def class_names(num_classes: int) -> tuple[str, ...]:
     return tuple(f"class_{i}" for i in range(num_classes))
 
 
-def check_scores(scores: np.ndarray, labels: np.ndarray, what: str = "scores"
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """(N, C) float64 scores and bool labels (N >= 1; (N,) is one class); a bad array is a
-    ValueError naming the problem, ``what`` naming the scores ("probabilities", ...)."""
+def check_scores(scores: np.ndarray, labels: np.ndarray, what: str = "scores", *,
+                 allow_empty: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C) float64 scores and bool labels (N >= 1 unless ``allow_empty``; (N,) is one
+    class); a bad array is a ValueError naming the problem, ``what`` naming the scores."""
     scores, labels = np.asarray(scores), np.asarray(labels)
     if scores.ndim == 1:
         scores, labels = scores[:, None], labels.reshape(-1, 1)
-    if scores.ndim != 2 or scores.shape != labels.shape or not len(scores):
+    if scores.ndim != 2 or scores.shape != labels.shape or not (len(scores) or allow_empty):
         raise ValueError(f"{what} {scores.shape} and labels {labels.shape} must both be (N, C)")
     if not np.issubdtype(scores.dtype, np.number) or not np.isfinite(scores).all():
         raise ValueError(f"{what} must be finite numbers (found NaN, inf or non-numeric values)")
@@ -69,8 +71,11 @@ def _weighted_auc(y_sorted: np.ndarray, starts: np.ndarray, w_sorted: np.ndarray
     """Weighted Mann-Whitney AUC for (B, N) sample weights already in score order -> (B,).
 
     AUC = sum_g P_g (N_<g + N_g / 2) / (P N): P_g, N_g are the positive and negative weight in
-    tie group g, N_<g the negative weight in lower groups. NaN where P or N is 0.
+    tie group g, N_<g the negative weight in lower groups. NaN where P or N is 0, or where
+    there is no image at all (``reduceat`` cannot sum an empty row).
     """
+    if not y_sorted.shape[-1]:
+        return np.full(w_sorted.shape[0], np.nan)
     w_pos = np.where(y_sorted, w_sorted, 0.0)
     pos = np.add.reduceat(w_pos, starts, axis=1)
     neg = np.add.reduceat(w_sorted, starts, axis=1) - pos
@@ -126,33 +131,13 @@ def _nanmean(x: np.ndarray, axis=None) -> np.ndarray | float:
         return np.nanmean(x, axis=axis)
 
 
-def summary(scores: np.ndarray, labels: np.ndarray, *, weights: np.ndarray | None = None,
-            n_boot: int = 1000, seed: int = 0) -> dict:
-    """Every number the paper reports, plus a seeded 95% bootstrap CI of the mean AUC.
+def _undefined(figure: str, why: str) -> None:
+    """Warns that ``figure`` is NaN on this set, and why (to the caller of ``summary``)."""
+    warnings.warn(f"{figure} undefined (NaN): {why}", RuntimeWarning, stacklevel=4)
 
-    Args:
-      scores, labels: (N, C) arrays; labels 0/1.
-      weights: (C,) W-AUC class weights; default: share of ALL NIH images carrying each class
-        (the paper's Table 1; they sum to ~0.724, so its W-AUC is ~0.58).
-      n_boot: bootstrap resamples (0 disables the CIs). ``mean_auc_ci95``: 2.5/97.5
-        percentiles of the mean AUC over image-level resamples in which every class that has a
-        point AUC has positives and negatives (others are redrawn; ``n_boot_drawn`` counts all
-        draws), so every resampled mean is over the point estimate's classes.
-        ``per_class_ci95``: each class's CI from a bootstrap stratified by its label (its
-        positives and negatives resampled separately). ``few_positive_classes``: fewer than
-        ``FEW_POSITIVES`` positives, AUC unreliable.
-      seed: bootstrap seed.
 
-    Returns a dict of plain Python values (floats may be NaN: ``evaluate.write_json`` writes
-    them as null). ``w_auc`` = sum_c w_c AUC_c over the
-    classes that have an AUC; ``w_auc_normalized`` weights each class by its positive count in
-    the evaluated set, normalised to sum to 1 (sklearn's ``average='weighted'``). ``d_auc``:
-    mean over classes of the AUC among images with >= 1 finding; ``n_auc``: mean over classes
-    of the AUC among images with that class or no finding.
-    """
-    scores, labels = check_scores(scores, labels)
-    n, num_classes = scores.shape
-    names = class_names(num_classes)
+def _w_auc_weights(weights: np.ndarray | None, num_classes: int) -> np.ndarray:
+    """The W-AUC class weights: ``weights`` checked, or NIH's class shares for 14 classes."""
     if weights is None:
         if num_classes != len(CLASSES):
             raise ValueError(f"default W-AUC weights need {len(CLASSES)} classes, got "
@@ -161,33 +146,98 @@ def summary(scores: np.ndarray, labels: np.ndarray, *, weights: np.ndarray | Non
     weights = np.asarray(weights, np.float64)
     if weights.shape != (num_classes,):
         raise ValueError(f"weights must have shape ({num_classes},), got {weights.shape}")
+    return weights
+
+
+def _subset_aucs(scores: np.ndarray, labels: np.ndarray, names: Sequence[str]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class D-AUC (among images with a finding) and N-AUC (among images with the class
+    or no finding: its negatives are the "No Finding" images), NaN where undefined, warned."""
+    n = labels.shape[0]
+    any_finding = labels.any(axis=1)
+    n_finding, n_normal = int(any_finding.sum()), n - int(any_finding.sum())
+    d_auc = _auc(scores[any_finding], labels[any_finding])
+    if not n_finding:
+        _undefined("D-AUC", f"none of the {n} images has a finding")
+    else:
+        _warn_degenerate(d_auc, labels[any_finding], names, "D-AUC", " with a finding")
+        if np.isnan(d_auc).all():
+            _undefined("D-AUC", f"no class has a positive and a negative among the "
+                                f"{n_finding} images with a finding")
+    n_auc = np.array([_auc(scores[keep, c:c + 1], labels[keep, c:c + 1])[0] for c, keep in
+                      enumerate(labels[:, c] | ~any_finding for c in range(labels.shape[1]))])
+    if not n_normal:
+        _undefined("N-AUC", f"none of the {n} images is 'No Finding' (the negatives it ranks "
+                            "each class against)")
+    elif np.isnan(n_auc).any():
+        listed = ", ".join(names[c] for c in np.flatnonzero(np.isnan(n_auc)))
+        warnings.warn(f"N-AUC: {int(np.isnan(n_auc).sum())} class(es) have no positive among "
+                      f"the {n} images, so are NaN and left out of the mean: {listed}",
+                      RuntimeWarning, stacklevel=3)
+        if np.isnan(n_auc).all():
+            _undefined("N-AUC", f"no class has a positive among the {n} images")
+    return d_auc, n_auc
+
+
+def _bootstrap_cis(scores: np.ndarray, labels: np.ndarray, valid: np.ndarray, n_boot: int,
+                   seed: int) -> tuple[list[float], np.ndarray, int]:
+    """(mean-AUC CI, (C, 2) per-class CIs, resamples drawn); NaN where a CI is undefined."""
+    class_ci = np.full((labels.shape[1], 2), np.nan)
+    if n_boot <= 0:
+        return [float("nan"), float("nan")], class_ci, 0
+    if not valid.any():
+        _undefined("every bootstrap CI", "no class has a positive and a negative among the "
+                                         f"{labels.shape[0]} images")
+        return [float("nan"), float("nan")], class_ci, 0
+    ci, drawn = _mean_auc_ci(scores, labels, valid, n_boot, seed)
+    stratified = bootstrap_auc(scores, labels, n_boot=n_boot, seed=seed, stratified=True)
+    class_ci[valid] = np.percentile(stratified[:, valid], [2.5, 97.5], axis=0).T
+    return ci, class_ci, drawn
+
+
+def summary(scores: np.ndarray, labels: np.ndarray, *, weights: np.ndarray | None = None,
+            n_boot: int = 1000, seed: int = 0) -> dict:
+    """Every number the paper reports, plus seeded 95% bootstrap CIs, for any label matrix.
+
+    Args:
+      scores, labels: (N, C) arrays; labels 0/1 (N may be 0: then every figure is NaN).
+      weights: (C,) W-AUC class weights; default: share of ALL NIH images carrying each class
+        (the paper's Table 1; they sum to ~0.724, so its W-AUC is ~0.58).
+      n_boot: bootstrap resamples (0 disables the CIs). ``mean_auc_ci95``: 2.5/97.5
+        percentiles of the mean AUC over image-level resamples in which every class that has a
+        point AUC has positives and negatives (others are redrawn; ``n_boot_drawn`` counts all
+        draws), so every resampled mean is over the point estimate's classes; NaN (warned)
+        when too few resamples qualify. ``per_class_ci95``: each class's CI from a bootstrap
+        stratified by its label (its positives and negatives resampled separately, so every
+        resample of a class that has an AUC has one too); NaN for a class without an AUC.
+        ``few_positive_classes``: fewer than ``FEW_POSITIVES`` positives, AUC unreliable.
+      seed: bootstrap seed.
+
+    Returns a dict of plain Python values (floats may be NaN: ``evaluate.write_json`` writes
+    them as null). ``w_auc`` = sum_c w_c AUC_c over the
+    classes that have an AUC; ``w_auc_normalized`` weights each class by its positive count in
+    the evaluated set, normalised to sum to 1 (sklearn's ``average='weighted'``). ``d_auc``:
+    mean over classes of the AUC among images with >= 1 finding; ``n_auc``: mean over classes
+    of the AUC among images with that class or no finding. A figure is NaN exactly where it is
+    undefined (a per-class AUC with one label value; a mean with no class to average: the mean
+    AUC and W-AUCs when no class has both label values, D-AUC with no image with a finding,
+    N-AUC with no "No Finding" image), and a RuntimeWarning says which and why.
+    """
+    scores, labels = check_scores(scores, labels, allow_empty=True)
+    n, num_classes = scores.shape
+    names = class_names(num_classes)
+    weights = _w_auc_weights(weights, num_classes)
 
     auc = _auc(scores, labels)
     _warn_degenerate(auc, labels, names, "AUC")
     valid = ~np.isnan(auc)
+    if not valid.any():
+        _undefined("mean AUC and W-AUC", f"no class has a positive and a negative among the "
+                                         f"{n} images")
     n_pos = labels.sum(axis=0)
     support = np.where(valid, n_pos, 0).astype(np.float64)
-
-    any_finding = labels.any(axis=1)
-    d_auc = _auc(scores[any_finding], labels[any_finding])
-    _warn_degenerate(d_auc, labels[any_finding], names, "D-AUC", " with a finding")
-    n_auc = np.empty(num_classes)
-    for c in range(num_classes):
-        keep = labels[:, c] | ~any_finding
-        n_auc[c] = _auc(scores[keep, c:c + 1], labels[keep, c:c + 1])[0]
-    if np.isnan(n_auc).any():
-        listed = ", ".join(f"{names[c]} ({int(n_pos[c])} positive)"
-                           for c in np.flatnonzero(np.isnan(n_auc)))
-        warnings.warn(f"N-AUC: with {int((~any_finding).sum())} 'No Finding' images, these "
-                      f"classes are NaN and left out of the mean: {listed}", RuntimeWarning,
-                      stacklevel=2)
-
-    ci, drawn = [float("nan"), float("nan")], 0
-    class_ci = np.full((num_classes, 2), np.nan)
-    if n_boot > 0 and valid.any():
-        ci, drawn = _mean_auc_ci(scores, labels, valid, n_boot, seed)
-        stratified = bootstrap_auc(scores, labels, n_boot=n_boot, seed=seed, stratified=True)
-        class_ci[valid] = np.percentile(stratified[:, valid], [2.5, 97.5], axis=0).T
+    d_auc, n_auc = _subset_aucs(scores, labels, names)
+    ci, class_ci, drawn = _bootstrap_cis(scores, labels, valid, n_boot, seed)
 
     def per_class(values: np.ndarray) -> dict[str, float]:
         return {name: float(v) for name, v in zip(names, values, strict=True)}
@@ -195,7 +245,7 @@ def summary(scores: np.ndarray, labels: np.ndarray, *, weights: np.ndarray | Non
     return {
         "per_class": per_class(auc),
         "mean_auc": float(_nanmean(auc)),
-        "w_auc": float(np.sum(weights[valid] * auc[valid])),
+        "w_auc": float(np.sum(weights[valid] * auc[valid])) if valid.any() else float("nan"),
         "w_auc_normalized": (float(np.sum(support * np.nan_to_num(auc)) / support.sum())
                              if support.sum() > 0 else float("nan")),
         "d_auc": float(_nanmean(d_auc)),

@@ -7,9 +7,11 @@ The rows, their labels and the paper's numbers are ``cxrjax.recipe.ROWS``'s. Eac
 is the one its config.json names (``row``; for a run recorded before that field, its recorded
 config file's name), else its folder name (``r18_msml``, ``d121_bl``, ...). The ensemble row
 is read from a folder named ``r18_d121_ensemble`` holding eval/test_metrics.json. A workdir
-without results gets a line saying why, not a traceback. A run is set beside the paper's number
-(Δ) only when its config.json follows the row's recipe (``cxrjax.paper_recipe.differences``,
-as in each run's report.md); otherwise its Note names the fields that differ.
+without results gets a line saying why, not a traceback, and the command that helps: its
+recorded training command when it has no checkpoint to test, ``--mode eval`` when it has one.
+A run is set beside the paper's number (Δ) only when its config.json follows the row's recipe
+(``cxrjax.paper_recipe.differences``, as in each run's report.md); otherwise its Note names the
+fields that differ.
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 
-from cxrjax import paper_recipe, recipe, report
+import ml_collections as mlc
+
+from cxrjax import paper_recipe, recipe, report, runs
+from cxrjax import workdir as workdir_lib
 from cxrjax.workdir import read_command
 
 _MARKERS = ("config.json", "eval", "metrics.jsonl", "checkpoints")
@@ -97,9 +103,7 @@ def load_run(workdir: str) -> Run:
     summary = None
     metrics_path = os.path.join(workdir, "eval", "test_metrics.json")
     if not os.path.exists(metrics_path):
-        problems.append("no eval/test_metrics.json: training has not finished, or run "
-                        f"`python -m cxrjax.main --config configs/{name or '<name>'}.py "
-                        f"--workdir {workdir} --mode eval`")
+        problems.append(f"no eval/test_metrics.json: {why_no_results(workdir, name, config)}")
     else:
         try:
             summary = _read_json(metrics_path)
@@ -109,6 +113,63 @@ def load_run(workdir: str) -> Run:
             summary = None
             problems.append(f"eval/test_metrics.json unreadable ({e})")
     return Run(workdir, name, config, summary, "; ".join(problems) or None)
+
+
+def _training_command(workdir: str, name: str | None) -> list[str]:
+    """The command that trained ``workdir`` as recorded there (less ``--restart``, which would
+    set its checkpoints aside), else the config's usual one."""
+    recorded = (workdir_lib.read_command(workdir) or {}).get("argv")
+    if isinstance(recorded, list) and all(isinstance(a, str) for a in recorded) and recorded:
+        return [a for a in _without_mode(recorded)
+                if a != "--restart" and not a.startswith("--restart=")]
+    return ["python", "-m", "cxrjax.main", "--config", f"configs/{name or '<name>'}.py",
+            "--workdir", workdir]
+
+
+def _saved_steps(directory: str) -> list[int]:
+    """The complete checkpoints of a stage (orbax names a step's folder by its number only
+    once it is complete)."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+
+
+def why_no_results(workdir: str, name: str | None, config: dict | None) -> str:
+    """Why a workdir has no eval/test_metrics.json, and the command that helps: the
+    training command (resuming) when its last stage has no checkpoint, ``--mode eval`` when
+    it has one."""
+    train = _training_command(workdir, name)
+    stages = ((config or {}).get("train") or {}).get("stages") or []
+    if not stages or not all(isinstance(st, dict) and st.get("name") for st in stages):
+        return f"no readable config.json to tell how far it trained: run `{shlex.join(train)}`"
+    steps = [_saved_steps(runs.stage_dir(workdir, i, mlc.ConfigDict(st)))
+             for i, st in enumerate(stages)]
+    if steps[-1]:
+        evaluate = _without_mode(train) + ["--mode", "eval"]
+        return (f"checkpoints (last: step {steps[-1][-1]}) but no test results: "
+                f"`{shlex.join(evaluate)}` tests the best one; if training stopped early, "
+                f"`{shlex.join(train)}` resumes it and then tests")
+    started = [i for i, s in enumerate(steps) if s]
+    if not started:
+        return ("no checkpoint: training stopped before the end of its first epoch (see its "
+                f"log or metrics.jsonl); run the training command again: `{shlex.join(train)}`")
+    stopped = max(started) + 1
+    return (f"stopped in stage {stopped + 1} of {len(stages)} ({stages[stopped]['name']}) "
+            "before its first checkpoint; run the training command again to resume: "
+            f"`{shlex.join(train)}`")
+
+
+def _without_mode(argv: list[str]) -> list[str]:
+    """``argv`` less any ``--mode X`` / ``--mode=X``."""
+    out, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--mode="):
+            skip = False
+        elif arg == "--mode":
+            skip = True
+        else:
+            out.append(arg)
+    return out
 
 
 def _num(value) -> float:

@@ -68,6 +68,22 @@ def test_keeps_the_latest_n_and_the_best_by_validation_auc(tmp_path):
     assert checkpoint.restore(reopened, _state(), step=2)[0] == 2
 
 
+@pytest.mark.parametrize("val_auc, kept, best", [
+    ({2: 0.6, 4: float("nan"), 6: 0.5}, [2, 5, 6], 2),  # NaN never beats a number
+    ({2: float("nan"), 4: 0.7, 6: float("nan")}, [4, 5, 6], 4),
+    ({2: float("nan"), 4: float("nan"), 6: float("nan")}, [5, 6], 6),  # all NaN: the latest
+])
+def test_a_nan_validation_auc_ranks_below_every_number(tmp_path, val_auc, kept, best):
+    directory = str(tmp_path / "ckpt")
+    manager = checkpoint.open_manager(directory, keep=2)
+    for step in range(1, 7):
+        checkpoint.save(manager, step, _state(step=step), {}, {}, val_auc.get(step))
+    manager.wait_until_finished()
+    assert sorted(manager.all_steps()) == kept and manager.best_step() == best
+    reopened = checkpoint.open_manager(directory, keep=1_000_000, read_only=True)
+    assert reopened.best_step() == best
+
+
 def test_restore_sets_a_truncated_newest_step_aside_and_falls_back(tmp_path, caplog):
     directory = tmp_path / "ckpt"
     manager = checkpoint.open_manager(str(directory), keep=3)

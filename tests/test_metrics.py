@@ -188,3 +188,126 @@ def test_summary_has_every_key_the_json_contract_names():
                 "mean_auc_ci95", "n_images"):
         assert key in out
     assert list(out["per_class"]) == list(CLASSES) and out["n_images"] == 500
+
+
+# ----------------------------------------------------------------------------------------------
+# Any label matrix: tiny and skewed sets (a small run's 6-image validation split).
+# ----------------------------------------------------------------------------------------------
+
+_KINDS = ("random", "all findings", "no finding at all", "one class", "a single image",
+          "a class all positive", "no 'No Finding' image", "one 'No Finding' image")
+
+
+def _tiny_case(kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, labels) of 1-8 images and 1-5 classes (14 now and then) of one ``kind``;
+    scores on a coarse grid, so ties are common."""
+    n = 1 if kind == "a single image" else int(rng.integers(2, 9))
+    c = 1 if kind == "one class" else int(rng.choice([1, 2, 3, 4, 5, 14]))
+    labels = (rng.random((n, c)) < rng.random()).astype(np.uint8)
+    if kind == "all findings":
+        labels[:] = 1
+    elif kind == "no finding at all":
+        labels[:] = 0
+    elif kind == "a class all positive":
+        labels[:, rng.integers(c)] = 1
+    elif kind == "no 'No Finding' image":
+        labels[np.arange(n), rng.integers(c, size=n)] = 1
+    elif kind == "one 'No Finding' image":
+        labels[0] = 0
+        labels[np.arange(1, n), rng.integers(c, size=n - 1)] = 1
+    return rng.integers(0, 4, size=(n, c)) / 4, labels
+
+
+def _sklearn_or_nan(scores: np.ndarray, labels: np.ndarray) -> float:
+    return roc_auc_score(labels, scores) if len(np.unique(labels)) == 2 else np.nan
+
+
+def _check_one(scores: np.ndarray, labels: np.ndarray, out: dict, messages: list[str]) -> None:
+    """Every figure equals scikit-learn where defined and is NaN, with a warning, where not."""
+    c = labels.shape[1]
+    finding = labels.any(axis=1)
+    ref = {"per_class": [_sklearn_or_nan(scores[:, k], labels[:, k]) for k in range(c)],
+           "per_class_d_auc": [_sklearn_or_nan(scores[finding, k], labels[finding, k])
+                               for k in range(c)],
+           "per_class_n_auc": [_sklearn_or_nan(scores[keep, k], labels[keep, k]) for k, keep
+                               in enumerate((labels[:, k] == 1) | ~finding for k in range(c))]}
+    for key, values in ref.items():
+        np.testing.assert_allclose(list(out[key].values()), values, atol=1e-12, err_msg=key)
+    auc = np.array(ref["per_class"])
+    weights = np.array(list(out["w_auc_weights"].values()))
+    means = {"mean_auc": auc, "d_auc": np.array(ref["per_class_d_auc"]),
+             "n_auc": np.array(ref["per_class_n_auc"])}
+    for key, values in means.items():
+        defined = ~np.isnan(values)
+        expected = values[defined].mean() if defined.any() else np.nan
+        np.testing.assert_allclose(out[key], expected, atol=1e-12, err_msg=key)
+    valid = ~np.isnan(auc)
+    np.testing.assert_allclose(out["w_auc"], np.sum(weights[valid] * auc[valid])
+                               if valid.any() else np.nan, atol=1e-12)
+    assert np.isnan(out["w_auc_normalized"]) == (not valid.any())
+    names = list(out["per_class"])
+    assert out["excluded_classes"] == [names[k] for k in np.flatnonzero(~valid)]
+    # The warnings: one for each kind of undefined figure, and none when all are defined.
+    said = " | ".join(messages)
+    if not valid.all():
+        assert "AUC: " in said and all(n in said for n in out["excluded_classes"]), said
+    if not valid.any():
+        assert "mean AUC and W-AUC undefined" in said, said
+    if np.isnan(out["d_auc"]):
+        assert "D-AUC undefined" in said, said
+    if np.isnan(out["n_auc"]):
+        assert "N-AUC undefined" in said, said
+    if not any(np.isnan(v).any() for v in (auc, *means.values())):
+        assert not messages, said
+
+
+def test_summary_on_any_tiny_label_matrix_matches_sklearn_or_is_nan_and_says_why():
+    rng = np.random.default_rng(2026)
+    seen = dict.fromkeys(_KINDS, 0)
+    for case in range(480):
+        kind = _KINDS[case % len(_KINDS)]
+        scores, labels = _tiny_case(kind, rng)
+        weights = None if labels.shape[1] == 14 else rng.random(labels.shape[1])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = metrics.summary(scores, labels, weights=weights, n_boot=0)
+        assert all(issubclass(w.category, RuntimeWarning) for w in caught)
+        try:
+            _check_one(scores, labels, out, [str(w.message) for w in caught])
+        except AssertionError as e:
+            raise AssertionError(f"case {case} ({kind}): labels {labels.tolist()}") from e
+        seen[kind] += 1
+    assert min(seen.values()) == 60
+
+
+def test_bootstrap_cis_on_tiny_label_matrices_are_nan_exactly_where_a_class_has_no_auc():
+    rng = np.random.default_rng(7)
+    for case in range(40):  # one shape (6 images, 3 classes): one compile of each bootstrap
+        scores = rng.integers(0, 4, size=(6, 3)) / 4
+        labels = (rng.random((6, 3)) < rng.random()).astype(np.uint8)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = metrics.summary(scores, labels, weights=np.ones(3) / 3, n_boot=32, seed=case)
+        auc = np.array(list(out["per_class"].values()))
+        class_ci = np.array(list(out["per_class_ci95"].values()))
+        np.testing.assert_array_equal(np.isnan(class_ci).any(axis=1), np.isnan(auc))
+        assert ((0 <= class_ci[~np.isnan(auc)]) & (class_ci[~np.isnan(auc)] <= 1)).all()
+        assert (class_ci[:, 0] <= class_ci[:, 1])[~np.isnan(auc)].all()
+        lo, hi = out["mean_auc_ci95"]
+        if np.isnan(auc).all():
+            assert np.isnan([lo, hi]).all() and out["n_boot_drawn"] == 0
+            assert any("every bootstrap CI undefined" in str(w.message) for w in caught)
+        elif np.isnan([lo, hi]).any():  # too few resamples held both labels of every class
+            assert any("no CI of the mean AUC" in str(w.message) for w in caught)
+        else:
+            assert 0 <= lo <= hi <= 1
+
+
+def test_summary_of_no_image_is_nan_everywhere_with_warnings():
+    with pytest.warns(RuntimeWarning, match="D-AUC undefined"):
+        out = metrics.summary(np.zeros((0, 14)), np.zeros((0, 14)), n_boot=10)
+    assert out["n_images"] == 0
+    figures = [out[k] for k in ("mean_auc", "w_auc", "w_auc_normalized", "d_auc", "n_auc")]
+    assert np.isnan(figures + out["mean_auc_ci95"]).all()
+    with pytest.raises(ValueError, match="must both be"):  # a single AUC still needs images
+        metrics.roc_auc(np.zeros((0, 2)), np.zeros((0, 2)))
