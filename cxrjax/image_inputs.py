@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from cxrjax import fileio
 from cxrjax.data import dicom, nih_layout
+from cxrjax.data.crop import centre_crop
 
 MAX_PIXELS = 10_000 * 10_000  # ~40x a 1024-px NIH image; larger is refused before decoding
 MAX_REMOTE_BYTES = 1 << 30  # a gs:// image is read into memory whole: 1 GiB at most
@@ -179,6 +180,5 @@ def load_image(path: str, resolution: int, crop: int) -> LoadedImage:
         notes = read.warnings
     else:
         record, gray = _load_png_or_jpeg(source, resolution)
-    o = (resolution - crop) // 2
-    image = np.ascontiguousarray(record[o:o + crop, o:o + crop])[..., None]
+    image = centre_crop(record, crop)
     return LoadedImage(image, gray, tags, notes)

@@ -46,6 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
+from cxrjax.data.crop import centre_crop_offset
+
 # The boxes-file format lives on the data floor; re-exported here as part of this API.
 from cxrjax.data.labels import (  # noqa: F401
     CLASSES,
@@ -77,7 +79,7 @@ def _scales(original_size, resolution: int, crop: int) -> tuple[np.ndarray, floa
     if size.shape[-1:] != (2,) or not (size > 0).all():
         raise BoxError(f"original_size must be positive (width, height) pairs, got {size}")
     scale = np.concatenate([resolution / size, resolution / size], axis=-1)  # x, y, w, h
-    return scale, float((resolution - crop) // 2)
+    return scale, float(centre_crop_offset(resolution, crop))
 
 
 def original_to_crop(xywh, original_size, resolution: int, crop: int) -> np.ndarray:

@@ -27,6 +27,7 @@ from matplotlib.patches import Rectangle
 from cxrjax import fileio, heatmaps
 from cxrjax import localization as loc
 from cxrjax.data import labels as labels_lib
+from cxrjax.data.crop import centre_crop, centre_crop_offset
 from cxrjax.section import Section
 
 SPLITS = ("test", "val", "train", "all")
@@ -80,12 +81,6 @@ def model_map_fn(model: Any, fusion: Sequence[str], variables: dict, mesh: Any,
         return {k: np.asarray(v) for k, v in jax.device_get(out).items()}
 
     return run, size
-
-
-def centre_crop(image: np.ndarray, crop: int) -> np.ndarray:
-    """The eval pipeline's centre crop of a stored (R, R) record, as (crop, crop, 1)."""
-    o = (image.shape[0] - crop) // 2
-    return np.ascontiguousarray(image[o:o + crop, o:o + crop])[..., None]
 
 
 def pair_maps(map_fn: MapFn, batch_size: int, records: Any, rows: np.ndarray,
@@ -296,7 +291,7 @@ def plot_grid(path: str, localized: Localized, datasets: Any, method: str | None
     axes = fig.subplots(rows, cols, squeeze=False)
     crop, resolution = localized.result["crop"], localized.result["resolution"]
     scale = resolution / np.array(labels_lib.BOX_FRAME * 2, np.float64)  # 1024² -> record
-    o = (resolution - crop) // 2
+    o = centre_crop_offset(resolution, crop)
     truth, found = localized.truth, localized.predicted[method]
     for ax, i in zip(axes.flat, chosen, strict=False):
         name, label = localized.pair_ids[i], localized.pair_labels[i]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from cxrjax.data.crop import centre_crop_offset
+
 
 def cam_problem(cam: np.ndarray) -> str | None:
     """Why a Grad-CAM map shows nothing, or None when it points somewhere: zero everywhere
@@ -63,7 +65,7 @@ def overlay(gray: np.ndarray, cam: np.ndarray, resolution: int, crop: int,
     if warning:
         caption = f"{caption}. Warning: {warning}" if caption else f"Warning: {warning}"
     h, w = gray.shape
-    o = (resolution - crop) // 2
+    o = centre_crop_offset(resolution, crop)
     x0, x1 = round(o * w / resolution), round((o + crop) * w / resolution)
     y0, y1 = round(o * h / resolution), round((o + crop) * h / resolution)
     heat = np.zeros((h, w), np.float32)

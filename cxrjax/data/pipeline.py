@@ -37,6 +37,7 @@ from absl import flags
 from cxrjax.data import grain_workers, nih_layout
 from cxrjax.data import labels as labels_lib
 from cxrjax.data import splits as splits_lib
+from cxrjax.data.crop import centre_crop
 
 SOURCES = ("nih", "synthetic", "chestmnist")
 
@@ -111,8 +112,7 @@ class _EvalExample:
                     "labels": np.zeros(labels_lib.NUM_CLASSES, np.uint8),
                     "mask": np.bool_(False), "index": np.int32(-1)}
         image, labels = self.records[self.rows[k]]
-        o = (image.shape[0] - self.crop) // 2
-        image = np.ascontiguousarray(image[o:o + self.crop, o:o + self.crop])[..., None]
+        image = centre_crop(image, self.crop)
         return {"image": image, "labels": labels, "mask": np.bool_(True),
                 "index": np.int32(self.positions[k])}
 
