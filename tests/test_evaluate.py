@@ -465,7 +465,7 @@ def test_truncated_checkpoint_is_a_one_line_error(trained_runs, tmp_path, capsys
 
 
 # ---------------------------------------------------------------------------------------------
-# Operating points and calibration (issue 12): chosen on validation, measured on test.
+# Operating points and calibration: chosen on validation, measured on test.
 # ---------------------------------------------------------------------------------------------
 
 

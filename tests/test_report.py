@@ -133,7 +133,7 @@ def test_report_compares_with_the_paper_only_when_the_run_follows_the_rows_recip
 
 def test_report_of_a_small_scratch_run_lists_each_difference_and_does_not_compare(
         tmp_path, fake_run):
-    # The trial of issue 14: from scratch, 64-px crops, 207 images: no "difference -0.29".
+    # A new user's trial: from scratch, 64-px crops, 207 images: no "difference -0.29".
     _, _, results = fake_run
     config = r18_msml.get_config()
     config.model.init = "scratch"

@@ -17,6 +17,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 
 from cxrjax.models.common import ARCHS, get_spec, preprocess
 from cxrjax.models.heads import Bilinear, GlobalAvgPoolDense
@@ -84,12 +85,12 @@ class PaperNet(nn.Module):
         return out
 
 
-def _field(cfg: Any, name: str, default: Any) -> Any:
+def _field(cfg: Any, name: str) -> Any:
+    """``cfg.name`` (a model config or a built PaperNet), None where it has no such field."""
     try:
-        value = getattr(cfg, name)
+        return getattr(cfg, name)
     except (AttributeError, KeyError):
-        return default
-    return default if value is None and default is not None else value
+        return None
 
 
 def output_heads(model_cfg: Any) -> dict[str, str]:
@@ -98,9 +99,8 @@ def output_heads(model_cfg: Any) -> dict[str, str]:
     `model_cfg` is a checked model config (see `check_model_config`) or a built PaperNet: both
     carry the fields `head_a`, `head_b` and `bilinear` that HEADS is keyed by.
     """
-    added = {"head_a": _field(model_cfg, "head_a", None),
-             "head_b": _field(model_cfg, "head_b", None),
-             "bilinear": True if _field(model_cfg, "bilinear", False) else None}
+    added = {"head_a": _field(model_cfg, "head_a"), "head_b": _field(model_cfg, "head_b"),
+             "bilinear": True if _field(model_cfg, "bilinear") else None}
     return dict(HEADS[field][value] for field, value in added.items() if value is not None)
 
 
@@ -116,13 +116,10 @@ def check_model_config(model_cfg: Any) -> None:
     (self-bilinear of A without trunk_b), bilinear_dim, bilinear_reduce (None), num_classes,
     dense_scan_chunk (0, or positive with a DenseNet trunk).
     """
-    trunk_b = _field(model_cfg, "trunk_b", None)
-    head_a = _field(model_cfg, "head_a", None)
-    head_b = _field(model_cfg, "head_b", None)
-    bilinear = bool(_field(model_cfg, "bilinear", False))
-    reduce = _field(model_cfg, "bilinear_reduce", None)
+    trunk_b, head_a, head_b = (_field(model_cfg, f) for f in ("trunk_b", "head_a", "head_b"))
+    bilinear = bool(_field(model_cfg, "bilinear"))
     for field in ("trunk_a", "trunk_b"):
-        arch = _field(model_cfg, field, None)
+        arch = _field(model_cfg, field)
         if (arch is not None or field == "trunk_a") and arch not in ARCHS:
             raise ValueError(f"model.{field}={arch!r}: unknown architecture; known: "
                              f"{', '.join(sorted(ARCHS))}")
@@ -136,15 +133,14 @@ def check_model_config(model_cfg: Any) -> None:
                          "model.head_b or model.bilinear")
     if head_a is None and head_b is None and not bilinear:
         raise ValueError("model has no head: set model.head_a, model.head_b or model.bilinear")
-    for field, value in (("bilinear_dim", _field(model_cfg, "bilinear_dim", 512)),
-                         ("bilinear_reduce", reduce),
-                         ("num_classes", _field(model_cfg, "num_classes", 14))):
+    for field in ("bilinear_dim", "bilinear_reduce", "num_classes"):
+        value = _field(model_cfg, field)
         if value is not None and int(value) < 1:
             raise ValueError(f"model.{field}={value}: must be positive")
-    chunk = _field(model_cfg, "dense_scan_chunk", 0)
+    chunk = _field(model_cfg, "dense_scan_chunk") or 0
     if int(chunk) < 0:
         raise ValueError(f"model.dense_scan_chunk={chunk}: must be 0 (unrolled) or positive")
-    takes_chunk = [arch for arch in (_field(model_cfg, "trunk_a", None), trunk_b)
+    takes_chunk = [arch for arch in (_field(model_cfg, "trunk_a"), trunk_b)
                    if arch is not None and "dense_scan_chunk" in dict(get_spec(arch).trunk_options)]
     if int(chunk) > 0 and not takes_chunk:
         raise ValueError(f"model.dense_scan_chunk={chunk} has no effect: no trunk is a DenseNet; "
@@ -171,16 +167,10 @@ def build_model(model_cfg: Any, dtype: Any = jnp.float32) -> PaperNet:
     Checked first by `check_model_config`; `dtype` is the compute dtype (see `compute_dtype`).
     """
     check_model_config(model_cfg)
-    reduce = _field(model_cfg, "bilinear_reduce", None)
-    return PaperNet(trunk_a=_field(model_cfg, "trunk_a", None),
-                    trunk_b=_field(model_cfg, "trunk_b", None),
-                    head_a=_field(model_cfg, "head_a", None),
-                    head_b=_field(model_cfg, "head_b", None),
-                    bilinear=bool(_field(model_cfg, "bilinear", False)),
-                    bilinear_dim=int(_field(model_cfg, "bilinear_dim", 512)),
-                    bilinear_reduce=None if reduce is None else int(reduce),
-                    num_classes=int(_field(model_cfg, "num_classes", 14)),
-                    dense_scan_chunk=int(_field(model_cfg, "dense_scan_chunk", 0)),
+    streams = {f: _field(model_cfg, f) for f in ("trunk_a", "trunk_b", "head_a", "head_b")}
+    sizes = {f: int(v) for f in ("bilinear_dim", "bilinear_reduce", "num_classes",
+                                 "dense_scan_chunk") if (v := _field(model_cfg, f)) is not None}
+    return PaperNet(**streams, bilinear=bool(_field(model_cfg, "bilinear")), **sizes,
                     dtype=jnp.dtype(jnp.float32 if dtype is None else dtype))
 
 
@@ -201,14 +191,8 @@ def probabilities(logits: Mapping[str, jnp.ndarray],
     return probs
 
 
-def _flat(tree: Mapping, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            out.update(_flat(v, f"{prefix}{k}/"))
-        else:
-            out[prefix + k] = v
-    return out
+def _flat(tree: Mapping) -> dict[str, Any]:
+    return traverse_util.flatten_dict(flax.core.unfreeze(tree), sep="/")
 
 
 def _copy_checked(dst: Mapping, src: Mapping, what: str) -> dict:
@@ -238,7 +222,7 @@ def load_pretrained_trunks(variables: Mapping, model_cfg: Any,
 
     out = {k: dict(v) for k, v in flax.core.unfreeze(variables).items()}
     for stream in ("trunk_a", "trunk_b"):
-        arch = _field(model_cfg, stream, None)
+        arch = _field(model_cfg, stream)
         if arch is None:
             continue
         if arch not in weights:

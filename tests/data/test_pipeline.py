@@ -276,7 +276,7 @@ def test_split_images_absent_from_the_dataset_are_reported(prepared_sample, capl
     assert "split test: 22226 of its 22433" in caplog.text
 
 
-# Library lines users saw on every run, none of them news (issue 14).
+# Library lines users saw on every run, none of them news.
 LIBRARY_NOISE = ("Downloading and preparing dataset", "Unknown size", "downloaded and prepared",
                  "Using custom data configuration", "has no dataset_info.json",
                  "resource_tracker", "leaked shared_memory", "Exception ignored", "Traceback")
