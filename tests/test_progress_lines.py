@@ -1,8 +1,11 @@
-"""What a run says while it works: each epoch named plainly."""
+"""What a run says while it works: each epoch named plainly, and no silent minute at the start."""
+
+import logging
 
 from helpers import tiny_config
 
 from cxrjax import train
+from cxrjax.data import synthetic
 
 
 def test_an_epoch_is_named_by_its_stage_only_where_there_are_several():
@@ -14,3 +17,13 @@ def test_an_epoch_is_named_by_its_stage_only_where_there_are_several():
     second = two.train.stages[1]
     assert train.epoch_label(two, 1, 2) == f"stage {second.name} epoch 2/{second.epochs}"
 
+
+def test_drawing_the_synthetic_set_is_announced_once(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="cxrjax"):
+        synthetic.generate(str(tmp_path / "set"), n=4, size=32, seed=0, workers=0)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"drawing a synthetic chest X-ray set: 4 images of 32 px in {tmp_path / 'set'} (once)"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="cxrjax"):
+        synthetic.generate(str(tmp_path / "set"), n=4, size=32, seed=0, workers=0)  # reused
+    assert not caplog.records
