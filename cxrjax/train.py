@@ -32,7 +32,7 @@ from cxrjax.config_checks import ConfigError, check_config
 from cxrjax.evaluator import Evaluator
 from cxrjax.inference import batch_sharded, create_mesh, replicated
 from cxrjax.metric_writers import MetricWriter, progress
-from cxrjax.preemption import Preempted, PreemptionWatcher
+from cxrjax.preemption import PreemptionWatcher
 
 log = logging.getLogger("cxrjax")
 
@@ -232,7 +232,8 @@ def run_stage(config: mlc.ConfigDict, workdir: str, index: int, model: Any, ds: 
     """Trains stage ``index`` to completion (resuming if possible); returns its best step.
 
     ``watcher`` is asked after every step; when it names the step, that step is saved (if its
-    cadence did not save it already), the write completes, and ``Preempted`` is raised.
+    cadence did not save it already), the write completes, and ``Preempted`` (a SIGTERM) or
+    ``Interrupted`` (a Ctrl-C) is raised.
     """
     stage, t = config.train.stages[index], config.train
     steps_per_epoch = ds.steps_per_epoch
@@ -314,14 +315,15 @@ def run_stage(config: mlc.ConfigDict, workdir: str, index: int, model: Any, ds: 
             saved = step
         if watcher is not None and watcher.reached(step):  # every step, on every process
             bar.close()
-            log.warning("preemption notice: saving step %d of stage %s, then stopping", step,
-                        stage.name)
+            if not watcher.interrupted:  # a Ctrl-C ends in one line: Interrupted's
+                log.warning("preemption notice: saving step %d of stage %s, then stopping",
+                            step, stage.name)
             if saved != step:
                 _check_finite(*pending, manager)
                 checkpoint.save(manager, step, state, data_state,
                                 {"stage": stage.name, "epoch": step / steps_per_epoch})
             manager.wait_until_finished()
-            raise Preempted(step, manager.directory)
+            raise watcher.stopped(step, manager.directory)
     bar.close()
     manager.wait_until_finished()
     return manager.best_step() or manager.latest_step()
@@ -395,8 +397,8 @@ def _train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict:
     # Called only by a stage that starts afresh: a resumed or finished stage initialises nothing.
     initial = lambda: initialise(runs.random_variables(model, config), config,  # noqa: E731
                                  mesh)
-    # A SIGTERM while training: save that step and stop (Preempted). One during the final test
-    # is not caught: there is nothing to save then, and a rerun tests again.
+    # A SIGTERM or Ctrl-C while training: save that step and stop (Preempted, Interrupted). One
+    # during the final test is not caught: there is nothing to save then, and a rerun tests again.
     with PreemptionWatcher() as watcher:
         try:
             for index, stage in enumerate(config.train.stages):
