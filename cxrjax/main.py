@@ -15,7 +15,8 @@ best checkpoint of the last stage on the test split. The last line printed is th
 
 Resuming: the same command again continues from the newest readable checkpoint (after a kill
 too). A SIGTERM while training (a spot VM's or Slurm's notice) finishes the step in flight,
-saves it and exits with code 75 and one line naming the step. WORKDIR may be gs://BUCKET/...
+saves it and exits with code 75 and one line naming the step; a Ctrl-C does the same with exit
+code 130 (a second Ctrl-C stops at once, without saving). WORKDIR may be gs://BUCKET/...
 (checked writable before any work). Only the learning rate, logging, checkpoint, evaluation,
 worker and path fields may change on resume (cxrjax.workdir.RESUMABLE_FIELDS), and a stage's
 epochs; a workdir that holds a run of another config is refused, untouched. --restart moves
@@ -23,7 +24,8 @@ that run aside (WORKDIR.old-<time>) and starts over; nothing is ever deleted.
 
 Any config field can be overridden: --config.train.batch_size=32,
 --config.train.stages[0].epochs=2, --config.model.init=scratch. --mode eval scores a finished
-run's best checkpoint again and rewrites its eval/ files and report. To try it on a CPU in
+run's best checkpoint again and rewrites its eval/ files and report (with the config recorded in
+WORKDIR; a --config given must match it). To try it on a CPU in
 minutes, without any download: --config configs/demo.py (synthetic data).
 """
 
@@ -33,12 +35,12 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from cxrjax import config_checks
+from cxrjax import preemption  # imports nothing that starts a thread
 
 # A config file imports only the installed package (cxrjax.recipe): any path, any directory.
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "The run's config: a .py file with get_config() (configs/*.py).",
-    lock_config=True)
+    "config", None, "The run's config: a .py file with get_config() (configs/*.py); "
+    "--mode eval reads it from --workdir.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's folder (created if needed): "
                                "checkpoints, logs, test results and report.md.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
@@ -49,7 +51,7 @@ _RESTART = flags.DEFINE_bool("restart", False, "Start over: move a run already i
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "yes", "no"],
     "Call jax.distributed.initialize(): auto = when a cluster environment is detected.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
 # Variables by which a multi-host launcher announces itself (TPU pod, SLURM, explicit).
 _CLUSTER_ENV = ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "SLURM_NTASKS",
@@ -61,12 +63,28 @@ _CLUSTER_ENV = ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "SLURM_NTASKS
 # ---------------------------------------------------------------------------------------------
 
 
+_HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?")
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, and the config file loaded now, each failure one line."""
+    """absl's flag parsing, and the config file loaded now, each failure one line; the help
+    exits with code 0 (absl's with 1)."""
+    # First of all: the threads that the config's imports start (numpy's) must leave Ctrl-C to
+    # _CTRL_C, as must every thread and worker process started later.
+    _CTRL_C.install()
+    from cxrjax import config_checks
+
     try:
         rest = flags.FLAGS(argv)
-        _CONFIG.value.keys()  # a config file that failed to load raises on first use: here
+        if _CONFIG.value is not None:
+            _CONFIG.value.keys()  # a config file that failed to load raises on first use: here
         return rest
+    except SystemExit as e:  # absl's help flags print the help, then exit with code 1
+        asked = any(a.lstrip("-").split("=")[0] in _HELP_FLAGS for a in argv[1:]
+                    if a.startswith("-"))
+        sys.exit(0 if asked and e.code == 1 else e.code)
+    except KeyboardInterrupt:
+        _CTRL_C.exit()
     except Exception as e:  # noqa: BLE001 - config_flags raises many kinds: one line each
         print(f"error: {config_checks.flag_problem(argv, e)}", file=sys.stderr)
         sys.exit(2)
@@ -79,6 +97,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def _command() -> dict:
     """This command as the report shows it: the config file, the overrides, the argv."""
+    from cxrjax import config_checks
+
     argv = sys.argv[1:]
     return {"config_file": config_checks.config_path(argv),
             "overrides": [a for a in argv if a.startswith("--config.")],
@@ -96,14 +116,56 @@ def _maybe_initialize_distributed(log) -> None:
         log.info("process %d of %d", jax.process_index(), jax.process_count())
 
 
+def _recorded_config(workdir: str):
+    """The config recorded in ``workdir`` (a run's), or WorkdirError in one line."""
+    from cxrjax import fileio, runs
+    from cxrjax import workdir as workdir_lib
+
+    try:
+        return runs.load_config(fileio.expand(workdir))
+    except ValueError as e:
+        raise workdir_lib.WorkdirError(str(e)) from None
+
+
+def _end_progress_bars() -> None:
+    """Before the last line: each open progress bar closed, its line ended."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
+def _release_worker_memory() -> None:
+    """At a Ctrl-C: grain's worker processes stopped and their shared memory unlinked."""
+    workers = sys.modules.get("cxrjax.data.grain_workers")
+    if workers is not None:
+        workers.close_open_iterators()
+
+
+# A Ctrl-C ends the program in one line, with exit code 130 (installed by _parse_flags).
+_CTRL_C = preemption.CtrlC(before_line=_end_progress_bars, cleanup=[_release_worker_memory])
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from cxrjax import logs
+    try:
+        from cxrjax import logs
 
-    log = logs.setup()
+        _run(logs.setup())
+    except preemption.Interrupted as e:  # the step in flight is saved: the same command resumes
+        _CTRL_C.exit(str(e))
+    except KeyboardInterrupt:
+        _CTRL_C.exit()
+
+
+def _run(log) -> None:
+    """The run of ``--mode``; every expected failure is one line and exit code 2."""
     if _RESTART.value and _MODE.value != "train":
         print("error: --restart applies to --mode train only", file=sys.stderr)
+        sys.exit(2)
+    if _CONFIG.value is None and _MODE.value == "train":
+        print("error: --config is required to train (python -m cxrjax.main --help)",
+              file=sys.stderr)
         sys.exit(2)
     from cxrjax import storage_checks
 
@@ -115,15 +177,16 @@ def main(argv):
     _maybe_initialize_distributed(log)  # before the loop's PreemptionWatcher, which asks JAX
     import jax
 
-    from cxrjax import checkpoint, compilation_cache, evaluator, preemption, train
+    from cxrjax import checkpoint, compilation_cache, config_checks, evaluator, train
     from cxrjax import workdir as workdir_lib
     from cxrjax.data.labels import LabelError
 
-    compilation_cache.enable(_CONFIG.value.get("compile_cache_dir", compilation_cache.DEFAULT_DIR))
-
     try:
+        # --mode eval without --config: the run's own, recorded in its workdir.
+        config = _CONFIG.value or _recorded_config(_WORKDIR.value)
+        compilation_cache.enable(config.get("compile_cache_dir", compilation_cache.DEFAULT_DIR))
         if _MODE.value == "train":
-            results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+            results = train.train_and_evaluate(config, _WORKDIR.value,
                                                restart=_RESTART.value, command=_command())
         else:  # the path of `python -m cxrjax.evaluate --workdir`, writing the run's files
             results = evaluator.evaluate_run(_WORKDIR.value, "test", config=_CONFIG.value,
@@ -132,7 +195,8 @@ def main(argv):
         print(e, file=sys.stderr)
         sys.exit(preemption.PREEMPTED_EXIT_CODE)
     except (config_checks.ConfigError, checkpoint.CheckpointError, workdir_lib.WorkdirError,
-            LabelError, FileNotFoundError, FloatingPointError, OSError) as e:
+            LabelError, FileNotFoundError, FloatingPointError,
+            OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     if jax.process_index() == 0:

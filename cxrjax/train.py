@@ -32,7 +32,7 @@ from cxrjax.config_checks import ConfigError, check_config
 from cxrjax.evaluator import Evaluator
 from cxrjax.inference import batch_sharded, create_mesh, replicated
 from cxrjax.metric_writers import MetricWriter, progress
-from cxrjax.preemption import Preempted, PreemptionWatcher
+from cxrjax.preemption import PreemptionWatcher
 
 log = logging.getLogger("cxrjax")
 
@@ -232,7 +232,8 @@ def run_stage(config: mlc.ConfigDict, workdir: str, index: int, model: Any, ds: 
     """Trains stage ``index`` to completion (resuming if possible); returns its best step.
 
     ``watcher`` is asked after every step; when it names the step, that step is saved (if its
-    cadence did not save it already), the write completes, and ``Preempted`` is raised.
+    cadence did not save it already), the write completes, and ``Preempted`` (a SIGTERM) or
+    ``Interrupted`` (a Ctrl-C) is raised.
     """
     stage, t = config.train.stages[index], config.train
     steps_per_epoch = ds.steps_per_epoch
@@ -259,7 +260,7 @@ def run_stage(config: mlc.ConfigDict, workdir: str, index: int, model: Any, ds: 
         except ValueError as e:  # another batch size or dataset than the checkpoint's
             raise workdir_lib.WorkdirError(f"cannot resume stage {stage.name} in {workdir}: {e}; "
                                            f"or {workdir_lib.WAYS_OUT}") from None
-        log.info("stage %s: resumed at step %d of %d", stage.name, step, total_steps)
+        log.info("%sresumed at step %d of %d", _stage_prefix(config, index), step, total_steps)
     step = int(state.step)
     if step >= total_steps:
         manager.wait_until_finished()
@@ -269,7 +270,7 @@ def run_stage(config: mlc.ConfigDict, workdir: str, index: int, model: Any, ds: 
     pending: tuple[int, dict] | None = None  # metrics of the previous step, checked one behind
     last_log, last_log_step = time.perf_counter(), step
     bar = progress(total=steps_per_epoch, initial=step % steps_per_epoch,
-                   desc=f"{stage.name} epoch {step // steps_per_epoch + 1}/{stage.epochs}")
+                   desc=epoch_label(config, index, step // steps_per_epoch + 1))
     data_state = train_iter.get_state()
     saved = None  # the last step this process asked to checkpoint
     while step < total_steps:
@@ -304,26 +305,38 @@ def run_stage(config: mlc.ConfigDict, workdir: str, index: int, model: Any, ds: 
                 writer.write(step, {"val/mean_auc": val["mean_auc"], "val/w_auc": val["w_auc"]},
                              stage=stage.name)
                 meta.update(val_mean_auc=val["mean_auc"], val_w_auc=val["w_auc"])
-                log.info("stage %s epoch %d: val mean AUC %.4f, W-AUC %.4f", stage.name,
-                         step // steps_per_epoch, val["mean_auc"], val["w_auc"])
+                log.info("%s: val mean AUC %.4f, W-AUC %.4f",
+                         epoch_label(config, index, step // steps_per_epoch), val["mean_auc"],
+                         val["w_auc"])
                 if step < total_steps:
-                    bar = progress(total=steps_per_epoch, desc=f"{stage.name} epoch "
-                                   f"{step // steps_per_epoch + 1}/{stage.epochs}")
+                    bar = progress(total=steps_per_epoch, desc=epoch_label(
+                        config, index, step // steps_per_epoch + 1))
             checkpoint.save(manager, step, state, data_state, meta, val_auc)
             saved = step
         if watcher is not None and watcher.reached(step):  # every step, on every process
             bar.close()
-            log.warning("preemption notice: saving step %d of stage %s, then stopping", step,
-                        stage.name)
+            if not watcher.interrupted:  # a Ctrl-C ends in one line: Interrupted's
+                log.warning("preemption notice: saving step %d of stage %s, then stopping",
+                            step, stage.name)
             if saved != step:
                 _check_finite(*pending, manager)
                 checkpoint.save(manager, step, state, data_state,
                                 {"stage": stage.name, "epoch": step / steps_per_epoch})
             manager.wait_until_finished()
-            raise Preempted(step, manager.directory)
+            raise watcher.stopped(step, manager.directory)
     bar.close()
     manager.wait_until_finished()
     return manager.best_step() or manager.latest_step()
+
+
+def epoch_label(config: mlc.ConfigDict, index: int, epoch: int) -> str:
+    """``epoch 2/5`` in a one-stage run; ``stage local epoch 2/3`` where there are several."""
+    return f"{_stage_prefix(config, index)}epoch {epoch}/{config.train.stages[index].epochs}"
+
+
+def _stage_prefix(config: mlc.ConfigDict, index: int) -> str:
+    stages = config.train.stages
+    return "" if len(stages) == 1 else f"stage {stages[index].name} "
 
 
 def _check_finite(step: int, step_metrics: dict, manager: Any) -> None:
@@ -385,8 +398,8 @@ def _train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict:
     # Called only by a stage that starts afresh: a resumed or finished stage initialises nothing.
     initial = lambda: initialise(runs.random_variables(model, config), config,  # noqa: E731
                                  mesh)
-    # A SIGTERM while training: save that step and stop (Preempted). One during the final test
-    # is not caught: there is nothing to save then, and a rerun tests again.
+    # A SIGTERM or Ctrl-C while training: save that step and stop (Preempted, Interrupted). One
+    # during the final test is not caught: there is nothing to save then, and a rerun tests again.
     with PreemptionWatcher() as watcher:
         try:
             for index, stage in enumerate(config.train.stages):

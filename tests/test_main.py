@@ -27,6 +27,7 @@ def _one_error_line(done: subprocess.CompletedProcess) -> str:
 
 def test_help_describes_the_job_its_outputs_and_resuming():
     done = _main("--help")
+    assert done.returncode == 0, done.stderr
     text = done.stdout + done.stderr
     for words in ("Train one model", "test split", "report.md", "checkpoints/", "Resuming",
                   "--restart", "--config.train.stages[0].epochs=2"):
@@ -80,6 +81,22 @@ def test_a_run_ends_with_its_test_result_and_logs_in_one_format(tiny_data, tmp_p
         (workdir / "report.md").read_text()
     # Our messages and the libraries' in one format: no absl ("I1127 ...") or root ("INFO:x:")
     logged = [line for line in done.stderr.splitlines() if re.match(r"\d\d:\d\d:\d\d ", line)]
-    assert any(" INFO stage global epoch 1: val mean AUC" in line for line in logged)
+    assert any(" INFO epoch 1/1: val mean AUC" in line for line in logged)  # one stage: no name
     assert not [line for line in done.stderr.splitlines()
                 if re.match(r"[IWEF]\d{4} |(INFO|WARNING|ERROR):\w", line)], done.stderr
+
+    # --mode eval reads the config the workdir records; a --config given must be that one.
+    again = _main("--mode", "eval", "--workdir", str(workdir), timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.strip().splitlines()[-1].split(" [")[0] == last.split(" [")[0]
+    line = _one_error_line(_main("--mode", "eval", "--workdir", str(workdir), "--config", CONFIG,
+                                 timeout=600))
+    assert line.startswith(f"error: refusing to evaluate {workdir} with another model"), line
+    assert "model.trunk_a" in line
+
+
+def test_training_needs_a_config_and_eval_a_run(tmp_path):
+    line = _one_error_line(_main("--workdir", str(tmp_path / "w")))
+    assert line == "error: --config is required to train (python -m cxrjax.main --help)"
+    line = _one_error_line(_main("--mode", "eval", "--workdir", str(tmp_path)))
+    assert line == f"error: {tmp_path} is not a cxrjax workdir (no config.json in it)"

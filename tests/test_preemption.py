@@ -28,6 +28,23 @@ def test_the_watcher_says_false_until_a_sigterm_then_true_once():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_a_ctrl_c_handed_to_the_watcher_stops_the_next_step_as_interrupted():
+    with preemption.PreemptionWatcher() as watcher:
+        assert not watcher.reached(4)
+        assert watcher.take_interrupt()  # what CtrlC does with a first Ctrl-C
+        assert watcher.reached(5) and not watcher.reached(6)
+        stopped = watcher.stopped(5, "/w/checkpoints/stage0_global")
+        assert isinstance(stopped, preemption.Interrupted)
+        assert str(stopped) == ("interrupted: saved step 5 in /w/checkpoints/stage0_global; run "
+                                "the same command again to resume")
+    with preemption.PreemptionWatcher() as watcher:  # a SIGTERM first: a preemption
+        os.kill(os.getpid(), signal.SIGTERM)
+        watcher.take_interrupt()
+        assert watcher.reached(1)
+        assert isinstance(watcher.stopped(1, "d"), preemption.Preempted)
+    assert not preemption._ACTIVE  # closed watchers take no Ctrl-C
+
+
 def test_the_preempted_message_is_one_line_naming_the_step():
     message = str(preemption.Preempted(12, "gs://bucket/run/checkpoints"))
     assert LINE.fullmatch(message).groups() == ("12", "gs://bucket/run/checkpoints")

@@ -6,9 +6,9 @@ exit. A block still alive then (the last batches, those waiting in grain's buffe
 reported as ``resource_tracker: There appear to be N leaked shared_memory objects``, and an
 array still alive at interpreter teardown fails in grain's ``__del__`` (google/grain#398,
 grain 0.2.x). ``Batches`` hands out a plain copy of each batch (0.15 ms for 64 x 224² uint8)
-and unlinks its block at once, and can be closed; at exit the iterators still open are closed
-and grain's pending unlinks are run, before multiprocessing's own exit handler stops its
-threads.
+and unlinks its block at once, and can be closed; at exit (and at a Ctrl-C's, which runs no
+other exit handler: ``close_open_iterators``) the iterators still open are closed and grain's
+pending unlinks are run, before multiprocessing's own exit handler stops its threads.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def _out_of_shared_memory(array: np.ndarray) -> np.ndarray:
 
 
 @atexit.register  # atexit runs the last registered first: before multiprocessing's handler
-def _close_open_iterators() -> None:
+def close_open_iterators() -> None:
     """Closes the iterators still open and runs grain's unlinks of their buffered blocks now,
     not in its deletion thread pool, which multiprocessing's exit handler stops without
     running what is queued."""

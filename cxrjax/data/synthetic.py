@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import os
 import sys
 from typing import NamedTuple
@@ -44,6 +45,8 @@ from scipy import ndimage
 from cxrjax.data import labels as labels_lib
 from cxrjax.data import nih_layout, synthetic_formats
 from cxrjax.data import splits as splits_lib
+
+log = logging.getLogger("cxrjax")
 
 DONE_NAME = ".synthetic_complete.json"
 VERSION = 3  # of the drawing: part of the cache folder name and of the complete marker
@@ -313,6 +316,9 @@ def generate(out_dir: str, n: int, size: int = 256, seed: int = 0,
                 return out_dir
         raise ValueError(f"{out_dir} holds a synthetic set with other parameters "
                          f"({done}); delete it or choose another folder")
+    # Tens of seconds for the demo's 3000 images on 2 cores: say so before the work starts.
+    log.info("drawing a synthetic chest X-ray set: %d images of %d px in %s (once)", n, size,
+             out_dir)
     table = labels_lib.load_label_table()
     rows = sample_rows(n, seed)
     images = os.path.join(out_dir, nih_layout.IMAGES_DIR)
