@@ -9,7 +9,7 @@ it filled, as a rerun, an ``evaluate``, a ``predict`` or a resume after preempti
 functions, each lowered and compiled ahead of time (``jit(...).lower(...).compile()``):
 
     init              the model's init (compiled and run: the variables the step starts from)
-    train_step        the loop's jitted, donating train step (train.create_stage)
+    train_step        the loop's jitted, donating train step (train_step.create_stage)
     eval_predict      the scoring function (inference.make_predict_fn) at the eval batch
     predict_scores    the same function at predict.py's batch
     predict_gradcam   predict.py's Grad-CAM function at its batch
@@ -114,7 +114,7 @@ def measure(config, batch: int, size: int, eval_batch: int, predict_batch: int,
     import jax
     import numpy as np
 
-    from cxrjax import compilation_cache, heatmaps, inference, models, runs, train
+    from cxrjax import compilation_cache, heatmaps, inference, models, runs, train_step
 
     cache_dir = compilation_cache.enable(compilation_cache.DEFAULT_DIR,
                                          min_compile_time_s=min_compile_s)
@@ -137,7 +137,7 @@ def measure(config, batch: int, size: int, eval_batch: int, predict_batch: int,
                     **events.cache_counts(before)})
 
     t0 = time.perf_counter()
-    state, step = train.create_stage(config, 0, model, variables, steps_per_epoch=1000,
+    state, step = train_step.create_stage(config, 0, model, variables, steps_per_epoch=1000,
                                      mesh=mesh)
     setup_s = time.perf_counter() - t0
     data = inference.batch_sharded(mesh)

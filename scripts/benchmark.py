@@ -51,7 +51,7 @@ def bench_train_step(name: str, batch: int, size: int, steps: int, warmup: int,
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from cxrjax import inference, models, runs, train
+    from cxrjax import inference, models, runs, train_step
 
     config = load_config(name, overrides)
     config.model.init = "scratch"
@@ -60,7 +60,7 @@ def bench_train_step(name: str, batch: int, size: int, steps: int, warmup: int,
     config.dtype = dtype
     mesh = inference.create_mesh()
     model, variables = runs.init_model(config, models.compute_dtype(config.dtype))
-    state, step = train.create_stage(config, 0, model, variables, steps_per_epoch=1000,
+    state, step = train_step.create_stage(config, 0, model, variables, steps_per_epoch=1000,
                                      mesh=mesh)
     rng = np.random.default_rng(0)
     data = NamedSharding(mesh, P("data"))
@@ -139,7 +139,7 @@ def run_end_to_end(args) -> None:
     import jax
     import numpy as np
 
-    from cxrjax import inference, models, runs, train
+    from cxrjax import inference, models, runs, train, train_step
     from cxrjax.data import pipeline
 
     p = argparse.ArgumentParser(prog="benchmark.py end-to-end")
@@ -168,7 +168,7 @@ def run_end_to_end(args) -> None:
                                       eval_batch_size=args.batch, seed=0)
         mesh = inference.create_mesh()
         model, variables = runs.init_model(config, models.compute_dtype(config.dtype))
-        state, step = train.create_stage(config, 0, model, variables, ds.steps_per_epoch, mesh)
+        state, step = train_step.create_stage(config, 0, model, variables, ds.steps_per_epoch, mesh)
         batches = train.prefetch_to_mesh(ds.train_iter(), inference.batch_sharded(mesh),
                                          size=max(config.data.prefetch, 1))
         batch = None

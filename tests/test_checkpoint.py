@@ -12,16 +12,16 @@ import optax
 import pytest
 from helpers import truncate_files
 
-from cxrjax import checkpoint, train
+from cxrjax import checkpoint, train_step
 
 
-def _state(seed: int = 0, step: int = 0) -> train.TrainState:
+def _state(seed: int = 0, step: int = 0) -> train_step.TrainState:
     """A small TrainState of the real kind: params, BatchNorm statistics and Adam's moments."""
     rng = np.random.default_rng(seed)
     params = {"dense": {"kernel": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32),
                         "bias": jnp.asarray(rng.normal(size=(2,)), jnp.float32)}}
     opt_state = optax.adam(1e-3).init(params)
-    return train.TrainState(step=jnp.asarray(step, jnp.int32), params=params,
+    return train_step.TrainState(step=jnp.asarray(step, jnp.int32), params=params,
                             batch_stats={"bn": {"mean": jnp.full((2,), float(seed))}},
                             opt_state=opt_state)
 
@@ -39,7 +39,7 @@ def test_save_then_restore_returns_the_state_data_position_and_record(tmp_path):
 
     step, state, data_state, meta = checkpoint.restore(manager, _state(seed=2))
     assert step == 7 and int(state.step) == 7
-    assert isinstance(state, train.TrainState)
+    assert isinstance(state, train_step.TrainState)
     assert isinstance(state.opt_state[0], optax.ScaleByAdamState)  # the optimizer's own types
     _assert_same(state, saved)
     assert data_state == b'{"last_seen": 56}'  # grain's iterator state is bytes
@@ -144,7 +144,7 @@ def test_a_checkpoint_of_the_old_state_with_rng_restores_and_the_run_goes_on(tmp
     manager.wait_until_finished()
 
     step, state, _, _ = checkpoint.restore(manager, _state())
-    assert step == 4 and isinstance(state, train.TrainState)
+    assert step == 4 and isinstance(state, train_step.TrainState)
     _assert_same(state, new)
     checkpoint.save(manager, 5, state.replace(step=state.step + 1), {}, {})  # resumed: saves go on
     manager.wait_until_finished()

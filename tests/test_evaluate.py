@@ -238,7 +238,7 @@ def tiny_run(workdir, seed=0, split_seed=0, shared_data=None):
 
     import jax
 
-    from cxrjax import checkpoint, inference, models, runs, train
+    from cxrjax import checkpoint, inference, models, runs, train_step
 
     c = importlib.import_module("configs.r18_msml").get_config()
     c.model.trunk_a, c.model.trunk_b = TINY[c.model.trunk_a], TINY[c.model.trunk_b]
@@ -257,7 +257,7 @@ def tiny_run(workdir, seed=0, split_seed=0, shared_data=None):
     index = len(c.train.stages) - 1
     manager = checkpoint.open_manager(runs.stage_dir(workdir, index, c.train.stages[index]), 3)
     for step, variables, auc in ((5, best, 0.7), (10, other, 0.5)):
-        state, _ = train.create_stage(c, index, model, variables, 10, inference.create_mesh())
+        state, _ = train_step.create_stage(c, index, model, variables, 10, inference.create_mesh())
         checkpoint.save(manager, step, state, {"step": step},
                         {"stage": "global", "val_mean_auc": auc}, auc)
     manager.wait_until_finished()

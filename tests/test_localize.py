@@ -22,7 +22,7 @@ from cxrjax import (
     localizer,
     models,
     runs,
-    train,
+    train_step,
 )
 from cxrjax import localization as loc
 from cxrjax.data import labels as labels_lib
@@ -91,7 +91,7 @@ def real_run(tmp_path_factory):
     model = models.build_model(c.model)
     variables = random_variables(model, CROP, seed=1)
     manager = checkpoint.open_manager(runs.stage_dir(str(workdir), 0, c.train.stages[0]), 3)
-    state, _ = train.create_stage(c, 0, model, variables, 10, inference.create_mesh())
+    state, _ = train_step.create_stage(c, 0, model, variables, 10, inference.create_mesh())
     checkpoint.save(manager, 10, state, {"step": 10}, {"stage": "global"}, None)
     manager.wait_until_finished()
     return str(workdir), real, model, variables

@@ -26,7 +26,7 @@ from cxrjax import (
     predict,
     predictions,
     runs,
-    train,
+    train_step,
 )
 from cxrjax.data import nih_layout
 from cxrjax.data.labels import CLASSES
@@ -54,7 +54,7 @@ def run(tmp_path_factory):
     model = models.build_model(c.model)
     variables = random_variables(model, CROP)
     manager = checkpoint.open_manager(runs.stage_dir(str(workdir), 0, c.train.stages[0]), 3)
-    state, _ = train.create_stage(c, 0, model, variables, 10, inference.create_mesh())
+    state, _ = train_step.create_stage(c, 0, model, variables, 10, inference.create_mesh())
     checkpoint.save(manager, 10, state, {"step": 10}, {"stage": "global"}, None)
     manager.wait_until_finished()
     return str(workdir), model, variables
@@ -209,7 +209,7 @@ def test_predict_warns_on_stderr_when_an_images_grad_cam_is_blank(tmp_path, capl
     head = variables["params"]["head_a"]["fc"]
     head["kernel"] = jnp.zeros_like(head["kernel"])  # no feature raises any score: empty CAM
     manager = checkpoint.open_manager(runs.stage_dir(str(workdir), 0, c.train.stages[0]), 3)
-    state, _ = train.create_stage(c, 0, model, variables, 10, inference.create_mesh())
+    state, _ = train_step.create_stage(c, 0, model, variables, 10, inference.create_mesh())
     checkpoint.save(manager, 10, state, {"step": 10}, {"stage": "global"}, None)
     manager.wait_until_finished()
     image = save(tmp_path / "small.png", xray((64, 64)))

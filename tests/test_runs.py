@@ -11,13 +11,13 @@ import optax
 import pytest
 from helpers import random_variables, tiny_config, truncate_files
 
-from cxrjax import checkpoint, inference, models, runs, train
+from cxrjax import checkpoint, inference, models, runs, train_step
 
 
 def _save_variables(directory: str, step: int, variables: dict, val_auc: float | None = None):
     """A checkpoint as training writes it: the whole TrainState, data position and record."""
     manager = checkpoint.open_manager(directory, keep=10)
-    state = train.TrainState(step=jnp.asarray(step, jnp.int32), params=variables["params"],
+    state = train_step.TrainState(step=jnp.asarray(step, jnp.int32), params=variables["params"],
                              batch_stats=variables["batch_stats"],
                              opt_state=optax.adam(1e-3).init(variables["params"]))
     checkpoint.save(manager, step, state, {}, {}, val_auc)

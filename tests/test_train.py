@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from helpers import PAPER_CONFIGS, count_compiles, random_variables, tiny_config
 
-from cxrjax import inference, models, runs, train
+from cxrjax import inference, models, runs, train, train_step
 
 
 def fixed_batch(batch: int = 8, crop: int = 32, seed: int = 0) -> dict:
@@ -28,7 +28,7 @@ def test_every_paper_config_learns_a_fixed_batch(name):
     mesh = inference.create_mesh()
     model, variables = runs.init_model(config, jnp.float32)
     for index in range(len(config.train.stages)):
-        state, step = train.create_stage(config, index, model, variables, 100, mesh)
+        state, step = train_step.create_stage(config, index, model, variables, 100, mesh)
         batch = fixed_batch()
         first = None
         with count_compiles() as compiles:
@@ -47,8 +47,8 @@ def test_a_stage_built_from_shapes_is_the_concrete_states_tree_to_restore_into()
     config = tiny_config("r18_msml_local_fixed")
     mesh = inference.create_mesh()
     model = models.build_model(config.model)
-    concrete, _ = train.create_stage(config, 1, model, random_variables(model, 32), 100, mesh)
-    shapes, _ = train.create_stage(config, 1, model, runs.abstract_variables(model, config),
+    concrete, _ = train_step.create_stage(config, 1, model, random_variables(model, 32), 100, mesh)
+    shapes, _ = train_step.create_stage(config, 1, model, runs.abstract_variables(model, config),
                                    100, mesh)
     assert jax.tree.structure(shapes) == jax.tree.structure(concrete)
     for s, c in zip(jax.tree.leaves(shapes), jax.tree.leaves(concrete), strict=True):
@@ -60,7 +60,7 @@ def test_local_fixed_stage_two_keeps_trunks_and_their_batch_stats_bit_identical(
     config = tiny_config("r18_msml_local_fixed")
     mesh = inference.create_mesh()
     model, variables = runs.init_model(config, jnp.float32)
-    state, step = train.create_stage(config, 1, model, variables, 100, mesh)
+    state, step = train_step.create_stage(config, 1, model, variables, 100, mesh)
     before = snapshot(state)
     for seed in range(3):
         state, _ = step(state, fixed_batch(seed=seed))
@@ -78,7 +78,7 @@ def test_global_stage_updates_trunk_batch_stats():
     config = tiny_config("r18_msml")
     mesh = inference.create_mesh()
     model, variables = runs.init_model(config, jnp.float32)
-    state, step = train.create_stage(config, 0, model, variables, 100, mesh)
+    state, step = train_step.create_stage(config, 0, model, variables, 100, mesh)
     before = snapshot(state.batch_stats)
     state, _ = step(state, fixed_batch())
     changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), before, snapshot(
@@ -90,7 +90,7 @@ def test_non_finite_batch_leaves_state_unchanged_and_names_step_and_head():
     config = tiny_config("r18_msml")
     mesh = inference.create_mesh()
     model, variables = runs.init_model(config, jnp.float32)
-    state, step = train.create_stage(config, 0, model, variables, 100, mesh)
+    state, step = train_step.create_stage(config, 0, model, variables, 100, mesh)
     state, _ = step(state, fixed_batch())
     before = snapshot(state)
     bad = fixed_batch()
@@ -116,4 +116,4 @@ def test_a_stage_pattern_that_matches_no_parameter_is_refused():
     config.train.stages[1].trainable = "^nothing_matches$"
     model, variables = runs.init_model(config, jnp.float32)
     with pytest.raises(train.ConfigError, match=r"stages\[1\].trainable='\^nothing_matches\$'"):
-        train.create_stage(config, 1, model, variables, 10, inference.create_mesh())
+        train_step.create_stage(config, 1, model, variables, 10, inference.create_mesh())

@@ -13,7 +13,7 @@ import optax
 import pytest
 from helpers import random_variables, run_config, tiny_config
 
-from cxrjax import checkpoint, inference, models, runs, train, workdir
+from cxrjax import checkpoint, inference, models, runs, train, train_step, workdir
 from cxrjax.models import port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,7 +39,7 @@ def _finished_run(folder, config) -> None:
     model = models.build_model(config.model)
     variables = random_variables(model, config.data.crop)
     manager = checkpoint.open_manager(runs.stage_dir(str(folder), 0, config.train.stages[0]), 3)
-    state = train.TrainState(step=jnp.asarray(18, jnp.int32), params=variables["params"],
+    state = train_step.TrainState(step=jnp.asarray(18, jnp.int32), params=variables["params"],
                              batch_stats=variables["batch_stats"],
                              opt_state=optax.adam(1e-3).init(variables["params"]))
     checkpoint.save(manager, 18, state, {"step": 18}, {"stage": "global"}, 0.7)
@@ -197,8 +197,9 @@ def test_a_checkpoint_from_another_input_pipeline_stops_the_resume_in_one_line(
     config = run_config("r18", tiny_data)
     workdir.claim(str(tmp_path), config)
     model = models.build_model(config.model)
-    state, _ = train.create_stage(config, 0, model, random_variables(model, config.data.crop), 3,
-                                  inference.create_mesh())
+    state, _ = train_step.create_stage(config, 0, model,
+                                       random_variables(model, config.data.crop), 3,
+                                       inference.create_mesh())
     manager = checkpoint.open_manager(runs.stage_dir(str(tmp_path), 0, config.train.stages[0]), 3)
     other = {"step": 2, "seed": config.seed, "global_batch_size": 8, "steps_per_epoch": 3}
     checkpoint.save(manager, 2, state.replace(step=jnp.asarray(2, jnp.int32)), other, {})
