@@ -353,9 +353,10 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *, restart: bool = 
     """Trains every stage (resuming where a run stopped), then the evaluator tests the best
     checkpoint and writes the report; returns the test ``metrics.summary`` per head.
 
-    A workdir holding a run of another config is refused untouched (``workdir.claim``);
-    ``restart`` first moves such a run aside. A run that fails before writing more than its
-    config leaves no workdir behind. ``command``: the config file and overrides, for the report.
+    A workdir holding a run of another config, or held by another command (its lock), is
+    refused untouched (``workdir.claim``); ``restart`` first moves such a run aside. A run
+    that fails before writing more than its config leaves no workdir behind. ``command``: the
+    config file and overrides, for the report.
     """
     check_config(config)
     workdir = fileio.expand(workdir)
@@ -363,12 +364,14 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *, restart: bool = 
         moved = workdir_lib.move_aside(workdir)
         if moved:
             log.info("moved the run in %s aside to %s; starting over", workdir, moved)
-    claim = workdir_lib.claim(workdir, config, command)
+    claim = workdir_lib.claim(workdir, config, command)  # and its lock, until the end
     try:
         return _train_and_evaluate(config, workdir)
     except BaseException:
         claim.release()
         raise
+    finally:
+        claim.unlock()
 
 
 def _train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict:
