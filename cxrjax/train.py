@@ -262,7 +262,7 @@ def run_stage(config: mlc.ConfigDict, workdir: str, index: int, model: Any, ds: 
         log.info("stage %s: resumed at step %d of %d", stage.name, step, total_steps)
     step = int(state.step)
     if step >= total_steps:
-        manager.wait_until_finished()
+        checkpoint.wait(manager)
         return manager.best_step() or manager.latest_step()
 
     batches = prefetch_to_mesh(train_iter, data, size=max(config.data.prefetch, 1))
@@ -319,10 +319,10 @@ def run_stage(config: mlc.ConfigDict, workdir: str, index: int, model: Any, ds: 
                 _check_finite(*pending, manager)
                 checkpoint.save(manager, step, state, data_state,
                                 {"stage": stage.name, "epoch": step / steps_per_epoch})
-            manager.wait_until_finished()
+            checkpoint.wait(manager)
             raise Preempted(step, manager.directory)
     bar.close()
-    manager.wait_until_finished()
+    checkpoint.wait(manager)
     return manager.best_step() or manager.latest_step()
 
 
@@ -333,7 +333,7 @@ def _check_finite(step: int, step_metrics: dict, manager: Any) -> None:
     bad = [k.removeprefix("loss_") for k, v in values.items()
            if k.startswith("loss_") and not np.isfinite(v)]
     what = f"head(s) {', '.join(bad)}" if bad else "the gradient"
-    manager.wait_until_finished()
+    checkpoint.wait(manager)
     last = manager.latest_step()
     kept = "no checkpoint was written yet" if last is None else \
         f"the last good checkpoint (step {last}) is intact"
