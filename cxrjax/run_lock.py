@@ -140,9 +140,8 @@ class _Bucket:
 
         self.path = path
         bucket, key = fileio.split_bucket(path)
-        project = os.environ.get("GOOGLE_CLOUD_PROJECT") or None
-        self._blob = lambda: storage.Client(project=project).bucket(bucket).blob(key)
-        self._key, self._bucket = key, bucket
+        client = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT") or None)
+        self._blob = lambda: client.bucket(bucket).blob(key)  # a fresh generation each time
 
     def create(self, data: bytes) -> Any:
         return self.replace(data, 0)

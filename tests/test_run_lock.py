@@ -198,3 +198,61 @@ def test_localize_never_writes_into_a_live_runs_folder(tmp_path, live_pid, capsy
     err = capsys.readouterr().err.strip()
     assert IN_USE.match(err.removeprefix("error: ")) and "not writing localization files" in err
     assert os.listdir(tmp_path) == [run_lock.LOCK_FILE]
+
+
+# ------------------------------------------------------------------ --restart in a bucket ---
+
+
+_MOVE_ASIDE = """
+import sys
+from cxrjax import workdir
+print(workdir.move_aside(sys.argv[1]), flush=True)
+"""
+
+
+def _bucket_run(folder: str, files: int) -> dict[str, str]:
+    """A run's folder in a bucket (its config recorded, ``files`` checkpoint-like files);
+    returns every file's checksum by its path under the folder."""
+    workdir.claim(folder, tiny_config("r18")).unlock()
+    for i in range(files):
+        fileio.write_text(f"{folder}/checkpoints/stage0_global/12/part{i:03d}", f"part {i}\n")
+    return {rel: fileio.checksum(f"{folder}/{rel}") for rel in fileio.walk_files(folder)}
+
+
+def _moved(bucket: str) -> dict[str, set[str]]:
+    """Every checksum found under the bucket's run.old-* folders, by file path."""
+    out: dict[str, set[str]] = {}
+    for name in fileio.listdir(bucket):
+        if name.startswith("run.old-"):
+            for rel in fileio.walk_files(f"{bucket}/{name}"):
+                out.setdefault(rel, set()).add(fileio.checksum(f"{bucket}/{name}/{rel}"))
+    return out
+
+
+def test_restart_in_a_bucket_moves_the_run_aside_whole_even_after_a_kill_in_the_move(
+        gcs_bucket, caplog):
+    folder = f"{gcs_bucket}/run"
+    original = _bucket_run(folder, files=120)
+    child = subprocess.Popen([sys.executable, "-c", _MOVE_ASIDE, folder],
+                             env={**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not _moved(gcs_bucket) and time.monotonic() < deadline:  # the copy has begun
+        assert child.poll() is None, child.stdout.read()[-3000:]
+        time.sleep(0.01)
+    child.kill()
+    child.communicate(timeout=60)
+    left = {rel: fileio.checksum(f"{folder}/{rel}") for rel in fileio.walk_files(folder)}
+    moved = _moved(gcs_bucket)
+    for rel, crc in original.items():  # nothing lost: each file still there, or moved whole
+        assert left.get(rel) == crc or crc in moved.get(rel, set()), rel
+
+    with caplog.at_level(logging.WARNING, logger="cxrjax"):
+        target = workdir.move_aside(folder)  # the same --restart again
+    assert target and target.startswith(f"{folder}.old-")
+    assert fileio.walk_files(folder) == {}  # the workdir is free for the new run
+    moved = _moved(gcs_bucket)
+    assert all(crc in moved.get(rel, set()) for rel, crc in original.items())
+    assert run_lock.LOCK_FILE not in fileio.walk_files(target)
+    if run_lock.LOCK_FILE in left:  # the killed command's lock: taken over, not in the way
+        assert "taking over the lock of" in caplog.text
