@@ -5,6 +5,8 @@ anything shaping the model, the data or the stages is refused with one line nami
 before anything in the workdir is touched; ``RESUMABLE_FIELDS`` may change. Starting over is
 explicit: ``move_aside`` (``main --restart``) renames the old run, it never deletes. A run that
 fails before writing anything but its config leaves no workdir behind (``Claim.release``).
+One command writes at a time: a claim holds the workdir's lock (``cxrjax.run_lock``) on
+process 0 until the run ends, stops or fails; a second command is refused in one line.
 """
 
 from __future__ import annotations
