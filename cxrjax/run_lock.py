@@ -292,7 +292,10 @@ def acquire(workdir: str, *, stale_after_s: float = STALE_AFTER_S,
         held_here.users += 1
         return held_here
     created_folder = not fileio.isdir(workdir)
-    fileio.makedirs(workdir)
+    try:
+        fileio.makedirs(workdir)
+    except OSError as e:  # a file in the way, no permission: one line
+        raise OSError(f"workdir {workdir} is not usable: {e.strerror or e}") from None
     store = _store(fileio.join(workdir, LOCK_FILE))
     now = _now()
     info = {"host": socket.gethostname(), "pid": os.getpid(), "started": now,
