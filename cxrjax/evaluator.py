@@ -194,9 +194,18 @@ def evaluate_run(workdir: str, split: str = "test", *, config: mlc.ConfigDict | 
     check_split(split)
     if write and split != "test":
         raise ValueError(f"only the test split's outputs are written, not {split!r}")
+    if write:  # the run's own files: one writer at a time (its lock)
+        from cxrjax import workdir as workdir_lib
+
+        lock = workdir_lib.lock_run(fileio.expand(workdir), "evaluate")
+        try:
+            run = open_run(workdir, config)
+            return run.step, run.evaluator.test_and_report(run.variables, run.workdir,
+                                                           run.config)
+        finally:
+            if lock is not None:
+                lock.release()
     run = open_run(workdir, config)
-    if write:
-        return run.step, run.evaluator.test_and_report(run.variables, run.workdir, run.config)
     n_boot = run.config.eval.n_boot if n_boot is None else n_boot
     return run.step, run.evaluator.score(run.variables, split, n_boot=n_boot, seed=seed)
 

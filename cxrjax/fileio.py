@@ -25,6 +25,7 @@ import builtins
 import contextlib
 import os
 import posixpath
+import re
 import shutil
 import tempfile
 import uuid
@@ -191,6 +192,22 @@ def _temporary_for(target: str) -> str:
         return tmp
     folder, name = os.path.split(target)
     return os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
+    """Deletes the temporary files that atomic writes left in a local ``folder`` when a kill
+    cut them short (call it only as the folder's one writer); returns their names."""
+    p = expand(folder)
+    if is_remote(p) or not os.path.isdir(p):
+        return []  # a remote write's temporary file is in the local /tmp
+    stale = [name for name in os.listdir(p) if _TEMPORARY.match(name)]
+    for name in stale:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(p, name))
+    return sorted(stale)
 
 
 class _AtomicWriter:

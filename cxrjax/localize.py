@@ -64,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.grid < 1:
             raise ValueError(f"--grid must be >= 1, got {args.grid}")
+        if not args.out:  # the run's own eval/: never beside a live run's writes
+            from cxrjax import run_lock
+
+            run_lock.refuse_if_locked(args.workdir, "localization files")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             run = evaluator.open_run(args.workdir)

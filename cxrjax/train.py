@@ -88,7 +88,7 @@ def run_stage(config: mlc.ConfigDict, workdir: str, index: int, model: Any, ds: 
             if watcher is not None and watcher.reached(loop.step):  # every process, every step
                 loop.stop(watcher)
         loop.bar.close()
-    loop.manager.wait_until_finished()
+    checkpoint.wait(loop.manager)
     return loop.manager.best_step() or loop.manager.latest_step()
 
 
@@ -204,7 +204,7 @@ class StageLoop:
                         self.step, self.stage.name)
         if self.saved != self.step:
             self.save()
-        self.manager.wait_until_finished()
+        checkpoint.wait(self.manager)
         raise watcher.stopped(self.step, self.manager.directory)
 
 
@@ -225,7 +225,7 @@ def _check_finite(step: int, step_metrics: dict, manager: Any) -> None:
     bad = [k.removeprefix("loss_") for k, v in values.items()
            if k.startswith("loss_") and not np.isfinite(v)]
     what = f"head(s) {', '.join(bad)}" if bad else "the gradient"
-    manager.wait_until_finished()
+    checkpoint.wait(manager)
     last = manager.latest_step()
     kept = "no checkpoint was written yet" if last is None else \
         f"the last good checkpoint (step {last}) is intact"
@@ -245,9 +245,10 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *, restart: bool = 
     """Trains every stage (resuming where a run stopped), then the evaluator tests the best
     checkpoint and writes the report; returns the test ``metrics.summary`` per head.
 
-    A workdir holding a run of another config is refused untouched (``workdir.claim``);
-    ``restart`` first moves such a run aside. A run that fails before writing more than its
-    config leaves no workdir behind. ``command``: the config file and overrides, for the report.
+    A workdir holding a run of another config, or held by another command (its lock), is
+    refused untouched (``workdir.claim``); ``restart`` first moves such a run aside. A run
+    that fails before writing more than its config leaves no workdir behind. ``command``: the
+    config file and overrides, for the report.
     """
     check_config(config)
     sections.check(config)
@@ -256,12 +257,14 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *, restart: bool = 
         moved = workdir_lib.move_aside(workdir)
         if moved:
             log.info("moved the run in %s aside to %s; starting over", workdir, moved)
-    claim = workdir_lib.claim(workdir, config, command)
+    claim = workdir_lib.claim(workdir, config, command)  # and its lock, until the end
     try:
         return _train_and_evaluate(config, workdir)
     except BaseException:
         claim.release()
         raise
+    finally:
+        claim.unlock()
 
 
 def _train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict:

@@ -5,6 +5,8 @@ anything shaping the model, the data or the stages is refused with one line nami
 before anything in the workdir is touched; ``RESUMABLE_FIELDS`` may change. Starting over is
 explicit: ``move_aside`` (``main --restart``) renames the old run, it never deletes. A run that
 fails before writing anything but its config leaves no workdir behind (``Claim.release``).
+One command writes at a time: a claim holds the workdir's lock (``cxrjax.run_lock``) on
+process 0 until the run ends, stops or fails; a second command is refused in one line.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from typing import Any
 
 import jax
 import ml_collections as mlc
+import numpy as np
 
-from cxrjax import fileio, runs
+from cxrjax import fileio, run_lock, runs
 
 log = logging.getLogger("cxrjax")
 
@@ -162,24 +165,39 @@ class Claim:
 
     workdir: str
     existed: bool
-    before: frozenset[str]  # names at its top before the run
+    before: frozenset[str]  # names at its top before the run (the lock file aside)
+    lock: run_lock.RunLock | None = None  # on process 0
+
+    def unlock(self) -> None:
+        """Gives the workdir's lock back (the run ended, stopped or failed)."""
+        if self.lock is not None:
+            self.lock.release()
 
     def release(self) -> None:
         """After a failure: removes what this run created if it wrote nothing but its
         config.json, empty files and folders (a bad data path, weights that are not there);
-        keeps anything else. (TensorBoard's files count as nothing while metrics.jsonl, which
-        gets every value first, is empty.)"""
+        keeps anything else; then gives the lock back. (TensorBoard's files count as nothing
+        while metrics.jsonl, which gets every value first, is empty.)"""
+        try:
+            self._remove_created()
+        finally:
+            self.unlock()
+
+    def _remove_created(self) -> None:
         if jax.process_index() != 0 or not fileio.isdir(self.workdir):
             return
+        if self.lock is not None:
+            self.lock.stop_heartbeat()  # no lock rewrite while the folder goes
         files = fileio.walk_files(self.workdir)
-        created = {f: n for f, n in files.items() if f.split("/")[0] not in self.before}
+        created = {f: n for f, n in files.items() if f.split("/")[0] not in self.before
+                   and f != run_lock.LOCK_FILE}
         if any(n and f not in (CONFIG_FILE, COMMAND_FILE) and not f.startswith("tensorboard/")
                for f, n in created.items()):
             return  # the run wrote logs, checkpoints or data: they are worth keeping
         if not self.existed:
             fileio.rmtree(self.workdir)
             return
-        for name in set(fileio.listdir(self.workdir)) - self.before:
+        for name in set(fileio.listdir(self.workdir)) - self.before - {run_lock.LOCK_FILE}:
             path = fileio.join(self.workdir, name)
             if fileio.isdir(path):
                 fileio.rmtree(path)
@@ -190,10 +208,24 @@ class Claim:
 def claim(workdir: str, config: mlc.ConfigDict, command: Mapping | None = None) -> Claim:
     """Checks that ``config`` may run in ``workdir`` (new, empty, or a run of the same config)
     and records it there, with ``command`` (``{"config_file", "overrides", "argv"}``, the
-    report's source line) when given. WorkdirError, with nothing touched, if not."""
+    report's source line) when given. WorkdirError, with nothing touched, if not; LockedError
+    (one line naming it) while another command holds the workdir. The claim holds the
+    workdir's lock (on process 0) until ``unlock`` or ``release``."""
     workdir = fileio.expand(workdir)
     existed = fileio.isdir(workdir)
-    before = frozenset(fileio.listdir(workdir)) if existed else frozenset()
+    lock = lock_run(workdir, "train")
+    try:
+        return _claim(workdir, config, command, existed, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _claim(workdir: str, config: mlc.ConfigDict, command: Mapping | None, existed: bool,
+           lock: run_lock.RunLock | None) -> Claim:
+    before = frozenset(fileio.listdir(workdir)) - {run_lock.LOCK_FILE} if existed \
+        else frozenset()
     if jax.process_count() > 1:  # all look before process 0 writes: one decision everywhere
         from jax.experimental import multihost_utils
 
@@ -222,7 +254,30 @@ def claim(workdir: str, config: mlc.ConfigDict, command: Mapping | None = None) 
     runs.record_config(workdir, config)
     if command is not None and jax.process_index() == 0:
         fileio.write_text(fileio.join(workdir, COMMAND_FILE), json.dumps(dict(command), indent=2))
-    return Claim(workdir, existed, before)
+    return Claim(workdir, existed, before, lock)
+
+
+def lock_run(workdir: str, purpose: str) -> run_lock.RunLock | None:
+    """Takes ``workdir``'s lock on process 0 (None elsewhere), for a command that writes a
+    run's files; every process raises LockedError when process 0 was refused. Temporary
+    files left by a write that a kill cut short are removed once the lock is held."""
+    lock, refused = None, ""
+    if jax.process_index() == 0:
+        try:
+            lock = run_lock.acquire(workdir, purpose=purpose)
+            for folder in (workdir, fileio.join(workdir, "eval")):
+                fileio.remove_stale_temporaries(folder)
+        except run_lock.LockedError as e:
+            refused = str(e)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        ok = multihost_utils.broadcast_one_to_all(np.int32(0 if refused else 1))
+        if not int(ok) and not refused:
+            refused = f"{workdir} is in use by another command (process 0 could not lock it)"
+    if refused:
+        raise run_lock.LockedError(refused)
+    return lock
 
 
 def read_command(workdir: str) -> dict | None:
@@ -244,6 +299,23 @@ def move_aside(workdir: str) -> str | None:
     files is left alone). On process 0; the others wait for it."""
     workdir = fileio.expand(workdir)
     target = None
+    lock = lock_run(workdir, "restart") if fileio.isdir(workdir) else None
+    try:
+        target = _move(workdir, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("cxrjax: workdir moved aside")
+    return target
+
+
+def _move(workdir: str, lock: run_lock.RunLock | None) -> str | None:
+    """The renaming of ``move_aside`` on process 0, the lock held; the moved folder keeps no
+    lock file."""
+    target = None
     if jax.process_index() == 0 and fileio.isdir(workdir) and \
             set(fileio.listdir(workdir)) & set(RUN_FILES):
         target = f"{workdir}.old-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -251,13 +323,12 @@ def move_aside(workdir: str) -> str | None:
         while fileio.exists(target):
             n += 1
             target = f"{workdir}.old-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
+        if lock is not None:
+            lock.stop_heartbeat()  # nothing rewrites the lock while the folder moves
         try:
             fileio.rename(workdir, target)
         except OSError as e:
             raise WorkdirError(f"cannot move {workdir} aside to {target}: {e}; move or remove it "
                                "yourself") from None
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("cxrjax: workdir moved aside")
+        fileio.remove(fileio.join(target, run_lock.LOCK_FILE), missing_ok=True)
     return target

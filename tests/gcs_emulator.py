@@ -18,6 +18,8 @@ What the emulator lacks (measured with gcp-storage-emulator 2026.7.19, the lates
   fails with "Malformed StorageGeneration". The server is therefore started through this
   file, which adds that header (and ``x-goog-metageneration``) to the emulator's download
   handler: a fix to the test server, not to any client library.
+- the ``ifGenerationMatch`` precondition of uploads and deletes (it ignores it); the run lock
+  relies on it, so this file applies it to those two handlers as GCS does.
 Everything else we use works.
 
 Fixtures: ``gcs_server`` (one server per session; its client variables are set for the rest of
@@ -27,6 +29,7 @@ the session) and ``gcs_bucket`` (a fresh empty bucket per test, as ``gs://NAME``
 from __future__ import annotations
 
 import contextlib
+import http
 import os
 import socket
 import subprocess
@@ -156,11 +159,40 @@ def _serve(argv: list[str]) -> int:
             response["x-goog-metageneration"] = str(obj["metageneration"])
         return handle
 
+    def object_name(request):
+        if "object_id" in request.params:
+            return request.params["object_id"]
+        if "name" in request.query:
+            return request.query["name"][0]
+        data = request.data
+        return data["meta"].get("name") if isinstance(data, dict) and "meta" in data else None
+
+    def with_preconditions(handler):
+        """``ifGenerationMatch`` as GCS applies it (0: only if absent), else 412."""
+        def handle(request, response, storage, *args, **kwargs):
+            wanted = request.query.get("ifGenerationMatch")
+            if wanted is not None:
+                try:
+                    current = str(storage.get_file_obj(request.params["bucket_name"],
+                                                       object_name(request))["generation"])
+                except Exception:  # noqa: BLE001 - no such object: generation 0
+                    current = "0"
+                if current != wanted[0]:
+                    response.status = http.HTTPStatus.PRECONDITION_FAILED
+                    response.json({"error": {"code": 412, "message": "Precondition Failed",
+                                             "errors": [{"reason": "conditionNotMet",
+                                                         "message": "Precondition Failed"}]}})
+                    return
+            handler(request, response, storage, *args, **kwargs)
+        return handle
+
     # Media reads: the download endpoint, and objects.get with alt=media.
     for _, handlers in server.HANDLERS:
         for method, handler in handlers.items():
             if handler in (objects.download, objects.get):
                 handlers[method] = with_generation(handler)
+            elif handler in (objects.insert, objects.delete):
+                handlers[method] = with_preconditions(handler)
     return emulator_main.main(argv)
 
 

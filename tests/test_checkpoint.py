@@ -149,3 +149,44 @@ def test_a_checkpoint_of_the_old_state_with_rng_restores_and_the_run_goes_on(tmp
     checkpoint.save(manager, 5, state.replace(step=state.step + 1), {}, {})  # resumed: saves go on
     manager.wait_until_finished()
     assert int(checkpoint.restore(manager, _state())[1].step) == 5
+
+
+_TWO_PROCESS_RESTORE = """
+import sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(coordinator_address=f"localhost:{sys.argv[3]}", num_processes=2,
+                           process_id=int(sys.argv[2]))
+import numpy as np
+from cxrjax import checkpoint
+manager = checkpoint.open_manager(sys.argv[1], keep=5)
+step, state, _, _ = checkpoint.restore(manager, {"w": np.zeros(1000, np.float32)})
+print("restored", step, float(state["w"][-1]), flush=True)
+"""
+
+
+def test_two_processes_set_an_unreadable_step_aside_once_and_restore_the_same_one(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    directory = str(tmp_path / "ckpt")
+    manager = checkpoint.open_manager(directory, keep=5)
+    for step in (10, 20):
+        checkpoint.save(manager, step, {"w": np.arange(1000, dtype=np.float32) + step}, {}, {})
+        manager.wait_until_finished()
+    truncate_files(os.path.join(directory, "20", "state"))
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": root,
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    procs = [subprocess.Popen([sys.executable, "-c", _TWO_PROCESS_RESTORE, directory, str(i),
+                               str(port)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+        assert "restored 10 1009.0" in out, out[-3000:]
+    assert sorted(os.listdir(directory)) == ["10", "20.unreadable"]

@@ -35,7 +35,7 @@ def _snapshot(folder) -> dict[str, tuple]:
 
 def _finished_run(folder, config) -> None:
     """A workdir as a finished run leaves it: config, a checkpoint, log, report."""
-    workdir.claim(str(folder), config)
+    workdir.claim(str(folder), config).unlock()
     model = models.build_model(config.model)
     variables = random_variables(model, config.data.crop)
     manager = checkpoint.open_manager(runs.stage_dir(str(folder), 0, config.train.stages[0]), 3)
