@@ -27,7 +27,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy.special import expit
 
-from cxrjax import fileio, metrics
+from cxrjax import fileio, metrics, run_layout
 from cxrjax.data.labels import CLASSES
 from cxrjax.predictions import HEAD_TITLES
 from cxrjax.section import Section, caveats_logged_once
@@ -370,7 +370,6 @@ def report_section(result: Mapping | None, picture: str | None = None,
 # The evaluation section: eval.calibration, eval.calibration_bins -> eval/reliability.png.
 # ---------------------------------------------------------------------------------------------
 
-RELIABILITY_PNG = "reliability.png"  # in W/eval
 
 
 def _check_fields(e: Any, model: Any) -> None:
@@ -387,7 +386,7 @@ def _check_fields(e: Any, model: Any) -> None:
 def _compute(inputs: Any) -> dict:
     """Test ECE per probability head; the rescaling, fitted on validation, when asked."""
     e, val, test = inputs.config.eval, inputs.val, inputs.test
-    plot = fileio.join(inputs.eval_dir, RELIABILITY_PNG) if inputs.write_files else None
+    plot = fileio.join(inputs.eval_dir, run_layout.RELIABILITY) if inputs.write_files else None
     with caveats_logged_once("calibration, validation split: "):
         return evaluate_calibration(
             val.probs if val else {}, val.labels if val else None, test.probs, test.labels,
@@ -397,4 +396,5 @@ def _compute(inputs: Any) -> dict:
 
 SECTION = Section("calibration", ("calibration", "calibration_bins"), check=_check_fields,
                   compute=_compute,
-                  report=lambda result: report_section(result, f"eval/{RELIABILITY_PNG}"))
+                  report=lambda result: report_section(
+                      result, run_layout.eval_link(run_layout.RELIABILITY)))

@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n_boot", type=int, default=1000,
                         help="bootstrap resamples for the CI of the mean AUC (0: none)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    parser.add_argument("--thresholds", metavar="thresholds.json", default=None,
+    parser.add_argument("--thresholds", metavar="FILE", default=None,
                         help="with --predictions: per-class thresholds (a run's "
                              "W/eval/thresholds.json); adds the operating-point table")
     return parser

@@ -18,7 +18,7 @@ import ml_collections as mlc
 import numpy as np
 from jax.sharding import Mesh
 
-from cxrjax import fileio, inference, metrics, predictions, runs, sections
+from cxrjax import fileio, inference, metrics, predictions, run_layout, runs, sections
 from cxrjax.config_checks import check_config
 from cxrjax.section import caveats_logged_once
 
@@ -84,7 +84,7 @@ class Evaluator:
         if self.datasets.num_examples("val"):
             with caveats_logged_once("validation split: "):
                 val = self.predict(variables, "val")
-        eval_dir = fileio.join(workdir, "eval")
+        eval_dir = run_layout.path(workdir, run_layout.EVAL)
         if jax.process_index() == 0:
             fileio.makedirs(eval_dir)
         results = sections.compute(sections.SectionInputs(
@@ -119,17 +119,17 @@ def write_test_outputs(workdir: str, config: mlc.ConfigDict, scores: SplitScores
         return
     from cxrjax import report  # matplotlib: only when a run is reported
 
-    eval_dir = fileio.join(workdir, "eval")
-    predictions.write_predictions(fileio.join(eval_dir, "test_predictions.csv"),
+    eval_dir = run_layout.path(workdir, run_layout.EVAL)
+    predictions.write_predictions(fileio.join(eval_dir, run_layout.TEST_PREDICTIONS),
                                   scores.image_ids, scores.probs["fused"])
     for head, p in scores.probs.items():
         if head != "fused":
             predictions.write_predictions(
-                fileio.join(eval_dir, f"test_predictions_{head}.csv"), scores.image_ids, p)
+                fileio.join(eval_dir, run_layout.head_predictions(head)), scores.image_ids, p)
     results = scores.results
     out = {**results["fused"], "heads": {h: r for h, r in results.items() if h != "fused"}}
     out.update(sections.summaries(section_results or {}))
-    predictions.write_json(out, fileio.join(eval_dir, "test_metrics.json"))
+    predictions.write_json(out, fileio.join(eval_dir, run_layout.TEST_METRICS))
     report.write_report(workdir, config, results, scores.probs, scores.labels,
                         sections=section_results, split_sizes=split_sizes)
 
@@ -218,4 +218,4 @@ def summary_line(fused: dict, workdir: str) -> str:
         f" [{predictions.format_value(lo, 4)}, {predictions.format_value(hi, 4)}]"
     return (f"test mean AUC {predictions.format_value(fused.get('mean_auc'), 4)}{ci} on "
             f"{fused.get('n_images', '?')} images, report at "
-            f"{fileio.join(fileio.expand(workdir), 'report.md')}")
+            f"{run_layout.path(fileio.expand(workdir), run_layout.REPORT)}")

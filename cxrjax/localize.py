@@ -24,7 +24,16 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from cxrjax import checkpoint, compilation_cache, evaluator, fileio, heatmaps, localizer, logs
+from cxrjax import (
+    checkpoint,
+    compilation_cache,
+    evaluator,
+    fileio,
+    heatmaps,
+    localizer,
+    logs,
+    run_layout,
+)
 from cxrjax import localization as loc
 
 
@@ -82,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             localized = run.evaluator.localize(run.variables, boxes, args.split,
                                                methods=methods, boxes_file=path, seed=args.seed,
                                                primary=primary, per=per)
-            out_dir = args.out or fileio.join(run.workdir, "eval")
+            out_dir = args.out or run_layout.path(run.workdir, run_layout.EVAL)
             paths = localizer.write_outputs(localized, run.evaluator.datasets, out_dir,
                                             args.json, count=args.grid)
     except (ValueError, OSError, checkpoint.CheckpointError) as e:  # BoxError is a ValueError

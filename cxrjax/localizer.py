@@ -24,7 +24,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from cxrjax import fileio, heatmaps
+from cxrjax import fileio, heatmaps, run_layout
 from cxrjax import localization as loc
 from cxrjax.data import labels as labels_lib
 from cxrjax.data.crop import centre_crop, centre_crop_offset
@@ -334,13 +334,12 @@ def write_outputs(localized: Localized, datasets: Any, out_dir: str,
     from cxrjax.predictions import write_json  # NaN -> null, parent folders made
 
     fileio.makedirs(out_dir)
-    paths = {"json": json_path or fileio.join(out_dir, "localization.json"),
-             "png": fileio.join(out_dir, "localization.png"),
-             "md": fileio.join(out_dir, "localization.md")}
+    stem = fileio.join(out_dir, run_layout.LOCALIZATION)
+    paths = {"json": json_path or f"{stem}.json", "png": f"{stem}.png", "md": f"{stem}.md"}
     plot_grid(paths["png"], localized, datasets, count=count)
     write_json(localized.result, paths["json"])
-    fileio.write_text(paths["md"], report_section(localized.result, "localization.png",
-                                                  heading="#"))
+    fileio.write_text(paths["md"], report_section(
+        localized.result, f"{run_layout.LOCALIZATION}.png", heading="#"))
     return paths
 
 
@@ -388,7 +387,8 @@ def _summary(result: Mapping) -> Mapping:
     if "methods" not in result:
         return result
     best = result["methods"][result["primary"]]
-    return {"json": "eval/localization.json", "primary": result["primary"],
+    return {"json": run_layout.eval_link(f"{run_layout.LOCALIZATION}.json"),
+            "primary": result["primary"],
             "thresholds": result["thresholds"], "boxes": result["boxes"],
             "overall": best["scores"]["overall"],
             "random_baseline_overall": best["random_baseline"]["overall"]}
@@ -397,4 +397,5 @@ def _summary(result: Mapping) -> Mapping:
 SECTION = Section("localization", ("localization", "localization_heatmap", "localization_per"),
                   check=_check_fields, compute=_compute, summary=_summary,
                   switch="localization",
-                  report=lambda result: report_section(result, "eval/localization.png"))
+                  report=lambda result: report_section(
+                      result, run_layout.eval_link(f"{run_layout.LOCALIZATION}.png")))

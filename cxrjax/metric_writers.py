@@ -24,7 +24,7 @@ from typing import Any
 import jax
 from tqdm import tqdm
 
-from cxrjax import fileio
+from cxrjax import fileio, run_layout
 
 TB_UPLOAD_EVERY_S = 30.0
 
@@ -37,12 +37,12 @@ class MetricWriter:
         self._jsonl = None
         self._tb = None
         if self._active:
-            path = fileio.join(workdir, "metrics.jsonl")
+            path = run_layout.path(workdir, run_layout.METRICS_LOG)
             self._jsonl = fileio.open(path, "a")
             if self._jsonl.tell() and not _ends_with_newline(path):
                 self._jsonl.write("\n")  # a line cut short by a kill stays on its own line
             from tensorboardX import SummaryWriter
-            tb_dir = fileio.join(workdir, "tensorboard")
+            tb_dir = run_layout.path(workdir, run_layout.TENSORBOARD)
             # A bucket's event files: written here, uploaded by _upload_tensorboard.
             self._tb_remote = tb_dir if fileio.is_remote(tb_dir) else None
             self._tb_local = (tempfile.mkdtemp(prefix="cxrjax-tensorboard-")
@@ -91,7 +91,7 @@ def progress(**kwargs: Any) -> tqdm:
 
 def read_metrics(workdir: str) -> list[dict]:
     """The JSONL log as a list of dicts; a line cut short by a kill is skipped with a warning."""
-    path = fileio.join(workdir, "metrics.jsonl")
+    path = run_layout.path(workdir, run_layout.METRICS_LOG)
     if not fileio.exists(path):
         return []
     records = []

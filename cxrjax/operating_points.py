@@ -32,12 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from cxrjax import fileio, metrics
+from cxrjax import fileio, metrics, run_layout
 from cxrjax.data.labels import CLASSES
 from cxrjax.section import Section, caveats_logged_once
 
 RULES = ("youden", "max_f1", "sensitivity")
-RUN_FILE = "eval/thresholds.json"  # a run's thresholds, under its workdir
+RUN_FILE = run_layout.eval_link(run_layout.THRESHOLDS)  # a run's thresholds, under W
 MEASURES = ("sensitivity", "specificity", "ppv", "npv", "f1")
 _BOOT_CHUNK = 100  # resamples per matrix product: (chunk, N) float32 counts
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import ml_collections as mlc
 
-from cxrjax import recipe
+from cxrjax import recipe, run_layout
 from cxrjax.workdir import flatten_config, resumable
 
 NIH_IMAGES = 112_120  # images in the ChestX-ray14 release (all splits)
@@ -59,7 +59,7 @@ def run_row(config: Mapping | mlc.ConfigDict | None, command: Mapping | None = N
     config file bears (``configs/r18_msml.py``). (None, "") when neither names a row."""
     recorded = config.get("row") if config is not None else None
     if recorded in recipe.row_names():
-        return recorded, "config.json"
+        return recorded, run_layout.CONFIG
     if recorded is None:
         config_file = (command or {}).get("config_file") or ""
         stem = os.path.splitext(os.path.basename(config_file.split(":")[0]))[0]

@@ -16,7 +16,7 @@ from typing import Any
 import ml_collections as mlc
 import numpy as np
 
-from cxrjax import fileio, models, paper_recipe, recipe
+from cxrjax import fileio, models, paper_recipe, recipe, run_layout
 from cxrjax.data.labels import CLASSES
 from cxrjax.metric_writers import read_metrics
 from cxrjax.metrics import FEW_POSITIVES
@@ -256,13 +256,14 @@ def write_report(workdir: str, config: Any, results: dict[str, dict],
     if np.shape(probs["fused"]) != labels.shape:
         raise ValueError(f"fused probabilities {np.shape(probs['fused'])} and labels "
                          f"{labels.shape} must have the same (N, 14) shape")
-    fileio.makedirs(fileio.join(workdir, "eval"))
+    fileio.makedirs(run_layout.path(workdir, run_layout.EVAL))
     c = _as_dict(config)
     command = read_command(workdir)
     title, _ = _run_lines(workdir, c, command)
     with warnings.catch_warnings():  # sklearn warns on a one-valued class; the plot says so.
         warnings.simplefilter("ignore")
-        plot_roc_curves(fileio.join(workdir, "eval", "roc_curves.png"), probs["fused"], labels,
+        plot_roc_curves(run_layout.eval_path(workdir, run_layout.ROC_CURVES), probs["fused"],
+                        labels,
                         results["fused"].get("per_class"),
                         title=f"ROC curves, fused prediction, test split: {title}")
     try:
@@ -275,9 +276,9 @@ def write_report(workdir: str, config: Any, results: dict[str, dict],
                            "no training log (metrics.jsonl) in this workdir")
     except OSError as e:
         records, log_problem = [], f"metrics.jsonl unreadable ({e})"
-    plot_training_curves(fileio.join(workdir, "training_curves.png"), records,
+    plot_training_curves(run_layout.path(workdir, run_layout.TRAINING_CURVES), records,
                          log_problem or "")
-    path = fileio.join(workdir, "report.md")
+    path = run_layout.path(workdir, run_layout.REPORT)
     with fileio.open(path, "w") as f:
         f.write(render_markdown(workdir, c, results, log_problem, sections,
                                 split_sizes=split_sizes, command=command))

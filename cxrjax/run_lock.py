@@ -23,11 +23,11 @@ import time
 import uuid
 from typing import Any
 
-from cxrjax import fileio
+from cxrjax import fileio, run_layout
 
 log = logging.getLogger("cxrjax")
 
-LOCK_FILE = "run.lock"
+LOCK_FILE = run_layout.LOCK
 HEARTBEAT_S = 30.0  # how often the holder refreshes its heartbeat
 STALE_AFTER_S = 600.0  # no heartbeat for this long: the holder (on another host) is gone
 

@@ -14,20 +14,20 @@ import ml_collections as mlc
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cxrjax import checkpoint, config_checks, fileio, models, storage_checks
+from cxrjax import checkpoint, config_checks, fileio, models, run_layout, storage_checks
 
 
 def stage_dir(workdir: str, index: int, stage: Any) -> str:
-    return fileio.join(workdir, "checkpoints", f"stage{index}_{stage.name}")
+    return run_layout.stage_dir(workdir, index, stage.name)
 
 
 def record_config(workdir: str, config: mlc.ConfigDict) -> None:
     """Creates the workdir (one clear error if impossible) and writes WORKDIR/config.json, the
     config ``load_config`` reads back (on process 0)."""
     try:
-        fileio.makedirs(fileio.join(workdir, "eval"))
+        fileio.makedirs(run_layout.path(workdir, run_layout.EVAL))
         if jax.process_index() == 0:
-            fileio.write_text(fileio.join(workdir, "config.json"),
+            fileio.write_text(run_layout.path(workdir, run_layout.CONFIG),
                               config.to_json_best_effort(indent=2))
     except OSError as e:
         raise OSError(f"workdir {workdir} is not usable: {e.strerror or e}") from None
@@ -35,7 +35,7 @@ def record_config(workdir: str, config: mlc.ConfigDict) -> None:
 
 def load_config(workdir: str) -> mlc.ConfigDict:
     """The config a run was trained with (WORKDIR/config.json)."""
-    path = fileio.join(workdir, "config.json")
+    path = run_layout.path(workdir, run_layout.CONFIG)
     if not fileio.exists(path):
         raise FileNotFoundError(f"{workdir} is not a cxrjax workdir (no config.json in it)")
     try:

@@ -22,7 +22,7 @@ import jax
 import ml_collections as mlc
 import numpy as np
 
-from cxrjax import fileio, run_lock, runs
+from cxrjax import fileio, run_layout, run_lock, runs
 
 log = logging.getLogger("cxrjax")
 
@@ -40,11 +40,6 @@ RESUMABLE_FIELDS: tuple[str, ...] = (
     "model.dense_scan_chunk", "compile_cache_dir",
     "row",  # the paper row a config names: a label, not the model
 )
-CONFIG_FILE = "config.json"
-COMMAND_FILE = "command.json"  # the config file and overrides of the latest command
-# What a run writes at the top of its workdir: a folder holding one of them is a run's.
-RUN_FILES = (CONFIG_FILE, COMMAND_FILE, "checkpoints", "metrics.jsonl", "tensorboard", "eval",
-             "report.md", "training_curves.png")
 
 
 class WorkdirError(ValueError):
@@ -191,7 +186,8 @@ class Claim:
         files = fileio.walk_files(self.workdir)
         created = {f: n for f, n in files.items() if f.split("/")[0] not in self.before
                    and f != run_lock.LOCK_FILE}
-        if any(n and f not in (CONFIG_FILE, COMMAND_FILE) and not f.startswith("tensorboard/")
+        kept = (run_layout.CONFIG, run_layout.COMMAND)
+        if any(n and f not in kept and not f.startswith(f"{run_layout.TENSORBOARD}/")
                for f, n in created.items()):
             return  # the run wrote logs, checkpoints or data: they are worth keeping
         if not self.existed:
@@ -230,7 +226,7 @@ def _claim(workdir: str, config: mlc.ConfigDict, command: Mapping | None, existe
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("cxrjax: workdir inspected")
-    if CONFIG_FILE in before:
+    if run_layout.CONFIG in before:
         try:
             recorded = runs.load_config(workdir)
         except (ValueError, OSError) as e:
@@ -247,13 +243,14 @@ def _claim(workdir: str, config: mlc.ConfigDict, command: Mapping | None, existe
                 "logging, checkpoint, evaluation, worker and path fields may change: "
                 "cxrjax.workdir.RESUMABLE_FIELDS), "
                 f"or {WAYS_OUT}")
-    elif before & set(RUN_FILES):
-        raise WorkdirError(f"refusing to use {workdir}: it holds "
-                           f"{', '.join(sorted(before & set(RUN_FILES)))} but no {CONFIG_FILE}, so "
-                           f"no run to resume; {WAYS_OUT}")
+    elif before & set(run_layout.RUN_FILES):
+        held = ", ".join(sorted(before & set(run_layout.RUN_FILES)))
+        raise WorkdirError(f"refusing to use {workdir}: it holds {held} but no "
+                           f"{run_layout.CONFIG}, so no run to resume; {WAYS_OUT}")
     runs.record_config(workdir, config)
     if command is not None and jax.process_index() == 0:
-        fileio.write_text(fileio.join(workdir, COMMAND_FILE), json.dumps(dict(command), indent=2))
+        fileio.write_text(run_layout.path(workdir, run_layout.COMMAND),
+                          json.dumps(dict(command), indent=2))
     return Claim(workdir, existed, before, lock)
 
 
@@ -265,7 +262,7 @@ def lock_run(workdir: str, purpose: str) -> run_lock.RunLock | None:
     if jax.process_index() == 0:
         try:
             lock = run_lock.acquire(workdir, purpose=purpose)
-            for folder in (workdir, fileio.join(workdir, "eval")):
+            for folder in (workdir, run_layout.path(workdir, run_layout.EVAL)):
                 fileio.remove_stale_temporaries(folder)
         except run_lock.LockedError as e:
             refused = str(e)
@@ -283,7 +280,7 @@ def lock_run(workdir: str, purpose: str) -> run_lock.RunLock | None:
 def read_command(workdir: str) -> dict | None:
     """The command recorded by ``claim`` (None if there is none or it is unreadable)."""
     try:
-        command = json.loads(fileio.read_text(fileio.join(workdir, COMMAND_FILE)))
+        command = json.loads(fileio.read_text(fileio.join(workdir, run_layout.COMMAND)))
     except (OSError, ValueError):
         return None
     return command if isinstance(command, dict) else None
@@ -317,7 +314,7 @@ def _move(workdir: str, lock: run_lock.RunLock | None) -> str | None:
     lock file."""
     target = None
     if jax.process_index() == 0 and fileio.isdir(workdir) and \
-            set(fileio.listdir(workdir)) & set(RUN_FILES):
+            set(fileio.listdir(workdir)) & set(run_layout.RUN_FILES):
         target = f"{workdir}.old-{time.strftime('%Y%m%d-%H%M%S')}"
         n = 1
         while fileio.exists(target):

@@ -11,8 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 from configs import r18, r18_msml_local
-from cxrjax import checkpoint, runs
-from cxrjax import workdir as workdir_lib
+from cxrjax import checkpoint, run_layout, runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -36,7 +35,7 @@ def _workdir(path, config, argv_tail=()) -> tuple[str, list[str]]:
     runs.record_config(workdir, config)
     argv = ["python", "-m", "cxrjax.main", "--config", "configs/x.py", "--workdir", workdir,
             "--config.data.manual_dir=/my data", "--config.train.batch_size=16", *argv_tail]
-    with open(os.path.join(workdir, workdir_lib.COMMAND_FILE), "w") as f:
+    with open(os.path.join(workdir, run_layout.COMMAND), "w") as f:
         json.dump({"config_file": "configs/x.py", "overrides": argv[7:], "argv": argv}, f)
     for i, stage in enumerate(config.train.stages):
         os.makedirs(runs.stage_dir(workdir, i, stage))
@@ -98,7 +97,7 @@ def test_a_two_stage_run_stopped_before_its_second_stage_is_told_to_resume(tmp_p
 def test_a_run_without_a_recorded_command_gets_its_configs_usual_command(tmp_path):
     config = r18.get_config()
     workdir, _ = _workdir(tmp_path / "r18", config)
-    os.remove(os.path.join(workdir, workdir_lib.COMMAND_FILE))
+    os.remove(os.path.join(workdir, run_layout.COMMAND))
     problem = _problem(workdir)
     assert problem.endswith(f"`python -m cxrjax.main --config configs/r18.py --workdir "
                             f"{workdir}`")
