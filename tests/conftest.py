@@ -1,16 +1,25 @@
 """Test-wide settings: two CPU devices, so that every sharded code path really shards."""
 
+import atexit
 import logging
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
 # Must happen before JAX starts its backends (conftest is imported before any test module).
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
-# Entry points turn JAX's persistent compilation cache on by default (in ~/.cache): tests that
-# call them in-process must neither write there nor depend on earlier runs' entries.
-os.environ.setdefault("CXRJAX_COMPILE_CACHE", "off")
+# Entry points turn JAX's persistent compilation cache on by default (in ~/.cache). The tests'
+# processes (this one, pytest-xdist's workers and the CLIs run as subprocesses, which inherit the
+# variable) share a fresh folder of this session instead: never the user's cache nor an earlier
+# session's entries, and a step compiled by one test is loaded from disk by the next that needs
+# the same program (kill-and-resume runs, the same tiny row trained by several tests).
+if "CXRJAX_COMPILE_CACHE" not in os.environ:
+    _SESSION_CACHE = tempfile.mkdtemp(prefix="cxrjax_test_compile_cache_")
+    os.environ["CXRJAX_COMPILE_CACHE"] = _SESSION_CACHE
+    atexit.register(shutil.rmtree, _SESSION_CACHE, ignore_errors=True)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for path in (ROOT, os.path.join(ROOT, "tests")):  # configs.<name> by name; tests' helpers
@@ -20,6 +29,14 @@ for path in (ROOT, os.path.join(ROOT, "tests")):  # configs.<name> by name; test
 # The GCS emulator's fixtures (gcs_server, gcs_bucket) for every test; importable through the
 # sys.path entry above, and imported before any test module (it sets a gcsfs variable).
 pytest_plugins = ("gcs_emulator",)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_compilation_cache():
+    """The session's compilation cache (above) for what tests compile in this process too."""
+    from cxrjax import compilation_cache
+
+    compilation_cache.enable(None)  # the environment variable names the folder
 
 
 @pytest.fixture(autouse=True)

@@ -64,7 +64,9 @@ def test_scanned_blocks_give_the_unrolled_outputs_statistics_and_gradients(tiny_
     scale = max(float(np.max(np.abs(g))) for g in jax.tree.leaves(grads_u))
     assert _max_diff(grads_s, grads_u) < 1e-5 * scale
     trained = {"params": variables["params"], **stats_u}
-    assert _max_diff(scanned.apply(trained, x, False), unrolled.apply(trained, x, False)) < 1e-5
+    reference = unrolled.apply(trained, x, False)  # features up to ~30: float32 ulps there ~2e-6
+    assert _max_diff(scanned.apply(trained, x, False), reference) < \
+        1e-6 * float(jnp.max(jnp.abs(reference)))
 
 
 def test_scanned_densenet121_matches_torchvision_in_eval_and_train_mode(tv_model, ported):
