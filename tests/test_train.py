@@ -7,6 +7,7 @@ import pytest
 from helpers import PAPER_CONFIGS, count_compiles, random_variables, tiny_config
 
 from cxrjax import inference, models, runs, train, train_step
+from cxrjax.config_checks import ConfigError
 
 
 def fixed_batch(batch: int = 8, crop: int = 32, seed: int = 0) -> dict:
@@ -115,5 +116,5 @@ def test_a_stage_pattern_that_matches_no_parameter_is_refused():
     config = tiny_config("r18_msml_local_fixed")
     config.train.stages[1].trainable = "^nothing_matches$"
     model, variables = runs.init_model(config, jnp.float32)
-    with pytest.raises(train.ConfigError, match=r"stages\[1\].trainable='\^nothing_matches\$'"):
+    with pytest.raises(ConfigError, match=r"stages\[1\].trainable='\^nothing_matches\$'"):
         train_step.create_stage(config, 1, model, variables, 10, inference.create_mesh())
