@@ -1,0 +1,397 @@
+"""Who the model fails: the test split broken down by sex, age band and view position.
+
+Per group (``metadata.group_masks``): images and positives; per-class and mean AUC; sensitivity
+and specificity at the run's thresholds; the pooled ECE; and the underdiagnosis rate of
+Seyyed-Kalantari et al. (Nature Medicine 2021): the share of images with a finding that the
+model calls "no finding" (no class at or above its threshold; a class without a threshold is
+never called). Counted per image: the test split holds images, not patients.
+
+**Intervals.** Every group is resampled on its own (its size fixed), ``n_boot`` times, 95%
+percentile intervals. AUCs: per class, the group's positives and negatives are resampled
+separately (the stratified bootstrap of ``metrics``); a group's mean AUC is over the classes
+that every group of its attribute can score, so the groups' means are comparable. ECE and
+underdiagnosis rate: the group's images resampled; sensitivity and specificity:
+``operating_points.operating_point_metrics`` within the group. **Gaps**: for the mean AUC and
+the underdiagnosis rate, the largest difference between two groups of an attribute, its CI
+from the two groups' independent resamples, *flagged* when that CI excludes 0. A group with
+fewer than ``MIN_GROUP_IMAGES`` images gets its counts only.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from cxrjax import calibration, fileio, metadata, metrics, operating_points
+from cxrjax.section import Section, caveats_logged_once
+
+MIN_GROUP_IMAGES = 30
+GAP_METRICS = {"mean_auc": "mean AUC", "underdiagnosis_rate": "underdiagnosis rate"}
+FILES = ("subgroups.json", "subgroups.md", "subgroups.png")  # in W/eval
+_CHUNK = 100  # resamples per vectorised step: (chunk, N) weights
+
+
+def _counts(rng: np.random.Generator, k: int, b: int) -> np.ndarray:
+    """(b, k) float counts: ``b`` bootstrap resamples of ``k`` items."""
+    draws = rng.integers(0, k, size=(b, k)) + k * np.arange(b)[:, None]
+    return np.bincount(draws.ravel(), minlength=b * k).reshape(b, k).astype(np.float64)
+
+
+def _stratified_auc(scores: np.ndarray, labels: np.ndarray, n_boot: int,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(point AUC (C,), resampled AUCs (n_boot, C)): per class, positives and negatives drawn
+    separately; NaN for a class with one label value. ``metrics``' exact weighted AUC."""
+    n, num_classes = scores.shape
+    point = metrics._auc(scores, labels)
+    boot = np.full((n_boot, num_classes), np.nan)
+    for c in np.flatnonzero(~np.isnan(point)):
+        order, starts = metrics._tie_groups(scores[:, c])
+        y = labels[order, c]
+        pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+        for lo in range(0, n_boot, _CHUNK):
+            b = min(_CHUNK, n_boot - lo)
+            w = np.zeros((b, n))
+            w[:, pos], w[:, neg] = _counts(rng, len(pos), b), _counts(rng, len(neg), b)
+            boot[lo:lo + b, c] = metrics._weighted_auc(y, starts, w)
+    return point, boot
+
+
+def _per_image_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int
+                    ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per image and probability bin (as ``calibration``): (sum of labels - sum of
+    probabilities) (N, B), and the predictions per image; pooled ECE = |w @ d|.sum() / total."""
+    n, num_classes = probs.shape
+    flat = (calibration._bin_index(probs, n_bins) + n_bins * np.arange(n)[:, None]).ravel()
+    diff = np.bincount(flat, (labels - probs).ravel(), n * n_bins).reshape(n, n_bins)
+    return diff, num_classes
+
+
+def _interval(value: float, samples: np.ndarray | None) -> dict[str, float]:
+    """{value, low, high}: the 2.5/97.5 percentiles of the finite ``samples``."""
+    low = high = float("nan")
+    if samples is not None and np.isfinite(samples).any():
+        low, high = np.percentile(samples[np.isfinite(samples)], [2.5, 97.5])
+    return {"value": float(value), "low": float(low), "high": float(high)}
+
+
+def _rates(weights: np.ndarray, diff: np.ndarray, per_image: int, has: np.ndarray,
+           missed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(pooled ECE, underdiagnosis rate), each (B,), for (B, N) image weights."""
+    total = weights.sum(axis=1)
+    ece = np.abs(weights @ diff).sum(axis=1) / (per_image * total)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        under = (weights @ missed) / (weights @ has) if missed is not None else \
+            np.full(len(weights), np.nan)
+    return ece, under
+
+
+def group_cell(scores: np.ndarray, labels: np.ndarray, thresholds: np.ndarray | None, *,
+               n_boot: int, rng: np.random.Generator, seed: int, n_bins: int,
+               classes: Sequence[str]) -> tuple[dict, dict[str, np.ndarray]]:
+    """One group's JSON-ready numbers, and its resampled AUCs (n_boot, C) and
+    underdiagnosis rates (n_boot,) for the mean and the gaps."""
+    n, has = len(scores), labels.any(axis=1)
+    cell: dict[str, Any] = {"n": n, "images_with_finding": int(has.sum()),
+                            "positives": dict(zip(classes, map(int, labels.sum(0)), strict=True))}
+    if n < MIN_GROUP_IMAGES:
+        return {**cell, "too_small": True}, {}
+    point, boot = _stratified_auc(scores, labels, n_boot, rng)
+    cell["auc"] = {c: _interval(point[i], boot[:, i]) for i, c in enumerate(classes)}
+    missed = None
+    if thresholds is not None:
+        missed = (has & ~operating_points.positive_calls(scores, thresholds).any(axis=1))
+        measured = operating_points.operating_point_metrics(
+            scores, labels, thresholds, n_boot=n_boot, seed=seed, classes=classes)["per_class"]
+        for m in ("sensitivity", "specificity"):
+            cell[m] = {c: measured[c][m] for c in classes}
+    probabilities = bool(scores.min() >= 0 and scores.max() <= 1)
+    diff, per_image = _per_image_bins(np.clip(scores, 0, 1), labels, n_bins)
+    ece, under = _rates(np.ones((1, n)), diff, per_image, has, missed)
+    boot_ece, boot_under = [], []
+    for lo in range(0, n_boot, _CHUNK):
+        e, u = _rates(_counts(rng, n, min(_CHUNK, n_boot - lo)), diff, per_image, has, missed)
+        boot_ece.append(e)
+        boot_under.append(u)
+    boot_under = np.concatenate(boot_under) if n_boot else None
+    if probabilities:
+        cell["ece"] = _interval(ece[0], np.concatenate(boot_ece) if n_boot else None)
+    if missed is not None:
+        cell["underdiagnosis_rate"] = _interval(under[0], boot_under)
+    return cell, {"auc": boot, "underdiagnosis_rate": boot_under}
+
+
+def _gap(cells: Mapping[str, dict], resampled: Mapping[str, dict], key: str) -> dict | None:
+    """The largest difference of ``key`` between two groups, with its CI; None if < 2."""
+    values = {g: c[key]["value"] for g, c in cells.items()
+              if key in c and np.isfinite(c[key]["value"])}
+    if len(values) < 2:
+        return None
+    ranked = sorted(values, key=values.get)  # stable: two groups even when all are equal
+    low, high = ranked[0], ranked[-1]
+    a, b = resampled[high].get(key), resampled[low].get(key)
+    gap = _interval(values[high] - values[low], None if a is None or b is None else a - b)
+    worst = low if key == "mean_auc" else high  # a low AUC, a high underdiagnosis rate
+    return {"metric": key, "higher": high, "lower": low, "worst": worst, "difference": gap,
+            "flagged": bool(np.isfinite(gap["low"]) and gap["low"] > 0)}
+
+
+def _attribute(scores, labels, masks: Mapping[str, np.ndarray], thresholds, *, n_boot: int,
+               seed: int, index: int, n_bins: int, classes: Sequence[str]) -> dict:
+    """Every group of one attribute, each group's mean AUC over the shared classes, gaps."""
+    cells, resampled = {}, {}
+    for g, (name, mask) in enumerate(masks.items()):
+        rng = np.random.default_rng([seed, index, g])
+        cells[name], resampled[name] = group_cell(
+            scores[mask], labels[mask], thresholds, n_boot=n_boot, rng=rng, seed=seed,
+            n_bins=n_bins, classes=classes)
+    scored = [g for g, c in cells.items() if "auc" in c]
+    shared = [c for c in classes if scored and all(
+        np.isfinite(cells[g]["auc"][c]["value"]) for g in scored)]
+    columns = [classes.index(c) for c in shared]
+    for g in scored if shared else ():
+        boot = resampled[g]["auc"][:, columns].mean(axis=1)
+        resampled[g]["mean_auc"] = boot
+        cells[g]["mean_auc"] = _interval(
+            np.mean([cells[g]["auc"][c]["value"] for c in shared]), boot if n_boot else None)
+    assigned = np.any(list(masks.values()), axis=0) if masks else np.zeros(len(scores), bool)
+    return {"groups": cells, "mean_auc_classes": shared,
+            "unassigned_images": int((~assigned).sum()),
+            "gaps": {k: _gap(cells, resampled, k) for k in GAP_METRICS}}
+
+
+def subgroup_report(scores, labels, meta: metadata.Metadata, thresholds=None, *,
+                    n_boot: int = 1000, seed: int = 0, n_bins: int = 15,
+                    classes: Sequence[str] | None = None) -> dict:
+    """The JSON-ready subgroup report of (N, C) scores and 0/1 labels of one test split.
+
+    ``meta``: the images' metadata (an attribute it lacks is under ``not_broken_down`` with why);
+    ``thresholds`` (C,): the run's operating points (None: no sensitivity, specificity or
+    underdiagnosis rate)."""
+    scores, labels = metrics.check_scores(scores, labels)
+    classes = list(classes or metrics.class_names(scores.shape[1]))
+    if thresholds is not None:
+        thresholds = np.asarray(thresholds, np.float64)
+        if thresholds.shape != (scores.shape[1],):
+            raise ValueError(f"{thresholds.shape} thresholds for {scores.shape[1]} classes")
+    if n_boot < 0:
+        raise ValueError(f"n_boot must be >= 0, got {n_boot}")
+    masks = metadata.group_masks(meta)
+    not_broken_down = {a: meta.missing.get(a, "no image has a known value")
+                       for a in metadata.ATTRIBUTES if a not in masks}
+    attributes = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a group's one-valued class: NaN
+        for index, attribute in enumerate(metadata.ATTRIBUTES):
+            if attribute in masks:
+                attributes[attribute] = _attribute(
+                    scores, labels, masks[attribute], thresholds, n_boot=n_boot, seed=seed,
+                    index=index, n_bins=n_bins, classes=classes)
+        overall = float(np.nanmean(metrics._auc(scores, labels)))
+    return {"n_images": int(len(scores)), "n_boot": int(n_boot), "seed": int(seed),
+            "n_bins": int(n_bins), "min_group_images": MIN_GROUP_IMAGES,
+            "thresholds": thresholds is not None, "classes": classes,
+            "overall_mean_auc": overall, "attributes": attributes,
+            "not_broken_down": not_broken_down}
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables, the forest plot, files.
+# ---------------------------------------------------------------------------------------------
+
+_TITLES = {"sex": "Sex", "age": "Age (years)", "view": "View position"}
+
+
+def _ci_text(m: Mapping | None, digits: int = 3) -> str:
+    if not m or m.get("value") is None or not np.isfinite(m["value"]):
+        return "n/a"
+    low, high = m.get("low"), m.get("high")
+    if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
+        return f"{m['value']:.{digits}f}"
+    return f"{m['value']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def gap_text(attribute: str, gap: Mapping | None) -> str:
+    """One line: the largest gap of one metric between an attribute's groups."""
+    if not gap:
+        return ""
+    what, d = GAP_METRICS[gap["metric"]], gap["difference"]
+    verdict = ("**flagged: its CI excludes 0**" if gap["flagged"] else "its CI includes 0")
+    return (f"Largest {what} gap by {attribute}: {gap['higher']} minus {gap['lower']} = "
+            f"{_ci_text(d)}; {verdict}.")
+
+
+def _group_table(block: Mapping) -> list[str]:
+    lines = ["| Group | images | with a finding | mean AUC | ECE | underdiagnosis rate |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, c in block["groups"].items():
+        cells = (["too few images"] + [""] * 2) if c.get("too_small") else [
+            _ci_text(c.get("mean_auc")), _ci_text(c.get("ece")),
+            _ci_text(c.get("underdiagnosis_rate"))]
+        lines.append(f"| {name} | {c['n']} | {c['images_with_finding']} | "
+                     + " | ".join(cells) + " |")
+    return lines
+
+
+def _class_table(block: Mapping, classes: Sequence[str]) -> list[str]:
+    groups = [g for g, c in block["groups"].items() if "auc" in c]
+    if not groups:
+        return []
+    lines = ["| Finding | " + " | ".join(groups) + " |", "|---|" + "---:|" * len(groups)]
+    for c in classes:
+        row = []
+        for g in groups:
+            cell = block["groups"][g]
+            text = f"AUC {_ci_text(cell['auc'][c])} ({cell['positives'][c]} pos.)"
+            if "sensitivity" in cell:
+                text += (f"<br>sens. {_ci_text(cell['sensitivity'][c], 2)}"
+                         f"<br>spec. {_ci_text(cell['specificity'][c], 2)}")
+            row.append(text)
+        lines.append(f"| {c} | " + " | ".join(row) + " |")
+    return lines
+
+
+def describe(result: Mapping) -> str:
+    """How the groups, intervals and gaps were made, in one paragraph."""
+    boot = result["n_boot"]
+    ci = (f"95% CIs in brackets: {boot} bootstrap resamples within each group (AUCs: each "
+          "class's positives and negatives resampled separately)" if boot else "no CIs")
+    calls = ("Sensitivity, specificity and the underdiagnosis rate (the share of images with a "
+             "finding that the model calls 'no finding': no class at or above its threshold, "
+             "Seyyed-Kalantari et al. 2021) use the run's thresholds." if result["thresholds"]
+             else "No thresholds were given: no sensitivity, specificity or underdiagnosis rate.")
+    return (f"{result['n_images']} test images. {ci}. A group's mean AUC is over the classes "
+            "every group of its attribute can score; ECE pools every (image, class) "
+            f"probability into {result['n_bins']} bins. {calls} A gap is flagged when its CI "
+            f"excludes 0. Groups under {result['min_group_images']} images get counts only.")
+
+
+def markdown(result: Mapping, heading: str = "##", per_class: bool = True,
+             picture: str | None = None) -> str:
+    """The subgroup report as markdown (``per_class``: with the per-class tables)."""
+    lines = [f"{heading} Subgroups: whom does the model fail?", ""]
+    if "attributes" not in result:
+        return "\n".join(lines + [f"Not computed: {result.get('skipped', 'not run')}.", ""])
+    lines += [describe(result), ""]
+    for attribute, block in result["attributes"].items():
+        lines += [f"**{_TITLES[attribute]}**" + (
+            f" ({block['unassigned_images']} images with no known value)"
+            if block["unassigned_images"] else ""), "", *_group_table(block), ""]
+        lines += [t for t in (gap_text(attribute, g) for g in block["gaps"].values()) if t]
+        left_out = [c for c in result["classes"] if c not in block["mean_auc_classes"]]
+        if left_out:
+            lines.append(f"Left out of this attribute's mean AUCs (a group has one label "
+                         f"value): {', '.join(left_out)}.")
+        if per_class:
+            lines += ["", *_class_table(block, result["classes"])]
+        lines.append("")
+    lines += [f"Not broken down by {a}: {why}." for a, why in result["not_broken_down"].items()]
+    if picture:
+        lines += ["", f"![Subgroup forest plot]({picture})"]
+    return "\n".join(lines + [""])
+
+
+def plot_forest(result: Mapping, path: str) -> str:
+    """A forest plot: one row per group, the mean AUC (and underdiagnosis rate) with its CI,
+    a dashed line at the whole split's value; a flagged attribute is starred."""
+    from matplotlib.figure import Figure
+
+    rows: list[tuple[str, Mapping | None]] = []
+    for attribute, block in result["attributes"].items():
+        star = " *" if any(g and g["flagged"] for g in block["gaps"].values()) else ""
+        rows.append((f"{_TITLES[attribute]}{star}", None))
+        rows += [(f"  {g} (n={c['n']})", c) for g, c in block["groups"].items()]
+    panels = [("mean_auc", "mean AUC (95% CI)")]
+    if result["thresholds"]:
+        panels.append(("underdiagnosis_rate", "underdiagnosis rate (95% CI)"))
+    fig = Figure(figsize=(4.2 * len(panels) + 1.6, 0.32 * len(rows) + 1.2))
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    y = -np.arange(len(rows))
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for yi, (_, cell) in zip(y, rows, strict=True):
+            m = (cell or {}).get(key)
+            if m and np.isfinite(m["value"]):
+                lo, hi = m["low"], m["high"]
+                err = ([[m["value"] - lo], [hi - m["value"]]] if np.isfinite(lo) else None)
+                ax.errorbar(m["value"], yi, xerr=err, fmt="o", color="tab:blue", capsize=3)
+        if key == "mean_auc" and np.isfinite(result["overall_mean_auc"]):
+            ax.axvline(result["overall_mean_auc"], ls="--", color="gray", lw=1,
+                       label="all test images")
+            ax.legend(loc="lower right", fontsize=7)
+        ax.set_xlabel(title)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, [r[0] for r in rows])
+    for label, (_, cell) in zip(axes[0].get_yticklabels(), rows, strict=True):
+        label.set_fontweight("bold" if cell is None else "normal")
+    fig.suptitle("Subgroups of the test split (* a gap whose CI excludes 0)", fontsize=10)
+    fig.tight_layout()
+    with fileio.open(path, "wb") as f:  # local or gs://; Figure renders with Agg
+        fig.savefig(f, format="png", dpi=110)
+    return path
+
+
+def write_outputs(result: Mapping, eval_dir: str) -> None:
+    """eval/subgroups.json, .md and .png."""
+    from cxrjax import predictions
+
+    json_path, md_path, png_path = (fileio.join(eval_dir, name) for name in FILES)
+    fileio.makedirs(eval_dir)
+    predictions.write_json(dict(result), json_path)
+    fileio.write_text(md_path, markdown(result, "#", picture=FILES[2]))
+    if result.get("attributes"):
+        plot_forest(result, png_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluation section: eval.subgroups -> eval/subgroups.{json,md,png}.
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_fields(e: Any, model: Any) -> None:
+    from cxrjax.config_checks import ConfigError
+
+    if not isinstance(e.subgroups, bool):
+        raise ConfigError(f"eval.subgroups={e.subgroups!r} must be True or False")
+
+
+def run_thresholds(earlier: Mapping[str, Mapping]) -> np.ndarray | None:
+    """The thresholds the operating-points section chose (NaN where none), or None."""
+    points = earlier.get("operating_points") or {}
+    if "per_class" not in points:
+        return None
+    return np.array([np.nan if r["threshold"] is None else r["threshold"]
+                     for r in points["per_class"].values()], np.float64)
+
+
+def _compute(inputs: Any) -> dict:
+    """The fused test prediction by subgroup of the run's own metadata (files on process 0)."""
+    test, e = inputs.test, inputs.config.eval
+    try:
+        meta = metadata.run_metadata(inputs.config, inputs.workdir, test.image_ids)
+    except (FileNotFoundError, ValueError) as err:
+        return {"skipped": f"the run's metadata could not be read ({err})"}
+    if all(getattr(meta, a) is None for a in metadata.ATTRIBUTES):
+        return {"skipped": "; ".join(dict.fromkeys(meta.missing.values()))}
+    with caveats_logged_once("subgroups: "):
+        result = subgroup_report(test.probs["fused"], test.labels, meta,
+                                 run_thresholds(inputs.earlier), n_boot=int(e.n_boot),
+                                 n_bins=int(e.calibration_bins))
+    if inputs.write_files:
+        write_outputs(result, inputs.eval_dir)
+    return result
+
+
+def _summary(result: Mapping) -> Mapping:
+    """test_metrics.json's short form: the gaps (all of it: eval/subgroups.json)."""
+    if "attributes" not in result:
+        return result
+    return {"json": "eval/subgroups.json", "not_broken_down": result["not_broken_down"],
+            "gaps": {a: b["gaps"] for a, b in result["attributes"].items()}}
+
+
+SECTION = Section("subgroups", ("subgroups", "n_boot", "calibration_bins"),
+                  check=_check_fields, compute=_compute, summary=_summary, switch="subgroups",
+                  report=lambda result: markdown(result, per_class=False,
+                                                 picture=f"eval/{FILES[2]}"))
