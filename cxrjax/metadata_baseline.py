@@ -116,7 +116,7 @@ def report_section(result: Mapping | None, heading: str = "##") -> str:
     close = result["close_classes"]
     if close:
         lines += [f"Classes where the metadata come within {result['margin']:g} AUC of the "
-                  "image model:", "", "| Finding | metadata only | image model |",
+                  "image model (or beat it):", "", "| Finding | metadata only | image model |",
                   "|---|---:|---:|"]
         lines += [f"| {c['class']} | {c['baseline']:.3f} | {c['model']:.3f} |" for c in close]
     else:

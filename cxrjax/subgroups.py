@@ -280,8 +280,12 @@ def markdown(result: Mapping, heading: str = "##", per_class: bool = True,
             f" ({block['unassigned_images']} images with no known value)"
             if block["unassigned_images"] else ""), "", *_group_table(block), ""]
         lines += [t for t in (gap_text(attribute, g) for g in block["gaps"].values()) if t]
+        scored = [g for g, c in block["groups"].items() if not c.get("too_small")]
+        if len(scored) < 2:
+            lines.append(f"No gap by {attribute}: fewer than two groups of "
+                         f"{result['min_group_images']} images or more.")
         left_out = [c for c in result["classes"] if c not in block["mean_auc_classes"]]
-        if left_out:
+        if left_out and scored:
             lines.append(f"Left out of this attribute's mean AUCs (a group has one label "
                          f"value): {', '.join(left_out)}.")
         if per_class:

@@ -94,6 +94,11 @@ def test_attributes_the_data_lack_are_skipped_with_the_reason(tmp_path):
     tiny = result["attributes"]["age"]["groups"]
     small = [g for g, c in tiny.items() if c["n"] < subgroups.MIN_GROUP_IMAGES]
     assert all(tiny[g].get("too_small") and "mean_auc" not in tiny[g] for g in small)
+    few = subgroups.subgroup_report(scores[:40], labels[:40], metadata.Metadata(
+        meta.sex[:40], None, None), None, n_boot=10)
+    assert few["attributes"]["sex"]["gaps"] == {"mean_auc": None, "underdiagnosis_rate": None}
+    assert "No gap by sex: fewer than two groups of 30 images or more." in subgroups.markdown(
+        few)
     # A run whose data carry no metadata: the section says why and writes nothing.
     config = recipe.base_config()
     config.data.source = "chestmnist"
