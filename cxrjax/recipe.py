@@ -114,6 +114,11 @@ def base_config() -> mlc.ConfigDict:
     # The heatmap its tables and picture lead with (all are scored): "gradcam" (stream A's last
     # map), "gradcam_fine" (stream A's block at 2x that resolution), "cam_a" or "cam_b".
     c.eval.localization_heatmap = "gradcam"
+    # The test split by sex, age band and view position, where the data carry them
+    # (eval/subgroups.{json,md,png}): AUCs, calls at the thresholds, ECE, underdiagnosis, gaps.
+    c.eval.subgroups = True
+    # A logistic regression per class on the metadata alone, fitted on train, beside the model.
+    c.eval.metadata_baseline = True
     return c
 
 
