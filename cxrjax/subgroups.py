@@ -189,11 +189,15 @@ def subgroup_report(scores, labels, meta: metadata.Metadata, thresholds=None, *,
                 attributes[attribute] = _attribute(
                     scores, labels, masks[attribute], thresholds, n_boot=n_boot, seed=seed,
                     index=index, n_bins=n_bins, classes=classes)
-        overall = float(np.nanmean(metrics._auc(scores, labels)))
+        overall = {"mean_auc": float(np.nanmean(metrics._auc(scores, labels)))}
+    if thresholds is not None:
+        has = labels.any(axis=1)
+        called = operating_points.positive_calls(scores, thresholds).any(axis=1)
+        overall["underdiagnosis_rate"] = float((has & ~called).sum() / max(has.sum(), 1))
     return {"n_images": int(len(scores)), "n_boot": int(n_boot), "seed": int(seed),
             "n_bins": int(n_bins), "min_group_images": MIN_GROUP_IMAGES,
             "thresholds": thresholds is not None, "classes": classes,
-            "overall_mean_auc": overall, "attributes": attributes,
+            "overall": overall, "attributes": attributes,
             "not_broken_down": not_broken_down}
 
 
@@ -262,7 +266,11 @@ def describe(result: Mapping) -> str:
              "finding that the model calls 'no finding': no class at or above its threshold, "
              "Seyyed-Kalantari et al. 2021) use the run's thresholds." if result["thresholds"]
              else "No thresholds were given: no sensitivity, specificity or underdiagnosis rate.")
-    return (f"{result['n_images']} test images. {ci}. A group's mean AUC is over the classes "
+    whole = result["overall"]
+    rate = whole.get("underdiagnosis_rate")
+    rate = f", underdiagnosis rate {rate:.3f}" if rate is not None else ""
+    return (f"{result['n_images']} test images (mean AUC of every class "
+            f"{whole['mean_auc']:.3f}{rate}). {ci}. A group's mean AUC is over the classes "
             "every group of its attribute can score; ECE pools every (image, class) "
             f"probability into {result['n_bins']} bins. {calls} A gap is flagged when its CI "
             f"excludes 0. Groups under {result['min_group_images']} images get counts only.")
@@ -306,7 +314,8 @@ def plot_forest(result: Mapping, path: str) -> str:
     for attribute, block in result["attributes"].items():
         star = " *" if any(g and g["flagged"] for g in block["gaps"].values()) else ""
         rows.append((f"{_TITLES[attribute]}{star}", None))
-        rows += [(f"  {g} (n={c['n']})", c) for g, c in block["groups"].items()]
+        rows += [(f"  {g} (n={c['n']}{', too few' if c.get('too_small') else ''})", c)
+                 for g, c in block["groups"].items()]
     panels = [("mean_auc", "mean AUC (95% CI)")]
     if result["thresholds"]:
         panels.append(("underdiagnosis_rate", "underdiagnosis rate (95% CI)"))
@@ -320,10 +329,12 @@ def plot_forest(result: Mapping, path: str) -> str:
                 lo, hi = m["low"], m["high"]
                 err = ([[m["value"] - lo], [hi - m["value"]]] if np.isfinite(lo) else None)
                 ax.errorbar(m["value"], yi, xerr=err, fmt="o", color="tab:blue", capsize=3)
-        if key == "mean_auc" and np.isfinite(result["overall_mean_auc"]):
-            ax.axvline(result["overall_mean_auc"], ls="--", color="gray", lw=1,
-                       label="all test images")
-            ax.legend(loc="lower right", fontsize=7)
+        whole = result["overall"].get(key)
+        if whole is not None and np.isfinite(whole):
+            ax.axvline(whole, ls="--", color="gray", lw=1, label="all test images")
+            ax.legend(loc="best", fontsize=7)
+        if key == "underdiagnosis_rate":  # a rate: from 0
+            ax.set_xlim(-0.01, max(0.1, 1.1 * ax.get_xlim()[1]))
         ax.set_xlabel(title)
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(y, [r[0] for r in rows])

@@ -48,6 +48,9 @@ def test_one_subgroup_cell_equals_its_definition_computed_with_scikit_learn():
     has = y.any(1)
     missed = has & ~(s >= thresholds).any(1)
     assert cell["underdiagnosis_rate"]["value"] == pytest.approx(missed.sum() / has.sum())
+    every = labels.any(1)
+    assert result["overall"]["underdiagnosis_rate"] == pytest.approx(
+        (every & ~(scores >= thresholds).any(1)).sum() / every.sum())
     _, pooled = calibration.expected_calibration_error(s, y, 15)
     assert cell["ece"]["value"] == pytest.approx(pooled, abs=1e-12)
     assert cell["ece"]["low"] <= pooled <= cell["ece"]["high"]
