@@ -8,8 +8,10 @@ never called). Counted per image: the test split holds images, not patients.
 
 **Intervals.** Every group is resampled on its own (its size fixed), ``n_boot`` times, 95%
 percentile intervals. AUCs: per class, the group's positives and negatives are resampled
-separately (the stratified bootstrap of ``metrics``); a group's mean AUC is over the classes
-that every group of its attribute can score, so the groups' means are comparable. ECE and
+separately (``metrics``' stratified bootstrap, computed here in NumPy from the negatives'
+cumulative counts, so a group of any size needs no new compile); a group's mean AUC is over
+the classes that every group of its attribute can score, so the groups' means are comparable,
+and a resampled mean is the mean of the classes' resamples. ECE and
 underdiagnosis rate: the group's images resampled; sensitivity and specificity:
 ``operating_points.operating_point_metrics`` within the group. **Gaps**: for the mean AUC and
 the underdiagnosis rate, the largest difference between two groups of an attribute, its CI
@@ -36,26 +38,37 @@ _CHUNK = 100  # resamples per vectorised step: (chunk, N) weights
 
 def _counts(rng: np.random.Generator, k: int, b: int) -> np.ndarray:
     """(b, k) float counts: ``b`` bootstrap resamples of ``k`` items."""
-    draws = rng.integers(0, k, size=(b, k)) + k * np.arange(b)[:, None]
-    return np.bincount(draws.ravel(), minlength=b * k).reshape(b, k).astype(np.float64)
+    draws = rng.integers(0, k, size=(b, k))
+    draws += k * np.arange(b)[:, None]  # row r's draws count into slots r*k ... r*k + k - 1
+    return np.bincount(draws.ravel(), minlength=b * k).reshape(b, k).astype(np.float32)
+
+
+def auc_of_counts(positive_counts: np.ndarray, negative_counts: np.ndarray,
+                  below: np.ndarray, up_to: np.ndarray) -> np.ndarray:
+    """(B,) Mann-Whitney AUCs (a tie counts half) of one class for (B, P) positive and (B, Q)
+    negative weights, the negatives in ascending score order; ``below``/``up_to`` (P,): how
+    many negatives score below / at most each positive."""
+    cum = np.concatenate([np.zeros((len(negative_counts), 1)),
+                          np.cumsum(negative_counts, axis=1)], axis=1)
+    wins = cum[:, below] + 0.5 * (cum[:, up_to] - cum[:, below])
+    return (positive_counts * wins).sum(1) / (positive_counts.sum(1) * negative_counts.sum(1))
 
 
 def _stratified_auc(scores: np.ndarray, labels: np.ndarray, n_boot: int,
                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(point AUC (C,), resampled AUCs (n_boot, C)): per class, positives and negatives drawn
-    separately; NaN for a class with one label value. ``metrics``' exact weighted AUC."""
-    n, num_classes = scores.shape
+    """(point AUC (C,) from ``metrics``, resampled AUCs (n_boot, C)): per class, positives
+    and negatives drawn separately; NaN for a class with one label value."""
     point = metrics._auc(scores, labels)
-    boot = np.full((n_boot, num_classes), np.nan)
+    boot = np.full((n_boot, scores.shape[1]), np.nan)
     for c in np.flatnonzero(~np.isnan(point)):
-        order, starts = metrics._tie_groups(scores[:, c])
-        y = labels[order, c]
-        pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+        y = labels[:, c]
+        positives, negatives = scores[y, c], np.sort(scores[~y, c])
+        below = np.searchsorted(negatives, positives, "left")
+        up_to = np.searchsorted(negatives, positives, "right")
         for lo in range(0, n_boot, _CHUNK):
             b = min(_CHUNK, n_boot - lo)
-            w = np.zeros((b, n))
-            w[:, pos], w[:, neg] = _counts(rng, len(pos), b), _counts(rng, len(neg), b)
-            boot[lo:lo + b, c] = metrics._weighted_auc(y, starts, w)
+            boot[lo:lo + b, c] = auc_of_counts(_counts(rng, len(positives), b),
+                                               _counts(rng, len(negatives), b), below, up_to)
     return point, boot
 
 

@@ -59,6 +59,21 @@ def test_one_subgroup_cell_equals_its_definition_computed_with_scikit_learn():
     assert result["not_broken_down"] == {}
 
 
+def test_the_resampled_auc_is_scikit_learns_with_the_resample_counts_as_weights():
+    rng = np.random.default_rng(4)
+    y = rng.random(300) < 0.3
+    s = rng.integers(0, 20, 300) / 20 + 0.2 * y  # many ties
+    positives, negatives = s[y], np.sort(s[~y])
+    pos_w, neg_w = rng.integers(0, 4, (3, y.sum())), rng.integers(0, 4, (3, (~y).sum()))
+    got = subgroups.auc_of_counts(pos_w, neg_w, np.searchsorted(negatives, positives, "left"),
+                                  np.searchsorted(negatives, positives, "right"))
+    for b in range(3):
+        weights = np.r_[pos_w[b], neg_w[b]]
+        truth = np.r_[np.ones(y.sum()), np.zeros((~y).sum())]
+        want = roc_auc_score(truth, np.r_[positives, negatives], sample_weight=weights)
+        assert got[b] == pytest.approx(want, abs=1e-12)
+
+
 def test_a_gap_is_flagged_only_when_its_interval_excludes_zero():
     scores, labels, meta = _data(n=800, seed=1)
     male = meta.sex == "M"
