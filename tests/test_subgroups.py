@@ -194,6 +194,7 @@ def test_predictions_round_trip_with_metadata_and_unchanged_without(tmp_path):
         predictions.write_predictions(plain, ids, scores, metadata={"race": ["x"] * 5})
 
 
+@pytest.mark.filterwarnings("ignore:.*(one label value|NaN and left out):RuntimeWarning")
 def test_evaluate_predictions_subgroups_in_process(tmp_path, capsys):
     table = load_label_table()
     ids = list(table.image_ids[1000:1300])
@@ -212,5 +213,9 @@ def test_evaluate_predictions_subgroups_in_process(tmp_path, capsys):
     assert set(saved["attributes"]) == {"sex", "age", "view"} and not saved["thresholds"]
     female = saved["attributes"]["sex"]["groups"]["female"]
     assert female["n"] == int((meta.sex == "F").sum())
+    plain = tmp_path / "plain.csv"  # no metadata columns: the label table's are used
+    predictions.write_predictions(plain, ids, scores)
+    again = evaluate.evaluate_predictions(plain, n_boot=0, subgroups=True)["subgroups"]
+    assert again["attributes"]["sex"]["groups"]["female"]["n"] == female["n"]
     assert evaluate.main(["--workdir", str(tmp_path), "--subgroups"]) == 2
     assert "--subgroups applies to --predictions only" in capsys.readouterr().err
