@@ -34,7 +34,7 @@ def features(meta: metadata.Metadata) -> tuple[np.ndarray, list[str]]:
         columns.update({"age": np.where(known, meta.age, 0.0), "age unknown": ~known})
     if meta.view is not None:
         columns.update({f"view={v}": meta.view == v for v in metadata.VIEWS})
-        columns["view=other"] = ~np.isin(meta.view, metadata.VIEWS)
+        columns["view=other"] = ~np.isin(meta.view, (*metadata.VIEWS, ""))
     if meta.follow_up is not None:
         columns["log(1 + follow-up #)"] = np.log1p(np.maximum(meta.follow_up, 0))
     if not columns:

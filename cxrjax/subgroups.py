@@ -206,7 +206,8 @@ def subgroup_report(scores, labels, meta: metadata.Metadata, thresholds=None, *,
     if thresholds is not None:
         has = labels.any(axis=1)
         called = operating_points.positive_calls(scores, thresholds).any(axis=1)
-        overall["underdiagnosis_rate"] = float((has & ~called).sum() / max(has.sum(), 1))
+        overall["underdiagnosis_rate"] = (float((has & ~called).sum() / has.sum())
+                                          if has.any() else float("nan"))
     return {"n_images": int(len(scores)), "n_boot": int(n_boot), "seed": int(seed),
             "n_bins": int(n_bins), "min_group_images": MIN_GROUP_IMAGES,
             "thresholds": thresholds is not None, "classes": classes,

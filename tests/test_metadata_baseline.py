@@ -17,7 +17,7 @@ def _by_hand(table, rows) -> np.ndarray:
     age = table.age[rows].astype(float)
     known = (age >= 0) & (age <= 120)
     return np.stack([sex == "F", sex == "M", np.where(known, age, 0), ~known, view == "PA",
-                     view == "AP", ~np.isin(view, ["PA", "AP"]),
+                     view == "AP", ~np.isin(view, ["PA", "AP", ""]),
                      np.log1p(table.follow_up[rows])], axis=1).astype(float)
 
 
