@@ -136,6 +136,15 @@ def columns(metadata: Metadata) -> dict[str, list[str]]:
     return out
 
 
+def run_columns(config: Any, workdir: str, image_ids: Sequence[str]) -> dict[str, list[str]]:
+    """A run's predictions-file metadata columns (``columns`` of ``run_metadata``); {} when
+    its data carry none or its label table cannot be read (the file is then written as ever)."""
+    try:
+        return columns(run_metadata(config, workdir, image_ids))
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
 def band_name(low: int, high: int | None) -> str:
     return f"{low}+" if high is None else f"{low}-{high}"
 

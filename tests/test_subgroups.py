@@ -122,6 +122,7 @@ def test_attributes_the_data_lack_are_skipped_with_the_reason(tmp_path):
     config.data.source = "chestmnist"
     meta = metadata.run_metadata(config, str(tmp_path), ["a.png"])
     assert meta.sex is None and "carries no patient metadata" in meta.missing["sex"]
+    assert metadata.run_columns(config, str(tmp_path), ["a.png"]) == {}
     test = type("Scores", (), {"image_ids": ["a.png"], "probs": {"fused": scores[:1]},
                                "labels": labels[:1]})()
     out = subgroups.SECTION.compute(SectionInputs(config, str(tmp_path / "eval"), test, None,
@@ -169,6 +170,8 @@ def test_run_metadata_reads_the_run_data_folders_own_table(tiny_data, tmp_path):
     assert meta.view.tolist() == [own.view[r] for r in rows]
     np.testing.assert_array_equal(meta.follow_up, own.follow_up[rows])
     assert meta.missing == {}
+    columns = metadata.run_columns(config, str(tmp_path), ids)
+    assert columns["sex"] == meta.sex.tolist() and len(columns["age"]) == 20
 
 
 def test_predictions_round_trip_with_metadata_and_unchanged_without(tmp_path):
