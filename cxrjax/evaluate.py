@@ -227,9 +227,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{points['rule']}; {ci}):")
             print(operating_points.format_text(points))
         if "subgroups" in summary:
-            from cxrjax import subgroups
+            from cxrjax import subgroups_report
 
-            print("\n" + subgroups.markdown(summary["subgroups"], "#", per_class=False))
+            print("\n" + subgroups_report.markdown(summary["subgroups"], "#", per_class=False))
         if args.json:
             write_json(summary, args.json)
     except (ValueError, OSError, checkpoint.CheckpointError) as e:  # LabelError: a ValueError

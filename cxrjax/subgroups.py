@@ -16,23 +16,24 @@ underdiagnosis rate: the group's images resampled; sensitivity and specificity:
 ``operating_points.operating_point_metrics`` within the group. **Gaps**: for the mean AUC and
 the underdiagnosis rate, the largest difference between two groups of an attribute, its CI
 from the two groups' independent resamples, *flagged* when that CI excludes 0. A group with
-fewer than ``MIN_GROUP_IMAGES`` images gets its counts only.
+fewer than ``MIN_GROUP_IMAGES`` images gets its counts only. Tables, the forest plot and the
+files: ``subgroups_report``.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from cxrjax import calibration, fileio, metadata, metrics, operating_points
+from cxrjax import calibration, metadata, metrics, operating_points, subgroups_report
 from cxrjax.section import Section, caveats_logged_once
 
 MIN_GROUP_IMAGES = 30
-GAP_METRICS = {"mean_auc": "mean AUC", "underdiagnosis_rate": "underdiagnosis rate"}
-FILES = ("subgroups.json", "subgroups.md", "subgroups.png")  # in W/eval
+GAP_METRICS = ("mean_auc", "underdiagnosis_rate")  # the measures whose gaps are reported
 _CHUNK = 100  # resamples per vectorised step: (chunk, N) weights
 
 
@@ -152,8 +153,10 @@ def _gap(cells: Mapping[str, dict], resampled: Mapping[str, dict], key: str) -> 
 
 
 def _attribute(scores, labels, masks: Mapping[str, np.ndarray], thresholds, *, n_boot: int,
-               seed: int, index: int, n_bins: int, classes: Sequence[str]) -> dict:
-    """Every group of one attribute, each group's mean AUC over the shared classes, gaps."""
+               seed: int, index: int, n_bins: int, classes: Sequence[str],
+               whole_auc: np.ndarray) -> dict:
+    """Every group of one attribute, each group's mean AUC over the shared classes (and the
+    whole split's over the same classes: ``whole_auc`` (C,)), gaps."""
     cells, resampled = {}, {}
     for g, (name, mask) in enumerate(masks.items()):
         rng = np.random.default_rng([seed, index, g])
@@ -171,6 +174,7 @@ def _attribute(scores, labels, masks: Mapping[str, np.ndarray], thresholds, *, n
             np.mean([cells[g]["auc"][c]["value"] for c in shared]), boot if n_boot else None)
     assigned = np.any(list(masks.values()), axis=0) if masks else np.zeros(len(scores), bool)
     return {"groups": cells, "mean_auc_classes": shared,
+            "all_images_mean_auc": float(np.mean(whole_auc[columns])) if shared else math.nan,
             "unassigned_images": int((~assigned).sum()),
             "gaps": {k: _gap(cells, resampled, k) for k in GAP_METRICS}}
 
@@ -197,14 +201,18 @@ def subgroup_report(scores, labels, meta: metadata.Metadata, thresholds=None, *,
     attributes = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a group's one-valued class: NaN
+        whole_auc = metrics._auc(scores, labels)
         for index, attribute in enumerate(metadata.ATTRIBUTES):
             if attribute in masks:
                 attributes[attribute] = _attribute(
                     scores, labels, masks[attribute], thresholds, n_boot=n_boot, seed=seed,
-                    index=index, n_bins=n_bins, classes=classes)
-        overall = {"mean_auc": float(np.nanmean(metrics._auc(scores, labels)))}
+                    index=index, n_bins=n_bins, classes=classes, whole_auc=whole_auc)
+        overall = {"mean_auc": float(np.nanmean(whole_auc))}
+    has = labels.any(axis=1)
+    overall["images_with_finding"] = int(has.sum())
+    if scores.min() >= 0 and scores.max() <= 1:
+        overall["ece"] = calibration.expected_calibration_error(scores, labels, n_bins)[1]
     if thresholds is not None:
-        has = labels.any(axis=1)
         called = operating_points.positive_calls(scores, thresholds).any(axis=1)
         overall["underdiagnosis_rate"] = (float((has & ~called).sum() / has.sum())
                                           if has.any() else float("nan"))
@@ -213,164 +221,6 @@ def subgroup_report(scores, labels, meta: metadata.Metadata, thresholds=None, *,
             "thresholds": thresholds is not None, "classes": classes,
             "overall": overall, "attributes": attributes,
             "not_broken_down": not_broken_down}
-
-
-# ---------------------------------------------------------------------------------------------
-# Tables, the forest plot, files.
-# ---------------------------------------------------------------------------------------------
-
-_TITLES = {"sex": "Sex", "age": "Age (years)", "view": "View position"}
-
-
-def _ci_text(m: Mapping | None, digits: int = 3) -> str:
-    if not m or m.get("value") is None or not np.isfinite(m["value"]):
-        return "n/a"
-    low, high = m.get("low"), m.get("high")
-    if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
-        return f"{m['value']:.{digits}f}"
-    return f"{m['value']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-
-
-def gap_text(attribute: str, gap: Mapping | None) -> str:
-    """One line: the largest gap of one metric between an attribute's groups."""
-    if not gap:
-        return ""
-    what, d = GAP_METRICS[gap["metric"]], gap["difference"]
-    verdict = ("**flagged: its CI excludes 0**" if gap["flagged"] else "its CI includes 0")
-    return (f"Largest {what} gap by {attribute}: {gap['higher']} minus {gap['lower']} = "
-            f"{_ci_text(d)}; {verdict}.")
-
-
-def _group_table(block: Mapping) -> list[str]:
-    lines = ["| Group | images | with a finding | mean AUC | ECE | underdiagnosis rate |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for name, c in block["groups"].items():
-        cells = (["too few images"] + [""] * 2) if c.get("too_small") else [
-            _ci_text(c.get("mean_auc")), _ci_text(c.get("ece")),
-            _ci_text(c.get("underdiagnosis_rate"))]
-        lines.append(f"| {name} | {c['n']} | {c['images_with_finding']} | "
-                     + " | ".join(cells) + " |")
-    return lines
-
-
-def _class_table(block: Mapping, classes: Sequence[str]) -> list[str]:
-    groups = [g for g, c in block["groups"].items() if "auc" in c]
-    if not groups:
-        return []
-    lines = ["| Finding | " + " | ".join(groups) + " |", "|---|" + "---:|" * len(groups)]
-    for c in classes:
-        row = []
-        for g in groups:
-            cell = block["groups"][g]
-            text = f"AUC {_ci_text(cell['auc'][c])} ({cell['positives'][c]} pos.)"
-            if "sensitivity" in cell:
-                text += (f"<br>sens. {_ci_text(cell['sensitivity'][c], 2)}"
-                         f"<br>spec. {_ci_text(cell['specificity'][c], 2)}")
-            row.append(text)
-        lines.append(f"| {c} | " + " | ".join(row) + " |")
-    return lines
-
-
-def describe(result: Mapping) -> str:
-    """How the groups, intervals and gaps were made, in one paragraph."""
-    boot = result["n_boot"]
-    ci = (f"95% CIs in brackets: {boot} bootstrap resamples within each group (AUCs: each "
-          "class's positives and negatives resampled separately)" if boot else "no CIs")
-    calls = ("Sensitivity, specificity and the underdiagnosis rate (the share of images with a "
-             "finding that the model calls 'no finding': no class at or above its threshold, "
-             "Seyyed-Kalantari et al. 2021) use the run's thresholds." if result["thresholds"]
-             else "No thresholds were given: no sensitivity, specificity or underdiagnosis rate.")
-    whole = result["overall"]
-    rate = whole.get("underdiagnosis_rate")
-    rate = f", underdiagnosis rate {rate:.3f}" if rate is not None else ""
-    return (f"{result['n_images']} test images (mean AUC of every class "
-            f"{whole['mean_auc']:.3f}{rate}). {ci}. A group's mean AUC is over the classes "
-            "every group of its attribute can score; ECE pools every (image, class) "
-            f"probability into {result['n_bins']} bins. {calls} A gap is flagged when its CI "
-            f"excludes 0. Groups under {result['min_group_images']} images get counts only.")
-
-
-def markdown(result: Mapping, heading: str = "##", per_class: bool = True,
-             picture: str | None = None) -> str:
-    """The subgroup report as markdown (``per_class``: with the per-class tables)."""
-    lines = [f"{heading} Subgroups: whom does the model fail?", ""]
-    if "attributes" not in result:
-        return "\n".join(lines + [f"Not computed: {result.get('skipped', 'not run')}.", ""])
-    lines += [describe(result), ""]
-    for attribute, block in result["attributes"].items():
-        lines += [f"**{_TITLES[attribute]}**" + (
-            f" ({block['unassigned_images']} images with no known value)"
-            if block["unassigned_images"] else ""), "", *_group_table(block), ""]
-        lines += [t for t in (gap_text(attribute, g) for g in block["gaps"].values()) if t]
-        scored = [g for g, c in block["groups"].items() if not c.get("too_small")]
-        if len(scored) < 2:
-            lines.append(f"No gap by {attribute}: fewer than two groups of "
-                         f"{result['min_group_images']} images or more.")
-        left_out = [c for c in result["classes"] if c not in block["mean_auc_classes"]]
-        if left_out and scored:
-            lines.append(f"Left out of this attribute's mean AUCs (a group has one label "
-                         f"value): {', '.join(left_out)}.")
-        if per_class:
-            lines += ["", *_class_table(block, result["classes"])]
-        lines.append("")
-    lines += [f"Not broken down by {a}: {why}." for a, why in result["not_broken_down"].items()]
-    if picture:
-        lines += ["", f"![Subgroup forest plot]({picture})"]
-    return "\n".join(lines + [""])
-
-
-def plot_forest(result: Mapping, path: str) -> str:
-    """A forest plot: one row per group, the mean AUC (and underdiagnosis rate) with its CI,
-    a dashed line at the whole split's value; a flagged attribute is starred."""
-    from matplotlib.figure import Figure
-
-    rows: list[tuple[str, Mapping | None]] = []
-    for attribute, block in result["attributes"].items():
-        star = " *" if any(g and g["flagged"] for g in block["gaps"].values()) else ""
-        rows.append((f"{_TITLES[attribute]}{star}", None))
-        rows += [(f"  {g} (n={c['n']}{', too few' if c.get('too_small') else ''})", c)
-                 for g, c in block["groups"].items()]
-    panels = [("mean_auc", "mean AUC (95% CI)")]
-    if result["thresholds"]:
-        panels.append(("underdiagnosis_rate", "underdiagnosis rate (95% CI)"))
-    fig = Figure(figsize=(4.2 * len(panels) + 1.6, 0.32 * len(rows) + 1.2))
-    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
-    y = -np.arange(len(rows))
-    for ax, (key, title) in zip(axes, panels, strict=True):
-        for yi, (_, cell) in zip(y, rows, strict=True):
-            m = (cell or {}).get(key)
-            if m and np.isfinite(m["value"]):
-                lo, hi = m["low"], m["high"]
-                err = ([[m["value"] - lo], [hi - m["value"]]] if np.isfinite(lo) else None)
-                ax.errorbar(m["value"], yi, xerr=err, fmt="o", color="tab:blue", capsize=3)
-        whole = result["overall"].get(key)
-        if whole is not None and np.isfinite(whole):
-            ax.axvline(whole, ls="--", color="gray", lw=1, label="all test images")
-            ax.legend(loc="best", fontsize=7)
-        if key == "underdiagnosis_rate":  # a rate: from 0
-            ax.set_xlim(-0.01, max(0.1, 1.1 * ax.get_xlim()[1]))
-        ax.set_xlabel(title)
-        ax.grid(axis="x", alpha=0.3)
-    axes[0].set_yticks(y, [r[0] for r in rows])
-    for label, (_, cell) in zip(axes[0].get_yticklabels(), rows, strict=True):
-        label.set_fontweight("bold" if cell is None else "normal")
-    fig.suptitle("Subgroups of the test split (* a gap whose CI excludes 0)", fontsize=10)
-    fig.tight_layout()
-    with fileio.open(path, "wb") as f:  # local or gs://; Figure renders with Agg
-        fig.savefig(f, format="png", dpi=110)
-    return path
-
-
-def write_outputs(result: Mapping, eval_dir: str) -> None:
-    """eval/subgroups.json, .md and .png."""
-    from cxrjax import predictions
-
-    json_path, md_path, png_path = (fileio.join(eval_dir, name) for name in FILES)
-    fileio.makedirs(eval_dir)
-    predictions.write_json(dict(result), json_path)
-    fileio.write_text(md_path, markdown(result, "#", picture=FILES[2]))
-    if result.get("attributes"):
-        plot_forest(result, png_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,7 +258,7 @@ def _compute(inputs: Any) -> dict:
                                  run_thresholds(inputs.earlier), n_boot=int(e.n_boot),
                                  n_bins=int(e.calibration_bins))
     if inputs.write_files:
-        write_outputs(result, inputs.eval_dir)
+        subgroups_report.write_outputs(result, inputs.eval_dir)
     return result
 
 
@@ -422,5 +272,5 @@ def _summary(result: Mapping) -> Mapping:
 
 SECTION = Section("subgroups", ("subgroups", "n_boot", "calibration_bins"),
                   check=_check_fields, compute=_compute, summary=_summary, switch="subgroups",
-                  report=lambda result: markdown(result, per_class=False,
-                                                 picture=f"eval/{FILES[2]}"))
+                  report=lambda result: subgroups_report.markdown(
+                      result, per_class=False, picture=f"eval/{subgroups_report.FILES[2]}"))

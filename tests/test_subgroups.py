@@ -10,6 +10,7 @@ from sklearn.metrics import roc_auc_score
 from cxrjax import calibration, evaluate, metadata, predictions, recipe, subgroups
 from cxrjax.data.labels import CLASSES, load_label_table
 from cxrjax.section import SectionInputs
+from cxrjax.subgroups_report import markdown
 
 
 def _data(n=600, seed=0):
@@ -54,6 +55,11 @@ def test_one_subgroup_cell_equals_its_definition_computed_with_scikit_learn():
     _, pooled = calibration.expected_calibration_error(s, y, 15)
     assert cell["ece"]["value"] == pytest.approx(pooled, abs=1e-12)
     assert cell["ece"]["low"] <= pooled <= cell["ece"]["high"]
+    whole = [roc_auc_score(labels[:, CLASSES.index(c)], scores[:, CLASSES.index(c)])
+             for c in shared]
+    assert block["all_images_mean_auc"] == pytest.approx(np.mean(whole), abs=1e-12)
+    assert (f"| *all test images* | 600 | {labels.any(1).sum()} | {np.mean(whole):.3f} | "
+            in markdown(result))
     # The third view value is grouped as "other"; every attribute is broken down.
     assert list(result["attributes"]["view"]["groups"]) == ["PA", "AP", "other"]
     assert result["not_broken_down"] == {}
@@ -92,7 +98,7 @@ def test_a_gap_is_flagged_only_when_its_interval_excludes_zero():
     view_gap = result["attributes"]["view"]["gaps"]["mean_auc"]
     assert view_gap["difference"]["value"] == pytest.approx(0, abs=1e-12)
     assert not view_gap["flagged"] and view_gap["difference"]["low"] < 0
-    text = subgroups.markdown(result)
+    text = markdown(result)
     assert "Largest mean AUC gap by sex: female minus male" in text
     assert "**flagged: its CI excludes 0**" in text
 
@@ -106,7 +112,7 @@ def test_attributes_the_data_lack_are_skipped_with_the_reason(tmp_path):
     assert result["not_broken_down"] == {"sex": "preds.csv has no sex field",
                                          "view": "preds.csv records no view for these images"}
     assert "sensitivity" not in result["attributes"]["age"]["groups"]["40-60"]
-    text = subgroups.markdown(result)
+    text = markdown(result)
     assert "Not broken down by sex: preds.csv has no sex field." in text
     # A group under MIN_GROUP_IMAGES gets counts only, and no mean AUC.
     tiny = result["attributes"]["age"]["groups"]
@@ -115,8 +121,7 @@ def test_attributes_the_data_lack_are_skipped_with_the_reason(tmp_path):
     few = subgroups.subgroup_report(scores[:40], labels[:40], metadata.Metadata(
         meta.sex[:40], None, None), None, n_boot=10)
     assert few["attributes"]["sex"]["gaps"] == {"mean_auc": None, "underdiagnosis_rate": None}
-    assert "No gap by sex: fewer than two groups of 30 images or more." in subgroups.markdown(
-        few)
+    assert "No gap by sex: fewer than two groups of 30 images or more." in markdown(few)
     # A run whose data carry no metadata: the section says why and writes nothing.
     config = recipe.base_config()
     config.data.source = "chestmnist"
