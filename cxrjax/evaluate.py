@@ -1,7 +1,7 @@
 """Evaluate predictions or trained runs: the paper's AUC family as a table and JSON.
 
     python -m cxrjax.evaluate --predictions FILE [--labels DATA_ENTRY_CSV] [--json OUT.json]
-                              [--thresholds thresholds.json]
+                              [--thresholds thresholds.json] [--subgroups]
     python -m cxrjax.evaluate --workdir W [W2 ...] [--split test|val] [--json OUT.json]
 
 FILE is a predictions file (``cxrjax.predictions``: ``Image Index`` plus ``<Class>`` or
@@ -11,7 +11,9 @@ eval`` does; several workdirs are an ensemble: the mean of their fused probabili
 paper's R18 + D121 row), refused unless the runs' split holds the same images. Every bad input
 is a one-line error and exit code 2. ``--thresholds`` (a run's ``W/eval/thresholds.json``)
 adds the operating-point table: per class, sensitivity, specificity, PPV, NPV and F1 at those
-thresholds, with bootstrap 95% CIs; a file for other classes is refused.
+thresholds, with bootstrap 95% CIs; a file for other classes is refused. ``--subgroups`` adds
+the subgroup report (``cxrjax.subgroups``) by the file's ``sex``, ``age`` and ``view`` columns
+(else the label table's).
 """
 
 from __future__ import annotations
@@ -32,12 +34,15 @@ from cxrjax.predictions import format_table, format_value, load_predictions, wri
 
 def evaluate_predictions(predictions: str | os.PathLike,
                          labels: str | os.PathLike | None = None, *, n_boot: int = 1000,
-                         seed: int = 0, thresholds: str | os.PathLike | None = None) -> dict:
+                         seed: int = 0, thresholds: str | os.PathLike | None = None,
+                         subgroups: bool = False) -> dict:
     """Scores from a predictions file against the label table -> ``metrics.summary`` dict.
 
     W-AUC weights are the class shares of the whole label table used (the shipped NIH table by
     default); every predicted image must be in that table. With ``thresholds`` (a
-    ``thresholds.json``), ``operating_points`` holds the measures at them.
+    ``thresholds.json``), ``operating_points`` holds the measures at them. With
+    ``subgroups``, ``subgroups`` holds ``subgroups.subgroup_report`` by the file's metadata
+    columns, or by the label table's metadata when it has none.
     """
     points = operating_points.OperatingPoints.load(thresholds) if thresholds else None
     ids, scores = load_predictions(predictions)
@@ -51,6 +56,17 @@ def evaluate_predictions(predictions: str | os.PathLike,
             "thresholds_file": os.fspath(thresholds), "test_images": len(ids),
             **operating_points.operating_point_metrics(scores, truth, points.thresholds,
                                                        n_boot=n_boot, seed=seed)}
+    if subgroups:
+        from cxrjax import metadata
+        from cxrjax import subgroups as subgroups_lib  # matplotlib: only when asked
+        from cxrjax.predictions import load_metadata_columns
+
+        columns = load_metadata_columns(predictions)
+        meta = (metadata.from_columns(columns, len(ids)) if columns
+                else metadata.from_table(table, ids, "the label table"))
+        out["subgroups"] = subgroups_lib.subgroup_report(
+            scores, truth, meta, points.thresholds if points else None, n_boot=n_boot,
+            seed=seed)
     return out
 
 
@@ -163,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--thresholds", metavar="FILE", default=None,
                         help="with --predictions: per-class thresholds (a run's "
                              "W/eval/thresholds.json); adds the operating-point table")
+    parser.add_argument("--subgroups", action="store_true",
+                        help="with --predictions: AUCs, ECE and calls by sex, age band and "
+                             "view (the file's sex/age/view columns, else the label table's)")
     return parser
 
 
@@ -182,6 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.workdir and args.thresholds:
             raise ValueError("--thresholds applies to --predictions only; a run's operating "
                              "points are in its eval/test_metrics.json and report.md")
+        if args.workdir and args.subgroups:
+            raise ValueError("--subgroups applies to --predictions only; a run's subgroups are "
+                             "in its eval/subgroups.md")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             if args.workdir:
@@ -190,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 summary = evaluate_predictions(args.predictions, args.labels,
                                                n_boot=args.n_boot, seed=args.seed,
-                                               thresholds=args.thresholds)
+                                               thresholds=args.thresholds,
+                                               subgroups=args.subgroups)
         for message in dict.fromkeys(str(w.message) for w in caught):  # once each, one line
             print(f"warning: {message}", file=sys.stderr)
         if args.workdir:
@@ -203,6 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"\nOperating points at the thresholds of {points['thresholds_file']} (rule "
                   f"{points['rule']}; {ci}):")
             print(operating_points.format_text(points))
+        if "subgroups" in summary:
+            from cxrjax import subgroups_report
+
+            print("\n" + subgroups_report.markdown(summary["subgroups"], "#", per_class=False))
         if args.json:
             write_json(summary, args.json)
     except (ValueError, OSError, checkpoint.CheckpointError) as e:  # LabelError: a ValueError

@@ -3,6 +3,8 @@
 A predictions file is ``.csv`` or ``.csv.gz`` with an ``Image Index`` column and one score column
 per class, named ``<Class>`` or ``prob_<Class>`` (the CheXNet-reproduction format); other columns
 are ignored. ``write_predictions`` writes what ``load_predictions`` reads back exactly.
+Optional patient metadata columns (``sex``, ``age``, ``view``: ``METADATA_COLUMNS``) follow the
+scores where the dataset has them; ``load_metadata_columns`` reads them back.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -22,6 +24,7 @@ from cxrjax.data.labels import CLASSES
 
 IMAGE_COLUMN = "Image Index"
 SCORE_PREFIX = "prob_"
+METADATA_COLUMNS = ("sex", "age", "view")  # optional, after the scores, in this order
 # Head key -> its title in tables and plots; "fused" is the model's reported prediction.
 HEAD_TITLES: dict[str, str] = {
     "ce": "CE (stream A)", "ce_b": "CE (stream B)", "msml": "MSML (stream B)",
@@ -130,10 +133,13 @@ def load_predictions(path: str | os.PathLike) -> tuple[tuple[str, ...], np.ndarr
 
 
 def write_predictions(path: str | os.PathLike, image_ids: Sequence[str],
-                      scores: np.ndarray) -> None:
+                      scores: np.ndarray,
+                      metadata: Mapping[str, Sequence[str]] | None = None) -> None:
     """Writes ``Image Index,prob_<Class>...`` (``.csv`` or ``.csv.gz``) that ``load_predictions``
     reads back; each score is the shortest text that round-trips its float32/float64 value, so
     ranks (and AUCs) computed from the file equal those computed from ``scores``.
+    ``metadata``: text columns among ``METADATA_COLUMNS`` (``metadata.columns`` makes them),
+    one value per image, written after the scores in that order.
     """
     path = os.fspath(path)
     scores = np.asarray(scores)
@@ -144,15 +150,51 @@ def write_predictions(path: str | os.PathLike, image_ids: Sequence[str],
                          f"{len(image_ids)} image ids, got {scores.shape}")
     if not np.isfinite(scores).all():
         raise ValueError(f"refusing to write non-finite scores to {path}")
+    extra = _metadata_columns(metadata or {}, len(image_ids))
     fileio.makedirs(os.path.dirname(path) or ".")
     text = scores.astype(str)  # numpy's shortest round-trip repr for the dtype
     f = io.StringIO(newline="")
     writer = csv.writer(f)
-    writer.writerow([IMAGE_COLUMN, *(f"{SCORE_PREFIX}{c}" for c in CLASSES)])
-    writer.writerows([name, *row] for name, row in zip(image_ids, text, strict=True))
+    writer.writerow([IMAGE_COLUMN, *(f"{SCORE_PREFIX}{c}" for c in CLASSES), *extra])
+    writer.writerows([name, *row, *(values[i] for values in extra.values())]
+                     for i, (name, row) in enumerate(zip(image_ids, text, strict=True)))
     data = f.getvalue().encode("utf-8")
     # Atomic, local or gs://: the file appears complete or not at all.
     fileio.write_bytes(path, gzip.compress(data, mtime=0) if path.endswith(".gz") else data)
+
+
+def _metadata_columns(metadata: Mapping[str, Sequence[str]], n: int) -> dict[str, list[str]]:
+    """The given metadata columns in ``METADATA_COLUMNS`` order, checked."""
+    unknown = [k for k in metadata if k not in METADATA_COLUMNS]
+    if unknown:
+        raise ValueError(f"unknown metadata column(s) {unknown}; expected among "
+                         f"{', '.join(METADATA_COLUMNS)}")
+    out = {k: [str(v) for v in metadata[k]] for k in METADATA_COLUMNS if k in metadata}
+    for k, values in out.items():
+        if len(values) != n:
+            raise ValueError(f"metadata column {k!r} has {len(values)} values for {n} images")
+    return out
+
+
+def load_metadata_columns(path: str | os.PathLike) -> dict[str, list[str]]:
+    """The ``METADATA_COLUMNS`` a predictions file carries (text, in its row order, blank
+    lines and repeated ids skipped as ``load_predictions`` does); {} when it has none."""
+    path = os.fspath(path)
+    with _open_csv(path) as f:
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader, None) or []]
+        if IMAGE_COLUMN not in header:
+            raise ValueError(f"{path}: no {IMAGE_COLUMN!r} column")
+        wanted = {k: header.index(k) for k in METADATA_COLUMNS if k in header}
+        image_col, seen = header.index(IMAGE_COLUMN), set()
+        out: dict[str, list[str]] = {k: [] for k in wanted}
+        for row in reader:
+            if not row or len(row) != len(header) or row[image_col].strip() in seen:
+                continue
+            seen.add(row[image_col].strip())
+            for k, c in wanted.items():
+                out[k].append(row[c].strip())
+    return out
 
 
 def format_value(value: float | None, digits: int = 6) -> str:

@@ -122,6 +122,11 @@ def base_config() -> mlc.ConfigDict:
     # (image, class) pair once, found when any of its boxes is). Wang et al. leave it open; they
     # differ only where an image has two boxes of one class (the synthetic set, not NIH's list).
     c.eval.localization_per = "box"
+    # The test split by sex, age band and view position, where the data carry them
+    # (eval/subgroups.{json,md,png}): AUCs, calls at the thresholds, ECE, underdiagnosis, gaps.
+    c.eval.subgroups = True
+    # A logistic regression per class on the metadata alone, fitted on train, beside the model.
+    c.eval.metadata_baseline = True
     return c
 
 

@@ -11,11 +11,11 @@ from collections.abc import Mapping
 
 import ml_collections as mlc
 
-from cxrjax import calibration, localizer, operating_points
+from cxrjax import calibration, localizer, metadata_baseline, operating_points, subgroups
 from cxrjax.section import Section, SectionInputs
 
 REGISTRY: tuple[Section, ...] = (operating_points.SECTION, calibration.SECTION,
-                                 localizer.SECTION)
+                                 localizer.SECTION, subgroups.SECTION, metadata_baseline.SECTION)
 
 
 def check(config: mlc.ConfigDict) -> None:
