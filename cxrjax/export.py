@@ -60,17 +60,23 @@ log = logging.getLogger("cxrjax")
 # ---------------------------------------------------------------------------------------------
 
 
+def uint16_to_uint8(images: jnp.ndarray) -> jnp.ndarray:
+    """uint16 -> uint8 by the float32 rule of a 16-bit image (``decode.sixteen_to_uint8``
+    with hi = 65535), inside jit."""
+    x = images.astype(jnp.float32) * jnp.float32(255.0 / 65535.0) + jnp.float32(0.5)
+    return jnp.clip(x, 0, 255).astype(jnp.uint8)
+
+
 def forward_fns(model: Any, fusion: tuple[str, ...]) -> dict[str, Callable]:
     """{"uint8": f, "uint16": f}: (variables, crops (B, crop, crop, 1)) -> {head: (B, C)
-    probabilities, "fused"}, the model in eval mode; uint16 crops are mapped onto 0..255 first
-    by the same float32 rule as a 16-bit image (``decode.sixteen_to_uint8``)."""
+    probabilities, "fused"}, the model in eval mode; uint16 crops are mapped onto 0..255
+    first (``uint16_to_uint8``)."""
 
     def forward_uint8(variables, images):
         return models.probabilities(model.apply(variables, images, train=False), fusion)
 
     def forward_uint16(variables, images):
-        x = images.astype(jnp.float32) * jnp.float32(255.0 / 65535.0) + jnp.float32(0.5)
-        return forward_uint8(variables, jnp.clip(x, 0, 255).astype(jnp.uint8))
+        return forward_uint8(variables, uint16_to_uint8(images))
 
     return {"uint8": forward_uint8, "uint16": forward_uint16}
 
@@ -101,7 +107,7 @@ def lower(fn: Callable, args: Sequence[Any], platforms: Sequence[str],
 # ---------------------------------------------------------------------------------------------
 
 
-def _picture(width: int, height: int, seed: int) -> np.ndarray:
+def reference_picture(width: int, height: int, seed: int) -> np.ndarray:
     """A smooth gray picture in [0, 1] with an oval and some noise (deterministic)."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[:height, :width] / np.float64(max(width, height))
@@ -114,11 +120,12 @@ def write_reference_images(directory: str, resolution: int) -> list[str]:
     """Writes an 8-bit gray, an RGB and a 16-bit gray PNG of other sizes than ``resolution``
     (so each is resized); returns their file names."""
     r = resolution
-    gray = Image.fromarray((_picture(r * 3 // 2 + 3, r * 5 // 4 + 5, 0) * 255).astype(np.uint8))
-    base = _picture(2 * r, 2 * r, 1)
+    gray = reference_picture(r * 3 // 2 + 3, r * 5 // 4 + 5, 0)
+    gray = Image.fromarray((gray * 255).astype(np.uint8))
+    base = reference_picture(2 * r, 2 * r, 1)
     rgb = np.stack([base, base * 0.9, np.clip(base * 1.1, 0, 1)], -1)
     colour = Image.fromarray((rgb * 255).astype(np.uint8), "RGB")
-    deep = Image.fromarray((_picture(r + 17, r + 9, 2) * 65535).astype(np.uint16))
+    deep = Image.fromarray((reference_picture(r + 17, r + 9, 2) * 65535).astype(np.uint16))
     names = ["gray8.png", "rgb.png", "gray16.png"]
     for name, img in zip(names, (gray, colour, deep), strict=True):
         img.save(os.path.join(directory, name))
@@ -344,8 +351,8 @@ def _write_folder(tmp: str, workdir: str, run: tuple, mesh: Any, leaves: list,
         "limitations": [{"short": x.short, "text": x.text}
                         for x in limitations.run_limitations(config)],
         "source": {"workdir": workdir, "step": int(step), "row": config.get("row"),
-                   "jax": jax.__version__,
-                   "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")},
+                   "jax": jax.__version__, "exported_at": datetime.datetime.now(
+                       datetime.UTC).isoformat(timespec="seconds")},
         "sha256": {name: _sha256(os.path.join(tmp, name)) for name in files.HASHED},
     }
     _write_json(os.path.join(tmp, files.MANIFEST), manifest)
