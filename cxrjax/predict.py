@@ -282,6 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rows:
             if args.model:
                 out_dir = storage_checks.check_writable(out_dir)  # a wrong bucket: one line
+                fileio.makedirs(out_dir)  # no heatmap made it
             write_csv(fileio.join(out_dir, "predictions.csv"), rows)
             limits = (tuple(limitations.Limitation(*x) for x in model.limitations) if args.model
                       else limitations.run_limitations(runs.load_config(args.workdir)))

@@ -143,10 +143,10 @@ def test_predict_model_gives_predict_workdirs_rows_dicom_included(exported, work
                                                                    tmp_path, capsys):
     _, out = exported
     inputs, rows = workdir_csv
-    assert predict.main(["--model", out, "--out", str(tmp_path), *inputs]) == 0
+    assert predict.main(["--model", out, "--out", str(tmp_path / "new" / "out"), *inputs]) == 0
     printed = capsys.readouterr()
     assert "no heatmaps" in printed.out and "trained on synthetic images" in printed.err
-    got = _csv(tmp_path / "predictions.csv")
+    got = _csv(tmp_path / "new" / "out" / "predictions.csv")
     assert [r["path"] for r in got] == inputs
     numeric = [f"prob_{c}" for c in CLASSES] + [f"{h}_{c}" for h in ("ce", "fce", "msml")
                                                 for c in CLASSES]

@@ -84,10 +84,13 @@ class ExportedModel:
                                f"loader reads version {files.VERSION}")
         self.manifest = manifest
         self.preprocessing = _read_json(os.path.join(directory, files.PREPROCESSING))
-        self.classes = tuple(manifest["classes"])
-        self.heads = tuple(manifest["heads"])
-        self.resolution, self.crop = int(manifest["resolution"]), int(manifest["crop"])
-        self.limitations = tuple((x["short"], x["text"]) for x in manifest["limitations"])
+        try:
+            self.classes = tuple(manifest["classes"])
+            self.heads = tuple(manifest["heads"])
+            self.resolution, self.crop = int(manifest["resolution"]), int(manifest["crop"])
+            self.limitations = tuple((x["short"], x["text"]) for x in manifest["limitations"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ServingError(f"{directory}: {files.MANIFEST} is incomplete ({e!r})") from None
         self.thresholds = self._thresholds()
         cal_path = os.path.join(directory, files.CALIBRATION)
         self.calibration = _read_json(cal_path) if os.path.exists(cal_path) else None
@@ -113,7 +116,6 @@ class ExportedModel:
             raise ServingError(f"{path} is missing (not an export folder?)") from None
         except (OSError, ValueError, KeyError) as e:
             raise ServingError(f"{path} is unreadable: {e}") from None
-        self._n_leaves = len(leaves)
         return jax.device_put(leaves)
 
     def entry(self, dtype: str) -> Any:
