@@ -316,7 +316,7 @@ def _write_folder(tmp: str, workdir: str, run: tuple, mesh: Any, leaves: list,
     spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                         jax.device_get(variables))
     batch, = jax_export.symbolic_shape("batch")
-    lowered, not_lowered, diffs = [], {}, []
+    by_entry, not_lowered, diffs = {}, {}, []
     for dtype, fn in forward_fns(model, tuple(config.model.fusion)).items():
         images = jax.ShapeDtypeStruct((batch, crop, crop, 1), np.dtype(dtype))
         exported, failed = lower(fn, (spec, images), platforms)
@@ -325,12 +325,14 @@ def _write_folder(tmp: str, workdir: str, run: tuple, mesh: Any, leaves: list,
             f.write(data)
         test_crops = crops if dtype == "uint8" else crops.astype(np.uint16) * np.uint16(257)
         diffs.append(_check_exported(data, leaves, test_crops, expected, dtype))
-        lowered, not_lowered = list(exported.platforms), {**not_lowered, **failed}
+        by_entry[dtype] = exported.platforms
+        not_lowered.update(failed)
     _write_json(os.path.join(tmp, files.PREPROCESSING),
                 preprocessing_contract(config, model.dtype))
     points = operating_points.OperatingPoints.of_run(workdir)
     if points is not None:
         points.save(os.path.join(tmp, files.THRESHOLDS))
+    lowered = [p for p in platforms if all(p in v for v in by_entry.values())]
     checked = [d for d in diffs if not np.isnan(d)]  # NaN: not runnable on this machine
     worst = max(checked) if checked else None
     rescaling = calibration_of(workdir)

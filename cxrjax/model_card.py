@@ -164,7 +164,8 @@ def render(workdir: str) -> str:
         "## Known limitations",
         *[f"- {x.text[0].upper()}{x.text[1:]}." for x in limits],
         f"- Views and ages: {SOURCES.get(source, OTHER_SOURCE)[1].format(source=source)}.",
-        "- Tested only on the split above; no external validation is recorded with this card.",
+        "- " + ("Tested only on the split above; no external validation is recorded with this "
+                "card." if metrics else "Not tested: its accuracy is unknown."),
         "",
     ]
     return "\n".join(lines)

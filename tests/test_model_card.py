@@ -60,6 +60,7 @@ def test_an_untested_nih_run_says_so_and_names_views_and_ages(tmp_path):
     runs.record_config(str(tmp_path), config)
     card = model_card.render(str(tmp_path))
     assert "Not tested yet: no `eval/test_metrics.json`" in card
+    assert "- Not tested: its accuracy is unknown." in card
     assert "No thresholds recorded: probabilities only." in card
     assert "NIH ChestX-ray14" in card and "frontal PA/AP views only" in card
     assert "synthetic" not in card  # no limitation for a model trained on X-rays
