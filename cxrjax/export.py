@@ -52,6 +52,7 @@ from cxrjax.models.common import IMAGENET_MEAN, IMAGENET_STD
 from cxrjax.serving import decode, files
 
 PLATFORMS = ("cpu", "cuda", "tpu")
+BFLOAT16_TOLERANCE = 1e-2  # probabilities from bfloat16 logits agree to ~2-3 digits
 log = logging.getLogger("cxrjax")
 
 
@@ -232,20 +233,25 @@ def _reference_outputs(run: tuple, mesh: Any, crops: np.ndarray) -> dict[str, np
             for k, v in jax.device_get(predict_fn(variables, batch)).items()}
 
 
-def _check_exported(data: bytes, weights: list, crops: np.ndarray,
-                    expected: dict[str, np.ndarray], what: str) -> float:
-    """The largest |difference| between the deserialised entry and the run's model; a
-    RuntimeError above the tolerance."""
+def _run_entry(data: bytes, weights: list, crops: np.ndarray) -> dict[str, np.ndarray] | None:
+    """The deserialised entry's outputs on ``crops`` here; None if not lowered for here."""
     exported = jax_export.deserialize(bytearray(data))
-    if jax.default_backend() not in exported.platforms:
-        return float("nan")  # not runnable here: cannot be checked on this machine
+    if jax_export.default_export_platform() not in exported.platforms:
+        return None
     (w, images), _ = jax.tree.unflatten(exported.in_tree, [*weights, crops])
-    got = jax.device_get(exported.call(w, images))
-    worst = max(float(np.max(np.abs(np.asarray(got[k], np.float64) - expected[k])))
-                for k in expected)
-    if not worst <= files.TOLERANCE:
-        raise RuntimeError(f"the exported {what} entry differs from the run's model by {worst:.2e}"
-                           f" (> {files.TOLERANCE:g}); nothing was written")
+    return {k: np.asarray(v) for k, v in jax.device_get(exported.call(w, images)).items()}
+
+
+def check_against_run(got: dict[str, np.ndarray], run: dict[str, np.ndarray], dtype: Any,
+                      what: str) -> float:
+    """The largest |difference| between an entry's and the run's outputs; a RuntimeError above
+    ``files.TOLERANCE`` (float32 compute) or ``BFLOAT16_TOLERANCE`` (bfloat16: the two
+    compilations may round differently)."""
+    bound = files.TOLERANCE if jnp.dtype(dtype) == jnp.float32 else BFLOAT16_TOLERANCE
+    worst = max(float(np.max(np.abs(got[k].astype(np.float64) - run[k]))) for k in run)
+    if not worst <= bound:
+        raise RuntimeError(f"the exported {what} entry differs from the run's model by "
+                           f"{worst:.2e} (> {bound:g}); nothing was written")
     return worst
 
 
@@ -280,8 +286,7 @@ def export_run(workdir: str, out: str, platforms: Sequence[str] = PLATFORMS,
                reference_images: Sequence[str] | None = None) -> dict:
     """Writes the export folder ``out`` for the run in ``workdir``; returns its manifest."""
     out = _check_out(out)
-    mesh = inference.create_mesh()
-    run = runs.load_run(workdir, mesh)
+    run = runs.load_run(workdir, inference.create_mesh())
     config, model, variables, step = run
     leaves, _ = jax.tree.flatten(jax.device_get(variables))
     leaves = [np.asarray(x) for x in leaves]
@@ -294,7 +299,7 @@ def export_run(workdir: str, out: str, platforms: Sequence[str] = PLATFORMS,
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
-        manifest = _write_folder(tmp, workdir, run, mesh, leaves, platforms, reference_images)
+        manifest = _write_folder(tmp, workdir, run, leaves, platforms, reference_images)
         if os.path.isdir(out):
             os.rmdir(out)  # empty (checked above)
         os.rename(tmp, out)
@@ -304,15 +309,14 @@ def export_run(workdir: str, out: str, platforms: Sequence[str] = PLATFORMS,
     return manifest
 
 
-def _write_folder(tmp: str, workdir: str, run: tuple, mesh: Any, leaves: list,
-                  platforms: Sequence[str], reference_images: Sequence[str] | None) -> dict:
-    config, model, variables, step = run
+def _write_entries(tmp: str, run: tuple, leaves: list, crops: np.ndarray,
+                   platforms: Sequence[str]) -> tuple[dict, list[str], dict, list[float]]:
+    """Lowers and writes each entry, runs it here and checks it against the run's model.
+    Returns (the reference outputs, platforms every entry holds, {platform: why not lowered},
+    the differences found)."""
+    config, model, variables, _ = run
     crop = int(config.data.crop)
-    names, crops = _reference(tmp, config, reference_images)
-    expected = _reference_outputs(run, mesh, crops)
-    np.savez(os.path.join(tmp, files.WEIGHTS), **{f"leaf_{i:05d}": x
-                                                  for i, x in enumerate(leaves)})
-    np.savez(os.path.join(tmp, files.EXPECTED), crops=crops, **expected)
+    expected = from_run = _reference_outputs(run, inference.create_mesh(), crops)
     spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                         jax.device_get(variables))
     batch, = jax_export.symbolic_shape("batch")
@@ -324,17 +328,31 @@ def _write_folder(tmp: str, workdir: str, run: tuple, mesh: Any, leaves: list,
         with open(os.path.join(tmp, files.ENTRIES[dtype]), "wb") as f:
             f.write(data)
         test_crops = crops if dtype == "uint8" else crops.astype(np.uint16) * np.uint16(257)
-        diffs.append(_check_exported(data, leaves, test_crops, expected, dtype))
+        got = _run_entry(data, leaves, test_crops)
+        if got is not None:  # verify reruns the uint8 entry: its own outputs are the reference
+            diffs.append(check_against_run(got, from_run, model.dtype, dtype))
+            expected = got if dtype == "uint8" else expected
         by_entry[dtype] = exported.platforms
         not_lowered.update(failed)
+    lowered = [p for p in platforms if all(p in v for v in by_entry.values())]
+    return expected, lowered, not_lowered, diffs
+
+
+def _write_folder(tmp: str, workdir: str, run: tuple, leaves: list,
+                  platforms: Sequence[str], reference_images: Sequence[str] | None) -> dict:
+    config, model, _, step = run
+    names, crops = _reference(tmp, config, reference_images)
+    np.savez(os.path.join(tmp, files.WEIGHTS), **{f"leaf_{i:05d}": x
+                                                  for i, x in enumerate(leaves)})
+    expected, lowered, not_lowered, diffs = _write_entries(tmp, run, leaves, crops, platforms)
+    np.savez(os.path.join(tmp, files.EXPECTED), crops=crops, **expected)
     _write_json(os.path.join(tmp, files.PREPROCESSING),
                 preprocessing_contract(config, model.dtype))
     points = operating_points.OperatingPoints.of_run(workdir)
     if points is not None:
         points.save(os.path.join(tmp, files.THRESHOLDS))
-    lowered = [p for p in platforms if all(p in v for v in by_entry.values())]
-    checked = [d for d in diffs if not np.isnan(d)]  # NaN: not runnable on this machine
-    worst = max(checked) if checked else None
+    here = jax_export.default_export_platform()  # "cuda", not jax's backend name "gpu"
+    worst = max(diffs) if diffs else None  # none: the entries do not run on this machine
     rescaling = calibration_of(workdir)
     if rescaling is not None:
         _write_json(os.path.join(tmp, files.CALIBRATION), rescaling)
@@ -343,11 +361,11 @@ def _write_folder(tmp: str, workdir: str, run: tuple, mesh: Any, leaves: list,
         "format": files.FORMAT, "version": files.VERSION, "classes": list(CLASSES),
         "heads": ["fused", *sorted(h for h in expected if h != "fused")],
         "fusion": list(config.model.fusion), "resolution": int(config.data.resolution),
-        "crop": crop, "entries": files.ENTRIES, "platforms": lowered,
+        "crop": int(config.data.crop), "entries": files.ENTRIES, "platforms": lowered,
         "platforms_not_lowered": not_lowered, "compute_dtype": jnp.dtype(model.dtype).name,
         "weights": {"file": files.WEIGHTS, "leaves": len(leaves),
                     "parameters": int(sum(x.size for x in leaves))},
-        "reference": {"inputs": names, "platform": jax.default_backend(),
+        "reference": {"inputs": names, "platform": here,
                       "tolerance": files.TOLERANCE, "exported_vs_run_max_abs_diff": worst},
         "thresholds": points is not None, "calibration": rescaling is not None,
         "limitations": [{"short": x.short, "text": x.text}
@@ -390,7 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{', '.join(manifest['platforms'])} only", file=sys.stderr)
     for x in manifest["limitations"]:
         print(f"warning: {args.workdir}: {x['text']}", file=sys.stderr)
-    diff, here = manifest["reference"]["exported_vs_run_max_abs_diff"], jax.default_backend()
+    diff = manifest["reference"]["exported_vs_run_max_abs_diff"]
+    here = jax_export.default_export_platform()  # "cuda", not jax's backend name "gpu"
     checked = (f"the exported entries match the run's model to {diff:.1e} on {here}"
                if diff is not None else f"not checked: the entries do not run on {here}")
     print(f"exported {args.workdir} (step {manifest['source']['step']}, "

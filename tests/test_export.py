@@ -104,3 +104,14 @@ def test_bad_arguments_are_one_line_errors_and_write_nothing(exported, tmp_path,
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
     assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_an_entry_that_drifts_from_the_run_is_refused_at_the_compute_dtypes_bound():
+    run = {"fused": np.full((2, 14), 0.5)}
+    off = {"fused": np.full((2, 14), 0.5 + 2e-5, np.float32)}
+    with pytest.raises(RuntimeError, match=r"uint8 entry differs from the run's model by 2\.0"):
+        export.check_against_run(off, run, jnp.float32, "uint8")
+    assert export.check_against_run(off, run, jnp.bfloat16, "uint8") < 1e-4
+    far = {"fused": np.full((2, 14), 0.6, np.float32)}
+    with pytest.raises(RuntimeError, match=r"> 0\.01\); nothing was written"):
+        export.check_against_run(far, run, jnp.bfloat16, "uint16")

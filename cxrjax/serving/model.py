@@ -130,7 +130,7 @@ class ExportedModel:
             except Exception as e:  # noqa: BLE001 - flatbuffers/MLIR raise many kinds
                 raise ServingError(f"{path} is not a readable jax.export: "
                                    f"{type(e).__name__}") from None
-            platform = jax.default_backend()
+            platform = jax_export.default_export_platform()
             if platform not in exported.platforms:
                 raise ServingError(f"{path} was lowered for {', '.join(exported.platforms)}, "
                                    f"not for this machine's {platform}")

@@ -15,8 +15,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-import jax
 import numpy as np
+from jax import export as jax_export
 
 from cxrjax.serving import decode, files
 from cxrjax.serving.model import ExportedModel, ServingError, load, sha256
@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     failures += output_failures
     recorded_on = model.manifest["reference"].get("platform", "?")
-    here = jax.default_backend()
+    here = jax_export.default_export_platform()  # "cuda", not "gpu": the lowering names
     for line in failures:
         print(f"FAIL {line}", file=sys.stderr)
     if failures:
