@@ -117,7 +117,7 @@ def write_test_outputs(workdir: str, config: mlc.ConfigDict, scores: SplitScores
     (with each section's summary) and W/report.md with its plots; on process 0 only."""
     if jax.process_index() != 0:
         return
-    from cxrjax import report  # matplotlib: only when a run is reported
+    from cxrjax import model_card, report  # matplotlib: only when a run is reported
 
     eval_dir = run_layout.path(workdir, run_layout.EVAL)
     predictions.write_predictions(fileio.join(eval_dir, run_layout.TEST_PREDICTIONS),
@@ -132,6 +132,7 @@ def write_test_outputs(workdir: str, config: mlc.ConfigDict, scores: SplitScores
     predictions.write_json(out, fileio.join(eval_dir, run_layout.TEST_METRICS))
     report.write_report(workdir, config, results, scores.probs, scores.labels,
                         sections=section_results, split_sizes=split_sizes)
+    model_card.write_model_card(workdir)
 
 
 # ---------------------------------------------------------------------------------------------

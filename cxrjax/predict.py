@@ -20,6 +20,10 @@ modality other than CR/DX). A directory argument means its files. A file that is
 is empty, truncated or too large (checked from its header, before decoding), or a DICOM that is
 multi-frame or in colour gets a one-line error; the others still run, and the exit code is 1.
 Nothing is written, not even a folder, when no image could be scored.
+
+``--model DIR`` scores with an exported model (``cxrjax.export``) through ``cxrjax.serving``
+instead of a workdir: the same decoding, probabilities and calls at the thresholds exported with
+it, no heatmaps (an export holds the forward pass only).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from cxrjax.data.labels import CLASSES
 from cxrjax.image_inputs import TAGS, ImageError, LoadedImage, expand_inputs, load_image
 from cxrjax.overlay import cam_problem, overlay, scaled
 from cxrjax.predictions import IMAGE_COLUMN, SCORE_PREFIX
+from cxrjax.serving import files as export_files
 
 SHORT = ("Atel", "Card", "Effu", "Infi", "Mass", "Nodu", "Pneu", "PnTx", "Cons", "Edem",
          "Emph", "Fibr", "PlTh", "Hern")
@@ -159,6 +164,26 @@ def predict_files(workdir: str, files: Sequence[str], out_dir: str, batch_size: 
     return rows, errors
 
 
+def predict_files_exported(model_dir: str, files: Sequence[str], batch_size: int = 16,
+                           ) -> tuple[list[dict], list[tuple[str, str]], Any]:
+    """Scores ``files`` with an export folder (``cxrjax.serving``), decoded as
+    ``predict_files`` decodes them (DICOM too). Returns (rows as ``predict_files``' without
+    heatmaps, [(path, error)], the loaded model)."""
+    from cxrjax import serving
+
+    model = serving.load(model_dir, warn=False)
+    run_warnings = tuple(short for short, _ in model.limitations)
+    rows, errors = [], []
+    for chunk in _batches(files, model.resolution, model.crop, batch_size, errors):
+        scores = model.predict_crops(np.stack([c[1].image for c in chunk]), batch_size)
+        for i, (path, loaded) in enumerate(chunk):
+            top = int(np.argmax(scores.probs["fused"][i]))
+            rows.append({"path": path, "probs": {h: p[i] for h, p in scores.probs.items()},
+                         "top": CLASSES[top], "heatmap": "", "tags": loaded.tags,
+                         "warnings": (*run_warnings, *loaded.warnings)})
+    return rows, errors, model
+
+
 # ---------------------------------------------------------------------------------------------
 # Positive/negative calls at the run's thresholds, the CSV and the printed table.
 # ---------------------------------------------------------------------------------------------
@@ -224,8 +249,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI: 0 if every image was scored, 1 if any failed, 2 on bad arguments."""
     parser = argparse.ArgumentParser(prog="python -m cxrjax.predict",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", required=True, help="a trained run (cxrjax.main)")
-    parser.add_argument("--out", default=None, help="output folder (default: WORKDIR/predict)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--workdir", help="a trained run (cxrjax.main)")
+    source.add_argument("--model", metavar="DIR", help="an exported model (cxrjax.export)")
+    parser.add_argument("--out", default=None,
+                        help="output folder (default: WORKDIR/predict or DIR/predict)")
     parser.add_argument("--batch_size", type=int, default=16,
                         help="images per jitted batch (rounded up to a multiple of the devices)")
     parser.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
@@ -238,15 +266,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.batch_size < 1:
             raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
-        out_dir = fileio.expand(args.out or fileio.join(args.workdir, "predict"))
-        rows, bad = predict_files(args.workdir, files, out_dir, args.batch_size) if files \
-            else ([], [])
-        points = operating_points.OperatingPoints.of_run(args.workdir) if rows else None
+        origin = args.workdir or args.model
+        out_dir = fileio.expand(args.out or fileio.join(origin, "predict"))
+        if args.model:
+            rows, bad, model = predict_files_exported(args.model, files, args.batch_size) \
+                if files else ([], [], None)
+            thresholds = fileio.join(args.model, export_files.THRESHOLDS)
+        else:
+            rows, bad = predict_files(args.workdir, files, out_dir, args.batch_size) if files \
+                else ([], [])
+            thresholds = fileio.join(args.workdir, operating_points.RUN_FILE)
+        points = (operating_points.OperatingPoints.load(thresholds)
+                  if rows and fileio.exists(thresholds) else None)
         mark_calls(rows, points)
         if rows:
+            if args.model:
+                out_dir = storage_checks.check_writable(out_dir)  # a wrong bucket: one line
+                fileio.makedirs(out_dir)  # no heatmap made it
             write_csv(fileio.join(out_dir, "predictions.csv"), rows)
-            limits = limitations.run_limitations(runs.load_config(args.workdir))
-    except (ValueError, OSError, RuntimeError) as e:  # workdir, checkpoint, out dir
+            limits = (tuple(limitations.Limitation(*x) for x in model.limitations) if args.model
+                      else limitations.run_limitations(runs.load_config(args.workdir)))
+    except (ValueError, OSError, RuntimeError) as e:  # workdir, model, checkpoint, out dir
         print(f"error: {e}", file=sys.stderr)
         return 2
     errors += bad
@@ -254,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {path}: {reason}", file=sys.stderr)
     if rows:
         for limit in limits:
-            print(f"warning: {args.workdir}: {limit.text}", file=sys.stderr)
+            print(f"warning: {origin}: {limit.text}", file=sys.stderr)
         run_notes = {x.short for x in limits}
         for r in rows:
             for note in r["warnings"]:
@@ -262,13 +302,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"warning: {r['path']}: {note}", file=sys.stderr)
         print(format_rows(rows))
         if points is None:
-            print(f"note: {args.workdir} has no {operating_points.RUN_FILE} (written when a run "
+            name = operating_points.RUN_FILE if args.workdir else export_files.THRESHOLDS
+            print(f"note: {origin} has no {name} (written when a run "
                   "is tested): probabilities only, no positive/negative calls", file=sys.stderr)
         else:
             target = (f" {points.target_sensitivity:g}" if points.rule == "sensitivity" else "")
             print(f"+ = positive at the run's per-class thresholds ({points.rule}{target}, "
-                  f"chosen on validation: {fileio.join(args.workdir, operating_points.RUN_FILE)})")
-        print(f"wrote {fileio.join(out_dir, 'predictions.csv')} and {len(rows)} heatmap(s) in "
+                  f"chosen on validation: {thresholds})")
+        csv_path = fileio.join(out_dir, "predictions.csv")
+        print(f"wrote {csv_path} (no heatmaps: an export holds the forward pass only)"
+              if args.model else f"wrote {csv_path} and {len(rows)} heatmap(s) in "
               f"{fileio.join(out_dir, 'heatmaps')}")
     if errors:
         print(f"{len(errors)} input(s) failed, {len(rows)} image(s) scored", file=sys.stderr)

@@ -6,6 +6,7 @@
     python scripts/benchmark.py compile --configs r18_msml,d121      # compile s, cold + warm
     python scripts/benchmark.py paper-run --config r18_msml [--scale 0.01]  # phases of a run
     python scripts/benchmark.py resume --configs r18_msml [--package-root DIR]  # after SIGTERM
+    python scripts/benchmark.py export --workdir W [--images 64]  # exported vs predict --workdir
     python scripts/benchmark.py metrics [--n_boot 1000]   # test-set metrics + bootstrap CIs
     python scripts/benchmark.py backbone ...            # forward / forward+backward per arch
     python scripts/benchmark.py data-prepare ...        # builder vs a bare PIL decode loop
@@ -260,6 +261,7 @@ MODES = {"train": run_train, "end-to-end": run_end_to_end, "metrics": run_metric
          "compile": _delegated("bench_compile", "run_compile"),
          "paper-run": _delegated("bench_paper_run", "run_paper_run"),
          "resume": _delegated("bench_resume", "run_resume"),
+         "export": _delegated("bench_export", "run_export"),
          "backbone": _delegated("bench_backbone", "run_backbone"),
          "data-prepare": _delegated("bench_data", "run_data_prepare"),
          "data-pipeline": _delegated("bench_data", "run_data_pipeline")}
