@@ -117,15 +117,15 @@ def write_test_outputs(workdir: str, config: mlc.ConfigDict, scores: SplitScores
     (with each section's summary) and W/report.md with its plots; on process 0 only."""
     if jax.process_index() != 0:
         return
-    from cxrjax import model_card, report  # matplotlib: only when a run is reported
+    from cxrjax import metadata, model_card, report  # matplotlib: only when a run is reported
 
     eval_dir = run_layout.path(workdir, run_layout.EVAL)
-    predictions.write_predictions(fileio.join(eval_dir, run_layout.TEST_PREDICTIONS),
-                                  scores.image_ids, scores.probs["fused"])
+    patients = metadata.run_columns(config, workdir, scores.image_ids)  # sex, age, view
     for head, p in scores.probs.items():
-        if head != "fused":
-            predictions.write_predictions(
-                fileio.join(eval_dir, run_layout.head_predictions(head)), scores.image_ids, p)
+        name = run_layout.TEST_PREDICTIONS if head == "fused" else \
+            run_layout.head_predictions(head)
+        predictions.write_predictions(fileio.join(eval_dir, name), scores.image_ids, p,
+                                      metadata=patients)
     results = scores.results
     out = {**results["fused"], "heads": {h: r for h, r in results.items() if h != "fused"}}
     out.update(sections.summaries(section_results or {}))

@@ -45,6 +45,7 @@ from cxrjax import (
     model_card,
     models,
     operating_points,
+    run_layout,
     runs,
 )
 from cxrjax.data.labels import CLASSES
@@ -187,7 +188,7 @@ def preprocessing_contract(config: Any, dtype: Any) -> dict:
 
 def calibration_of(workdir: str) -> dict | None:
     """The fused rescaling the run fitted on validation (test_metrics.json), or None."""
-    path = fileio.join(workdir, "eval", "test_metrics.json")
+    path = run_layout.eval_path(workdir, run_layout.TEST_METRICS)
     if not fileio.exists(path):
         return None
     rescaling = (json.loads(fileio.read_text(path)).get("calibration") or {}).get("rescaling")

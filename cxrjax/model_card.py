@@ -14,12 +14,12 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from cxrjax import fileio, limitations, operating_points
+from cxrjax import fileio, limitations, operating_points, run_layout
 from cxrjax.data.labels import CLASSES
 from cxrjax.predictions import HEAD_TITLES, format_value
 from cxrjax.workdir import read_command
 
-CARD_FILE = "model_card.md"
+CARD_FILE = run_layout.MODEL_CARD
 
 # What each data source means for where a model may be used (views, ages, labels).
 SOURCES = {
@@ -132,9 +132,9 @@ def _section_lines(metrics: Mapping | None) -> list[str]:
 
 def render(workdir: str) -> str:
     """The model card's markdown for the run in ``workdir`` (from its recorded files)."""
-    config = _read_json(workdir, "config.json") or {}
+    config = _read_json(workdir, run_layout.CONFIG) or {}
     command = read_command(workdir) or {}
-    metrics = _read_json(workdir, "eval", "test_metrics.json")
+    metrics = _read_json(workdir, run_layout.EVAL, run_layout.TEST_METRICS)
     has_thresholds = fileio.exists(fileio.join(workdir, operating_points.RUN_FILE))
     data, model = config.get("data") or {}, config.get("model") or {}
     source = data.get("source", "nih")

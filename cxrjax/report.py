@@ -16,7 +16,7 @@ from typing import Any
 import ml_collections as mlc
 import numpy as np
 
-from cxrjax import fileio, models, paper_recipe, recipe, run_layout
+from cxrjax import fileio, headline, models, paper_recipe, recipe, run_layout
 from cxrjax.data.labels import CLASSES
 from cxrjax.metric_writers import read_metrics
 from cxrjax.metrics import FEW_POSITIVES
@@ -190,6 +190,7 @@ def render_markdown(workdir: str, config: Any, results: Mapping[str, Mapping],
     columns = {HEAD_TITLES.get(h, h): results[h] for h in order}
     lines = [
         *_header(workdir, c, fused, split_sizes, command),
+        "## At a glance", "", headline.headline(sections or {}, fused),
         "## Test split: AUC per class", "",
         per_class_table(columns, detail=fused), "",
         f"Fused mean AUC **{fmt(fused.get('mean_auc'))}**, 95% bootstrap CI {ci_text(fused)}: "

@@ -1,9 +1,10 @@
 """Where a run's files lie in its folder: every file name of a workdir, written once.
 
     W/config.json  command.json  run.lock  metrics.jsonl  tensorboard/  report.md
-    W/training_curves.png  checkpoints/stage<i>_<name>/<step>/
+    W/training_curves.png  model_card.md  checkpoints/stage<i>_<name>/<step>/
     W/eval/test_predictions.csv  test_predictions_<head>.csv  test_metrics.json
     W/eval/thresholds.json  roc_curves.png  reliability.png  localization.{json,md,png}
+    W/eval/subgroups.{json,md,png}
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ CHECKPOINTS = "checkpoints"
 EVAL = "eval"
 REPORT = "report.md"
 TRAINING_CURVES = "training_curves.png"
+MODEL_CARD = "model_card.md"
 # In W/eval:
 TEST_PREDICTIONS = "test_predictions.csv"  # the fused prediction; per head: head_predictions()
 TEST_METRICS = "test_metrics.json"
@@ -26,10 +28,11 @@ THRESHOLDS = "thresholds.json"
 ROC_CURVES = "roc_curves.png"
 RELIABILITY = "reliability.png"
 LOCALIZATION = "localization"  # .json, .md and .png
+SUBGROUPS = "subgroups"  # .json, .md and .png
 
 # What a run writes at the top of its folder (a folder holding any of them holds a run).
 RUN_FILES = (CONFIG, COMMAND, CHECKPOINTS, METRICS_LOG, TENSORBOARD, EVAL, REPORT,
-             TRAINING_CURVES)
+             TRAINING_CURVES, MODEL_CARD)
 
 
 def path(workdir: str, *names: str) -> str:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from cxrjax import calibration, metadata, metrics, operating_points, subgroups_report
+from cxrjax import calibration, metadata, metrics, operating_points, run_layout, subgroups_report
 from cxrjax.section import Section, caveats_logged_once
 
 MIN_GROUP_IMAGES = 30
@@ -266,11 +266,13 @@ def _summary(result: Mapping) -> Mapping:
     """test_metrics.json's short form: the gaps (all of it: eval/subgroups.json)."""
     if "attributes" not in result:
         return result
-    return {"json": "eval/subgroups.json", "not_broken_down": result["not_broken_down"],
+    return {"json": run_layout.eval_link(subgroups_report.FILES[0]),
+            "not_broken_down": result["not_broken_down"],
             "gaps": {a: b["gaps"] for a, b in result["attributes"].items()}}
 
 
 SECTION = Section("subgroups", ("subgroups", "n_boot", "calibration_bins"),
                   check=_check_fields, compute=_compute, summary=_summary, switch="subgroups",
                   report=lambda result: subgroups_report.markdown(
-                      result, per_class=False, picture=f"eval/{subgroups_report.FILES[2]}"))
+                      result, per_class=False,
+                      picture=run_layout.eval_link(subgroups_report.FILES[2])))

@@ -10,9 +10,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from cxrjax import fileio
+from cxrjax import fileio, run_layout
 
-FILES = ("subgroups.json", "subgroups.md", "subgroups.png")  # in W/eval
+FILES = tuple(f"{run_layout.SUBGROUPS}.{ext}" for ext in ("json", "md", "png"))  # in W/eval
 GAP_TITLES = {"mean_auc": "mean AUC", "underdiagnosis_rate": "underdiagnosis rate"}
 
 _TITLES = {"sex": "Sex", "age": "Age (years)", "view": "View position"}
