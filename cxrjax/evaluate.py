@@ -4,7 +4,8 @@
                               [--thresholds thresholds.json] [--subgroups]
     python -m cxrjax.evaluate --workdir W [W2 ...] [--split test|val] [--json OUT.json]
 
-FILE is a predictions file (``cxrjax.predictions``: ``Image Index`` plus ``<Class>`` or
+FILE is a predictions file (``cxrjax.evaluation.prediction_files``: ``Image Index`` plus
+``<Class>`` or
 ``prob_<Class>`` columns). ``--workdir`` scores the best checkpoint of each run's last stage on
 the split of the run's own data config, through ``evaluator.evaluate_run`` as ``main --mode
 eval`` does; several workdirs are an ensemble: the mean of their fused probabilities (the
@@ -12,7 +13,8 @@ paper's R18 + D121 row), refused unless the runs' split holds the same images. E
 is a one-line error and exit code 2. ``--thresholds`` (a run's ``W/eval/thresholds.json``)
 adds the operating-point table: per class, sensitivity, specificity, PPV, NPV and F1 at those
 thresholds, with bootstrap 95% CIs; a file for other classes is refused. ``--subgroups`` adds
-the subgroup report (``cxrjax.subgroups``) by the file's ``sex``, ``age`` and ``view`` columns
+the subgroup report (``cxrjax.evaluation.subgroups``) by the file's ``sex``, ``age`` and ``view``
+columns
 (else the label table's).
 """
 
@@ -27,9 +29,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cxrjax import checkpoint, compilation_cache, evaluator, fileio, logs, metrics, operating_points
 from cxrjax.data.labels import load_label_table
-from cxrjax.predictions import format_table, format_value, load_predictions, write_json
+from cxrjax.evaluation import evaluator, metrics, operating_points
+from cxrjax.evaluation.prediction_files import (
+    format_table,
+    format_value,
+    load_predictions,
+    write_json,
+)
+from cxrjax.io import checkpoint, compilation_cache, fileio, logs
 
 
 def evaluate_predictions(predictions: str | os.PathLike,
@@ -57,9 +65,9 @@ def evaluate_predictions(predictions: str | os.PathLike,
             **operating_points.operating_point_metrics(scores, truth, points.thresholds,
                                                        n_boot=n_boot, seed=seed)}
     if subgroups:
-        from cxrjax import metadata
-        from cxrjax import subgroups as subgroups_lib  # matplotlib: only when asked
-        from cxrjax.predictions import load_metadata_columns
+        from cxrjax.data import patient_metadata as metadata
+        from cxrjax.evaluation import subgroups as subgroups_lib  # matplotlib: only when asked
+        from cxrjax.evaluation.prediction_files import load_metadata_columns
 
         columns = load_metadata_columns(predictions)
         meta = (metadata.from_columns(columns, len(ids)) if columns
@@ -227,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{points['rule']}; {ci}):")
             print(operating_points.format_text(points))
         if "subgroups" in summary:
-            from cxrjax import subgroups_report
+            from cxrjax.evaluation import subgroups_report
 
             print("\n" + subgroups_report.markdown(summary["subgroups"], "#", per_class=False))
         if args.json:

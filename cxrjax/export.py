@@ -34,22 +34,13 @@ import PIL
 from jax import export as jax_export
 from PIL import Image
 
-from cxrjax import (
-    checkpoint,
-    compilation_cache,
-    fileio,
-    image_inputs,
-    inference,
-    limitations,
-    logs,
-    model_card,
-    models,
-    operating_points,
-    run_layout,
-    runs,
-)
+from cxrjax import models
+from cxrjax.data import image_inputs
 from cxrjax.data.labels import CLASSES
+from cxrjax.evaluation import inference, limitations, model_card, operating_points
+from cxrjax.io import checkpoint, compilation_cache, fileio, logs, run_layout
 from cxrjax.models.common import IMAGENET_MEAN, IMAGENET_STD
+from cxrjax.runfolder import loading as runs
 from cxrjax.serving import decode, files
 
 PLATFORMS = ("cpu", "cuda", "tpu")

@@ -7,12 +7,14 @@
 For every image of the run's split (default: test) that has boxes in CSV (NIH's
 ``BBox_List_2017.csv`` format, 1024² frame; default: the run's data folder's own list, as the
 NIH download and the synthetic set have one, else NIH's list shipped in the package), the
-heatmap of each boxed class becomes boxes (``cxrjax.localizer``), mapped back to the 1024²
+heatmap of each boxed class becomes boxes (``cxrjax.evaluation.localization``), mapped back to the
+1024²
 frame and scored: accuracy at T(IoU) and T(IoBB) for T in 0.1 ... 0.9 and false-positive
 boxes per image, per class and overall, beside random boxes of the same sizes. Prints the
 tables; writes DIR/localization.json (or OUT.json), DIR/localization.md and
 DIR/localization.png (default DIR: W/eval). The methods: Grad-CAM of the fused prediction on
-stream A, and the CAM of each stream's own pooled head (``cxrjax.heatmaps``). A bad input is a
+stream A, and the CAM of each stream's own pooled head (``cxrjax.evaluation.heatmaps``). A bad
+input is a
 one-line error and exit code 2.
 """
 
@@ -24,17 +26,10 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from cxrjax import (
-    checkpoint,
-    compilation_cache,
-    evaluator,
-    fileio,
-    heatmaps,
-    localizer,
-    logs,
-    run_layout,
-)
-from cxrjax import localization as loc
+from cxrjax.evaluation import boxes as loc
+from cxrjax.evaluation import evaluator, heatmaps
+from cxrjax.evaluation import localization as localizer
+from cxrjax.io import checkpoint, compilation_cache, fileio, logs, run_layout
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.grid < 1:
             raise ValueError(f"--grid must be >= 1, got {args.grid}")
         if not args.out:  # the run's own eval/: never beside a live run's writes
-            from cxrjax import run_lock
+            from cxrjax.runfolder import lock as run_lock
 
             run_lock.refuse_if_locked(args.workdir, "localization files")
         with warnings.catch_warnings(record=True) as caught:

@@ -18,7 +18,8 @@ too). A SIGTERM while training (a spot VM's or Slurm's notice) finishes the step
 saves it and exits with code 75 and one line naming the step; a Ctrl-C does the same with exit
 code 130 (a second Ctrl-C stops at once, without saving). WORKDIR may be gs://BUCKET/...
 (checked writable before any work). Only the learning rate, logging, checkpoint, evaluation,
-worker and path fields may change on resume (cxrjax.workdir.RESUMABLE_FIELDS), and a stage's
+worker and path fields may change on resume (cxrjax.runfolder.ownership.RESUMABLE_FIELDS), and a
+stage's
 epochs; a workdir that holds a run of another config is refused, untouched. --restart moves
 that run aside (WORKDIR.old-<time>) and starts over; nothing is ever deleted.
 
@@ -35,7 +36,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from cxrjax import preemption  # imports nothing that starts a thread
+from cxrjax.io import preemption  # imports nothing that starts a thread
 
 # A config file imports only the installed package (cxrjax.recipe): any path, any directory.
 _CONFIG = config_flags.DEFINE_config_file(
@@ -118,8 +119,9 @@ def _maybe_initialize_distributed(log) -> None:
 
 def _recorded_config(workdir: str):
     """The config recorded in ``workdir`` (a run's), or WorkdirError in one line."""
-    from cxrjax import fileio, runs
-    from cxrjax import workdir as workdir_lib
+    from cxrjax.io import fileio
+    from cxrjax.runfolder import loading as runs
+    from cxrjax.runfolder import ownership as workdir_lib
 
     try:
         return runs.load_config(fileio.expand(workdir))
@@ -149,7 +151,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
-        from cxrjax import logs
+        from cxrjax.io import logs
 
         _run(logs.setup())
     except preemption.Interrupted as e:  # the step in flight is saved: the same command resumes
@@ -167,7 +169,7 @@ def _run(log) -> None:
         print("error: --config is required to train (python -m cxrjax.main --help)",
               file=sys.stderr)
         sys.exit(2)
-    from cxrjax import storage_checks
+    from cxrjax.io import storage_checks
 
     try:  # before any work: a wrong bucket or an unreachable server is one line, at once
         storage_checks.check_writable(_WORKDIR.value)
@@ -177,9 +179,11 @@ def _run(log) -> None:
     _maybe_initialize_distributed(log)  # before the loop's PreemptionWatcher, which asks JAX
     import jax
 
-    from cxrjax import checkpoint, compilation_cache, config_checks, evaluator, train
-    from cxrjax import workdir as workdir_lib
+    from cxrjax import config_checks, train
     from cxrjax.data.labels import LabelError
+    from cxrjax.evaluation import evaluator
+    from cxrjax.io import checkpoint, compilation_cache
+    from cxrjax.runfolder import ownership as workdir_lib
 
     try:
         # --mode eval without --config: the run's own, recorded in its workdir.

@@ -14,7 +14,8 @@ DICOM's view, sex and age) and ``DIR/heatmaps/<name>_<method>.png``: the run's o
 the image at its own size (under 256 px, enlarged by a whole factor so the caption fits), with
 a colour bar; a map that points nowhere (zero or constant) is not drawn, and the caption and a
 warning on stderr say so. A run whose recorded config implies a limitation (trained on
-synthetic images, ...: ``cxrjax.limitations``) says so on stderr, in the CSV's ``warning``
+synthetic images, ...: ``cxrjax.evaluation.limitations``) says so on stderr, in the CSV's
+``warning``
 column and in every caption; so does an image with a DICOM warning (a lateral view, a child, a
 modality other than CR/DX). A directory argument means its files. A file that is not an image,
 is empty, truncated or too large (checked from its header, before decoding), or a DICOM that is
@@ -39,21 +40,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from cxrjax import (
-    compilation_cache,
-    fileio,
-    heatmaps,
-    inference,
-    limitations,
-    logs,
-    operating_points,
-    runs,
-    storage_checks,
-)
+from cxrjax.data.image_inputs import TAGS, ImageError, LoadedImage, expand_inputs, load_image
 from cxrjax.data.labels import CLASSES
-from cxrjax.image_inputs import TAGS, ImageError, LoadedImage, expand_inputs, load_image
-from cxrjax.overlay import cam_problem, overlay, scaled
-from cxrjax.predictions import IMAGE_COLUMN, SCORE_PREFIX
+from cxrjax.evaluation import heatmaps, inference, limitations, operating_points
+from cxrjax.evaluation.overlay import cam_problem, overlay, scaled
+from cxrjax.evaluation.prediction_files import IMAGE_COLUMN, SCORE_PREFIX
+from cxrjax.io import compilation_cache, fileio, logs, storage_checks
+from cxrjax.runfolder import loading as runs
 from cxrjax.serving import files as export_files
 
 SHORT = ("Atel", "Card", "Effu", "Infi", "Mass", "Nodu", "Pneu", "PnTx", "Cons", "Edem",

@@ -35,7 +35,7 @@ def base_config() -> mlc.ConfigDict:
     c.seed = 0
     # "auto": bfloat16 compute (float32 params and losses) on GPU/TPU, float32 on CPU.
     c.dtype = "auto"
-    # Persistent compilation cache (cxrjax.compilation_cache): "" = off; the environment
+    # Persistent compilation cache (cxrjax.io.compilation_cache): "" = off; the environment
     # variable CXRJAX_COMPILE_CACHE (a folder or "off") wins over this field.
     c.compile_cache_dir = "~/.cache/cxrjax/jax_cache"
 

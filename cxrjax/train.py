@@ -20,13 +20,16 @@ import ml_collections as mlc
 import numpy as np
 from jax.sharding import Mesh
 
-from cxrjax import checkpoint, fileio, mirror, models, runs, sections
-from cxrjax import workdir as workdir_lib
+from cxrjax import models
 from cxrjax.config_checks import check_config
-from cxrjax.evaluator import Evaluator
-from cxrjax.inference import batch_sharded, create_mesh, replicated
-from cxrjax.metric_writers import MetricWriter, progress
-from cxrjax.preemption import PreemptionWatcher
+from cxrjax.evaluation import sections
+from cxrjax.evaluation.evaluator import Evaluator
+from cxrjax.evaluation.inference import batch_sharded, create_mesh, replicated
+from cxrjax.io import checkpoint, fileio, mirror
+from cxrjax.io.metric_writers import MetricWriter, progress
+from cxrjax.io.preemption import PreemptionWatcher
+from cxrjax.runfolder import loading as runs
+from cxrjax.runfolder import ownership as workdir_lib
 from cxrjax.train_step import TrainState, create_stage, prefetch_to_mesh
 
 log = logging.getLogger("cxrjax")

@@ -20,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from cxrjax import losses, models
 from cxrjax.config_checks import ConfigError
-from cxrjax.inference import batch_sharded, replicated
+from cxrjax.evaluation.inference import batch_sharded, replicated
 
 # ---------------------------------------------------------------------------------------------
 # State, optimizer and the frozen-parameter mask.

@@ -114,7 +114,10 @@ def measure(config, batch: int, size: int, eval_batch: int, predict_batch: int,
     import jax
     import numpy as np
 
-    from cxrjax import compilation_cache, heatmaps, inference, models, runs, train_step
+    from cxrjax import models, train_step
+    from cxrjax.evaluation import heatmaps, inference
+    from cxrjax.io import compilation_cache
+    from cxrjax.runfolder import loading as runs
 
     cache_dir = compilation_cache.enable(compilation_cache.DEFAULT_DIR,
                                          min_compile_time_s=min_compile_s)
@@ -229,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--functions", default=",".join(FUNCTIONS))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
-    from cxrjax import compilation_cache
+    from cxrjax.io import compilation_cache
 
     min_s = compilation_cache.MIN_COMPILE_TIME_S if args.min_compile_s is None \
         else args.min_compile_s

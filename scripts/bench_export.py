@@ -77,7 +77,9 @@ def _run_scorer(workdir: str, batch: int) -> Callable[[Sequence[str]], dict]:
     """Files -> the run's probabilities: predict's decoding and jitted scoring, loaded once."""
     import numpy as np
 
-    from cxrjax import image_inputs, inference, runs
+    from cxrjax.data import image_inputs
+    from cxrjax.evaluation import inference
+    from cxrjax.runfolder import loading as runs
 
     mesh = inference.create_mesh()
     config, model, variables, _ = runs.load_run(workdir, mesh)
@@ -98,7 +100,9 @@ def _run_scorer(workdir: str, batch: int) -> Callable[[Sequence[str]], dict]:
 
 def run_export(args) -> list[dict]:
     """One record: the three rates and the export's time (see the module docstring)."""
-    from cxrjax import compilation_cache, export, predict, runs, serving
+    from cxrjax import export, predict, serving
+    from cxrjax.io import compilation_cache
+    from cxrjax.runfolder import loading as runs
 
     opts = _options(args.extra)
     batch = opts.predict_batch

@@ -139,8 +139,10 @@ def run_paper_run(args) -> list[dict]:
     from bench_common import load_config
     from bench_compile import CompileEvents
 
-    from cxrjax import compilation_cache, evaluator, metric_writers, train
+    from cxrjax import train
     from cxrjax.data import pipeline
+    from cxrjax.evaluation import evaluator
+    from cxrjax.io import compilation_cache, metric_writers
 
     opts = _options(args.extra)
     config = load_config(opts.config, args.set)

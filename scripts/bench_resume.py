@@ -10,7 +10,7 @@ Both processes run the user's command, ``python -m cxrjax.main --config configs/
 ``model.init="imagenet"`` from weight files in the real ported format (random values, the real
 architectures' sizes, made here) and a private persistent compilation cache, which the first
 process fills as a user's first run would. The first process gets SIGTERM once its first
-checkpoint exists (it saves and exits, see ``cxrjax.preemption``). The figure is the second
+checkpoint exists (it saves and exits, see ``cxrjax.io.preemption``). The figure is the second
 process's seconds from start to its "resumed at step" log line, then it is stopped.
 
 ``--package-root DIR`` runs the cxrjax of another tree (a ``git worktree`` of an earlier commit),

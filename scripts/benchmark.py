@@ -52,7 +52,9 @@ def bench_train_step(name: str, batch: int, size: int, steps: int, warmup: int,
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from cxrjax import inference, models, runs, train_step
+    from cxrjax import models, train_step
+    from cxrjax.evaluation import inference
+    from cxrjax.runfolder import loading as runs
 
     config = load_config(name, overrides)
     config.model.init = "scratch"
@@ -140,8 +142,10 @@ def run_end_to_end(args) -> None:
     import jax
     import numpy as np
 
-    from cxrjax import inference, models, runs, train, train_step
+    from cxrjax import models, train, train_step
     from cxrjax.data import pipeline
+    from cxrjax.evaluation import inference
+    from cxrjax.runfolder import loading as runs
 
     p = argparse.ArgumentParser(prog="benchmark.py end-to-end")
     p.add_argument("--data_dir", help="a prepared dataset (default: a synthetic one)")
@@ -203,9 +207,9 @@ def run_metrics(args) -> None:
 
     import numpy as np
 
-    from cxrjax import metrics
     from cxrjax.data import labels as labels_lib
     from cxrjax.data import splits
+    from cxrjax.evaluation import metrics
 
     table = labels_lib.load_label_table()
     truth = table.labels[table.rows(splits.chexnet_lists()["test"])]  # real test prevalence

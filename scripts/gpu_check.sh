@@ -28,7 +28,7 @@ WORKERS=${WORKERS:-12}
 TORCH=.device/torch_reference.py
 SCRATCH=$(mktemp -d /tmp/gpu_check.XXXXXX)
 
-# cxrjax.fileio needs google-crc32c, which device_env.py does not carry: download its cp312
+# cxrjax.io.fileio needs google-crc32c, which device_env.py does not carry: download its cp312
 # wheel into .device/whl too (pip download --only-binary=:all: --python-version 3.12 ...).
 python3 -m pip install -q --no-index --no-deps .device/whl/google_crc32c*.whl >"$OUT/install.log" 2>&1
 python3 .device/device_env.py install .device/whl >>"$OUT/install.log" 2>&1 \

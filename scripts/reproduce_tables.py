@@ -10,7 +10,8 @@ is read from a folder named ``r18_d121_ensemble`` holding eval/test_metrics.json
 without results gets a line saying why, not a traceback, and the command that helps: its
 recorded training command when it has no checkpoint to test, ``--mode eval`` when it has one.
 A run is set beside the paper's number (Δ) only when its config.json follows the row's recipe
-(``cxrjax.paper_recipe.differences``, as in each run's report.md); otherwise its Note names the
+(``cxrjax.evaluation.recipe_comparison.differences``, as in each run's report.md); otherwise its
+Note names the
 fields that differ.
 """
 
@@ -27,9 +28,12 @@ from collections.abc import Sequence
 
 import ml_collections as mlc
 
-from cxrjax import paper_recipe, recipe, report, runs
-from cxrjax import workdir as workdir_lib
-from cxrjax.workdir import read_command
+from cxrjax import recipe
+from cxrjax.evaluation import recipe_comparison as paper_recipe
+from cxrjax.evaluation import report
+from cxrjax.runfolder import loading as runs
+from cxrjax.runfolder import ownership as workdir_lib
+from cxrjax.runfolder.ownership import read_command
 
 _MARKERS = ("config.json", "eval", "metrics.jsonl", "checkpoints")
 

@@ -34,7 +34,7 @@ pytest_plugins = ("gcs_emulator",)
 @pytest.fixture(scope="session", autouse=True)
 def _session_compilation_cache():
     """The session's compilation cache (above) for what tests compile in this process too."""
-    from cxrjax import compilation_cache
+    from cxrjax.io import compilation_cache
 
     compilation_cache.enable(None)  # the environment variable names the folder
 

@@ -17,7 +17,10 @@ def tiny_run(workdir: str) -> str:
     """An R18 + R18-F-MSML tiny run on synthetic data (never prepared: not needed to export)
     with one saved checkpoint, and the files a tested run records: thresholds.json and a
     test_metrics.json with a temperature rescaling."""
-    from cxrjax import checkpoint, inference, models, operating_points, runs, train
+    from cxrjax import models, train
+    from cxrjax.evaluation import inference, operating_points
+    from cxrjax.io import checkpoint
+    from cxrjax.runfolder import loading as runs
 
     c = importlib.import_module("configs.r18_msml").get_config()
     c.model.trunk_a, c.model.trunk_b = TINY[c.model.trunk_a], TINY[c.model.trunk_b]

@@ -11,7 +11,7 @@ before any test module).
 
 What the emulator lacks (measured with gcp-storage-emulator 2026.7.19, the latest):
 - ``objects.moveTo`` (501), so a plain gcsfs ``mv`` spends ~35 s in retries before it falls
-  back to copy + delete; ``cxrjax.fileio.rename`` copies and deletes directly.
+  back to copy + delete; ``cxrjax.io.fileio.rename`` copies and deletes directly.
 - the ``x-goog-generation`` header on a media download (real GCS sends it). tensorstore then
   records generation 0, and its next conditional read of the object (``ifGenerationNotMatch``,
   which orbax's OCDBT manifest reads make as soon as a save opens more than a few arrays)

@@ -25,7 +25,8 @@ def main(argv: list[str]) -> None:
                                    num_processes=num_processes, process_id=process_id)
     from helpers import run_config
 
-    from cxrjax import preemption, train
+    from cxrjax import train
+    from cxrjax.io import preemption
 
     config = run_config("r18_msml", data_root, epochs=epochs)
     config.train.log_every_steps = 1

@@ -23,7 +23,7 @@ def main(checkpoint_dir: str, ready_file: str, *distributed: str) -> int:
                                    num_processes=num_processes, process_id=process_id)
     import orbax.checkpoint as ocp
 
-    from cxrjax import preemption
+    from cxrjax.io import preemption
 
     options = ocp.CheckpointManagerOptions(enable_async_checkpointing=True, max_to_keep=2)
     manager = ocp.CheckpointManager(checkpoint_dir, options=options)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from cxrjax import run_lock
+from cxrjax.runfolder import lock as run_lock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOT_OUTPUTS = ("checkpoints/", "tensorboard/", "metrics.jsonl", run_lock.LOCK_FILE,

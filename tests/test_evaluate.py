@@ -14,8 +14,9 @@ import pytest
 from helpers import TINY, random_variables
 from sklearn.metrics import roc_auc_score
 
-from cxrjax import evaluate, predictions
+from cxrjax import evaluate
 from cxrjax.data.labels import CLASSES, load_label_table, resource_path
+from cxrjax.evaluation import prediction_files as predictions
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +239,10 @@ def tiny_run(workdir, seed=0, split_seed=0, shared_data=None):
 
     import jax
 
-    from cxrjax import checkpoint, inference, models, runs, train_step
+    from cxrjax import models, train_step
+    from cxrjax.evaluation import inference
+    from cxrjax.io import checkpoint
+    from cxrjax.runfolder import loading as runs
 
     c = importlib.import_module("configs.r18_msml").get_config()
     c.model.trunk_a, c.model.trunk_b = TINY[c.model.trunk_a], TINY[c.model.trunk_b]
@@ -296,7 +300,7 @@ def test_predict_workdir_scores_the_best_checkpoint_on_the_run_own_test_split(tr
 
 def test_cli_workdir_prints_the_table_and_writes_fused_and_per_head_json(
         trained_runs, tmp_path, capsys):
-    from cxrjax import metrics
+    from cxrjax.evaluation import metrics
 
     workdir = trained_runs["a"][0]
     out = tmp_path / "m.json"
@@ -327,7 +331,8 @@ def test_mode_eval_writes_the_run_files_with_the_numbers_evaluate_workdir_prints
     --workdir`` score the same checkpoint into the same numbers."""
     import shutil
 
-    from cxrjax import evaluator, runs
+    from cxrjax.evaluation import evaluator
+    from cxrjax.runfolder import loading as runs
 
     workdir = tmp_path / "run"
     shutil.copytree(trained_runs["a"][0], workdir, symlinks=True)
@@ -351,7 +356,7 @@ def test_mode_eval_writes_the_run_files_with_the_numbers_evaluate_workdir_prints
 
 
 def test_ensemble_scores_the_mean_of_the_two_runs_fused_probabilities(trained_runs, capsys):
-    from cxrjax import metrics
+    from cxrjax.evaluation import metrics
 
     (a, *_), (b, *_) = trained_runs["a"], trained_runs["b"]
     _, pa, labels, _ = evaluate.predict_workdir(a)
@@ -431,7 +436,7 @@ def test_a_run_saved_on_two_devices_evaluates_on_one(trained_runs, tmp_path):
                           env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     _, probs, labels, _ = evaluate.predict_workdir(workdir)  # 2 devices, in this process
-    from cxrjax import metrics
+    from cxrjax.evaluation import metrics
 
     want = metrics.summary(probs["fused"], labels, n_boot=0)["mean_auc"]
     assert json.loads(out.read_text())["mean_auc"] == pytest.approx(want, rel=1e-6)
@@ -474,7 +479,8 @@ def test_mode_eval_writes_validation_thresholds_their_test_measures_and_calibrat
     import shutil
     import warnings
 
-    from cxrjax import evaluator, operating_points, runs
+    from cxrjax.evaluation import evaluator, operating_points
+    from cxrjax.runfolder import loading as runs
 
     workdir = tmp_path / "run"
     shutil.copytree(trained_runs["a"][0], workdir, symlinks=True)
@@ -519,7 +525,7 @@ def test_mode_eval_writes_validation_thresholds_their_test_measures_and_calibrat
 
 
 def _thresholds_file(path, classes, values, rule="youden"):
-    from cxrjax import operating_points
+    from cxrjax.evaluation import operating_points
 
     operating_points.OperatingPoints(tuple(classes), np.asarray(values, float), rule).save(path)
     return str(path)

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from helpers import run_config, truncate_files
 
-from cxrjax import checkpoint, runs, train
+from cxrjax import train
+from cxrjax.io import checkpoint
+from cxrjax.runfolder import loading as runs
 
 
 def test_corrupt_latest_checkpoint_is_reported_and_the_previous_one_resumes(

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from cxrjax import checkpoint
+from cxrjax.io import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FULL = re.compile(r"^error: cannot write checkpoint (\d+) in (\S+): a file grew past the allowed "
@@ -44,7 +44,7 @@ def _digests(folder) -> dict[str, str]:
 _SAVE = """
 import sys
 import numpy as np
-from cxrjax import checkpoint
+from cxrjax.io import checkpoint
 manager = checkpoint.open_manager(sys.argv[1], keep=3)
 state = {"w": np.random.default_rng(0).normal(size=(300, 1000)).astype(np.float32)}
 try:

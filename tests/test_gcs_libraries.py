@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from cxrjax import fileio, mirror
+from cxrjax.io import fileio, mirror
 
 
 def test_orbax_checkpoint_manager_saves_and_restores_in_a_bucket(gcs_bucket):

@@ -14,7 +14,7 @@ import time
 
 from helpers import run_config
 
-from cxrjax import preemption
+from cxrjax.io import preemption
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "CXRJAX_COMPILE_CACHE": "off",

@@ -13,20 +13,14 @@ import pytest
 from helpers import random_variables, tiny_config
 from PIL import Image
 
-from cxrjax import (
-    checkpoint,
-    evaluator,
-    heatmaps,
-    inference,
-    localize,
-    localizer,
-    models,
-    runs,
-    train_step,
-)
-from cxrjax import localization as loc
+from cxrjax import localize, models, train_step
 from cxrjax.data import labels as labels_lib
 from cxrjax.data import nih_layout, pipeline, prepare
+from cxrjax.evaluation import boxes as loc
+from cxrjax.evaluation import evaluator, heatmaps, inference
+from cxrjax.evaluation import localization as localizer
+from cxrjax.io import checkpoint
+from cxrjax.runfolder import loading as runs
 
 NIH_IMAGES = pathlib.Path(__file__).resolve().parents[1].parent / "shared/data/nih_sample/images"
 RESOLUTION, CROP = 256, 224  # the paper configs' frame: what the mapping must get right

@@ -14,7 +14,9 @@ import jax
 import numpy as np
 import pytest
 
-from cxrjax import inference, preemption, runs
+from cxrjax.evaluation import inference
+from cxrjax.io import preemption
+from cxrjax.runfolder import loading as runs
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multihost_worker.py")
 

@@ -16,20 +16,13 @@ import pytest
 from helpers import TINY, random_variables
 from PIL import Image
 
-from cxrjax import (
-    checkpoint,
-    heatmaps,
-    image_inputs,
-    inference,
-    models,
-    overlay,
-    predict,
-    predictions,
-    runs,
-    train_step,
-)
-from cxrjax.data import nih_layout
+from cxrjax import models, predict, train_step
+from cxrjax.data import image_inputs, nih_layout
 from cxrjax.data.labels import CLASSES
+from cxrjax.evaluation import heatmaps, inference, overlay
+from cxrjax.evaluation import prediction_files as predictions
+from cxrjax.io import checkpoint
+from cxrjax.runfolder import loading as runs
 
 RES, CROP = 72, 64  # the tiny trunk (stride 32) sees a 2x2 feature map
 
@@ -316,7 +309,7 @@ def test_bad_workdir_and_batch_size_are_one_line_errors_exit_2(run, tmp_path, ca
 
 def test_cli_marks_calls_at_the_run_thresholds_and_says_once_when_it_has_none(
         run, tmp_path, capsys):
-    from cxrjax import operating_points
+    from cxrjax.evaluation import operating_points
 
     workdir = run[0]
     images = [save(tmp_path / "a.png", xray(seed=4)), save(tmp_path / "b.png", xray(seed=5))]
@@ -489,7 +482,7 @@ def test_nothing_scored_leaves_no_folder_and_a_dicom_without_pydicom_is_named(
 
 
 def test_images_in_a_bucket_score_as_their_local_copies(run, tmp_path, gcs_bucket, capsys):
-    from cxrjax import fileio
+    from cxrjax.io import fileio
 
     local = [save(tmp_path / "a.png", xray(seed=8)), save(tmp_path / "b.jpg", xray(seed=9))]
     for path in local:

@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from cxrjax import config_checks, recipe, workdir
+from cxrjax import config_checks, recipe
+from cxrjax.runfolder import ownership as workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
@@ -123,7 +124,7 @@ def test_a_run_recorded_before_the_row_field_resumes_and_loads_without_a_row(tmp
     old = json.loads(recipe.row("r18_msml").to_json_best_effort())
     del old["row"]
     (tmp_path / "config.json").write_text(json.dumps(old))
-    from cxrjax import runs
+    from cxrjax.runfolder import loading as runs
 
     loaded = runs.load_config(str(tmp_path))
     assert loaded.row is None

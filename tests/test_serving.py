@@ -13,7 +13,8 @@ import pytest
 from export_helpers import CROP, RES, exported_run
 from PIL import Image
 
-from cxrjax import image_inputs, predict
+from cxrjax import predict
+from cxrjax.data import image_inputs
 from cxrjax.data.labels import CLASSES
 from cxrjax.serving import decode, files, verify
 

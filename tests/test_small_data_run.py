@@ -8,8 +8,9 @@ import math
 
 from helpers import run_config
 
-from cxrjax import runs, train
+from cxrjax import train
 from cxrjax.data import builder, nih_layout, synthetic
+from cxrjax.runfolder import loading as runs
 
 
 def _every_image_with_a_finding(nih_dir) -> None:

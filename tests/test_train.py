@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from helpers import PAPER_CONFIGS, count_compiles, random_variables, tiny_config
 
-from cxrjax import inference, models, runs, train, train_step
+from cxrjax import models, train, train_step
 from cxrjax.config_checks import ConfigError
+from cxrjax.evaluation import inference
+from cxrjax.runfolder import loading as runs
 
 
 def fixed_batch(batch: int = 8, crop: int = 32, seed: int = 0) -> dict:

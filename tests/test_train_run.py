@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 from helpers import count_compiles, run_config
 
-from cxrjax import inference, models, predictions, runs, train
+from cxrjax import models, train
+from cxrjax.evaluation import inference
+from cxrjax.evaluation import prediction_files as predictions
+from cxrjax.runfolder import loading as runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # test_train.py steps every paper config; end to end, three shapes of run are enough: the

@@ -19,7 +19,10 @@ import numpy as np
 import pytest
 from helpers import tiny_config
 
-from cxrjax import evaluate, fileio, inference, mirror, models, predict, preemption, runs
+from cxrjax import evaluate, models, predict
+from cxrjax.evaluation import inference
+from cxrjax.io import fileio, mirror, preemption
+from cxrjax.runfolder import loading as runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGE = "checkpoints/stage0_global"  # r18_msml's one stage

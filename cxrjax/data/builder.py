@@ -23,9 +23,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
-from cxrjax import fileio
 from cxrjax.data import labels as labels_lib
 from cxrjax.data import nih_layout
+from cxrjax.io import fileio
 
 SPLIT = "images"
 DEFAULT_RESOLUTION = 256

@@ -246,7 +246,7 @@ def format_problems(problems: Sequence[Problem]) -> str:
 
 def write_problems(path: str, problems: Sequence[Problem]) -> None:
     """A TSV (``image``, ``reason``) of every problem: the full list behind a short message."""
-    from cxrjax import fileio  # a gs:// data_dir too; imported here: workers stay light
+    from cxrjax.io import fileio  # a gs:// data_dir too; imported here: workers stay light
 
     fileio.write_text(path, "image\treason\n" +
                       "".join(f"{p.image}\t{p.reason}\n" for p in problems))

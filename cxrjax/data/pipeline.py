@@ -347,7 +347,7 @@ def ensure_prepared(data_cfg: Any, workdir: str) -> PreparedData:
     it in ``mirror.cache_root()``. A data_dir is read in place; of a manual_dir only the label
     table and split lists, of a chestmnist_path the file, are fetched into that cache.
     """
-    from cxrjax import fileio, mirror, storage_checks
+    from cxrjax.io import fileio, mirror, storage_checks
 
     remote_workdir = fileio.is_remote(workdir)
     source = data_cfg.source

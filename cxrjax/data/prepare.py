@@ -28,9 +28,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from cxrjax import fileio, logs, mirror, storage_checks
 from cxrjax.data import builder, mimic_layout, release_builder
 from cxrjax.data import release_rows as rr
+from cxrjax.io import fileio, logs, mirror, storage_checks
 
 PROG = "python -m cxrjax.data.prepare"
 

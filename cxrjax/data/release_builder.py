@@ -24,10 +24,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
-from cxrjax import fileio
 from cxrjax.data import builder as nih_builder
 from cxrjax.data import chexpert_layout, label_space, mimic_layout, nih_layout, padchest_layout
 from cxrjax.data import release_rows as rr
+from cxrjax.io import fileio
 
 EXCLUDED_NAME = "excluded_images.tsv"
 HOMEPAGES = {"chexpert": "https://stanfordmlgroup.github.io/competitions/chexpert/",

@@ -5,7 +5,7 @@ palette images, a 16-bit image mapped linearly onto 0..255 (``x * 255 / hi + 0.5
 truncated, in float32); it is resized to ``resolution`` square with Pillow's antialiased
 bilinear filter (skipped when already that size; the aspect ratio is not kept), then centre
 cropped to ``crop``. This mirrors ``cxrjax.data.nih_layout.decode_image`` and
-``cxrjax.image_inputs.load_image`` step for step; the export checks the two agree.
+``cxrjax.data.image_inputs.load_image`` step for step; the export checks the two agree.
 """
 
 from __future__ import annotations

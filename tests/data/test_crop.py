@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from cxrjax import localization
 from cxrjax.data.crop import centre_crop, centre_crop_offset
+from cxrjax.evaluation import boxes as localization
 
 
 @pytest.mark.parametrize("size, crop, offset", [(256, 224, 16), (112, 96, 8), (40, 32, 4),

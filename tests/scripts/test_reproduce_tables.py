@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import pytest
 
 from configs import r18, r18_msml_local
-from cxrjax import checkpoint, run_layout, runs
+from cxrjax.io import checkpoint, run_layout
+from cxrjax.runfolder import loading as runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

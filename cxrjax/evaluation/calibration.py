@@ -1,0 +1,401 @@
+"""How far to trust a probability: expected calibration error, reliability diagrams, rescaling.
+
+**Bins.** ``n_bins`` equal-width bins on [0, 1], right-closed as in scikit-learn's
+``calibration_curve(strategy="uniform")``: bin k holds (k/B, (k+1)/B], and bin 0 also holds 0.
+**ECE** of a class = sum over bins of (share of its images in the bin) x |fraction positive -
+mean predicted probability|. ``overall`` pools every (image, class) prediction into one set of
+bins; ``mean_over_classes`` averages the per-class values. Only probabilities are calibrated:
+a ranking score such as the MSML head's has no probability scale, and is not input here.
+
+**Rescaling** (only when asked): per class, on validation, either a temperature
+(``p' = sigmoid(logit(p) / T)``) or Platt scaling (``p' = sigmoid(a logit(p) + b)``), fitted by
+maximum likelihood with a tiny ridge on the slope (``l2``) so a separable class stays finite.
+Both are fitted for all classes at once by damped Newton steps. The slope is kept at or above
+``MIN_SLOPE`` > 0, so a rescaling never reorders a class's images and its AUC is unchanged
+(see ``fit_calibrator``). ``rescaling_report`` returns the test ECE before and after.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib as mpl
+import numpy as np
+from matplotlib.figure import Figure
+from scipy.special import expit
+
+from cxrjax.data.labels import CLASSES
+from cxrjax.evaluation import metrics
+from cxrjax.evaluation.prediction_files import HEAD_TITLES
+from cxrjax.evaluation.section import Section, caveats_logged_once
+from cxrjax.io import fileio, run_layout
+
+METHODS = ("temperature", "platt")
+_EPS = 1e-7  # the fit clips probabilities to [eps, 1 - eps] before taking logits
+# The smallest slope a fit may reach: a positive floor keeps every rescaling strictly increasing
+# (a slope of 0 would tie all images; a negative one reverses the ranking).
+MIN_SLOPE = 1e-2
+
+
+def _check(probs, labels) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C) float64 probabilities in [0, 1] and float64 0/1 labels, or a one-line error."""
+    probs, labels = metrics.check_scores(probs, labels, what="probabilities")
+    if probs.min() < 0 or probs.max() > 1:
+        raise ValueError(f"probabilities must lie in [0, 1], found [{probs.min():g}, "
+                         f"{probs.max():g}] (a ranking score is not a probability)")
+    return probs, labels.astype(np.float64)
+
+
+def _bin_index(probs: np.ndarray, n_bins: int) -> np.ndarray:
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    return np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1)[1:-1], probs)
+
+
+def reliability_curve(probs, labels, n_bins: int = 15) -> dict[str, np.ndarray]:
+    """Per class and bin: ``count``, ``mean_predicted``, ``fraction_positive`` (C, B; NaN
+    for an empty bin), and the bin ``edges`` (B + 1,)."""
+    probs, labels = _check(probs, labels)
+    num_classes = probs.shape[1]
+    flat = (_bin_index(probs, n_bins) + n_bins * np.arange(num_classes)).ravel()
+    size = n_bins * num_classes
+    count = np.bincount(flat, minlength=size).reshape(num_classes, n_bins)
+    with np.errstate(invalid="ignore"):
+        mean = np.bincount(flat, probs.ravel(), size).reshape(num_classes, n_bins) / count
+        frac = np.bincount(flat, labels.ravel(), size).reshape(num_classes, n_bins) / count
+    return {"count": count, "mean_predicted": mean, "fraction_positive": frac,
+            "edges": np.linspace(0.0, 1.0, n_bins + 1)}
+
+
+def _ece(curve: dict[str, np.ndarray]) -> np.ndarray:
+    gap = np.nan_to_num(np.abs(curve["fraction_positive"] - curve["mean_predicted"]))
+    return (curve["count"] * gap).sum(axis=1) / curve["count"].sum(axis=1)
+
+
+def expected_calibration_error(probs, labels, n_bins: int = 15) -> tuple[np.ndarray, float]:
+    """(per-class ECE (C,), ECE of all predictions pooled)."""
+    probs, labels = _check(probs, labels)
+    per_class = _ece(reliability_curve(probs, labels, n_bins))
+    pooled = _ece(reliability_curve(probs.reshape(-1, 1), labels.reshape(-1, 1), n_bins))
+    return per_class, float(pooled[0])
+
+
+def calibration_summary(probs, labels, *, n_bins: int = 15,
+                        classes: Sequence[str] = CLASSES) -> dict:
+    """JSON-ready ECE per class, ``overall`` (pooled) and ``mean_over_classes``."""
+    per_class, pooled = expected_calibration_error(probs, labels, n_bins)
+    if len(classes) != len(per_class):
+        raise ValueError(f"{len(classes)} class names for {len(per_class)} columns")
+    return {"n_bins": n_bins, "per_class": dict(zip(classes, per_class.tolist(), strict=True)),
+            "overall": pooled, "mean_over_classes": float(per_class.mean())}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reliability diagrams.
+# ---------------------------------------------------------------------------------------------
+
+
+def plot_reliability(heads: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str, *,
+                     n_bins: int = 15, classes: Sequence[str] = CLASSES,
+                     title: str = "Reliability diagrams") -> str:
+    """One PNG: a panel for all classes pooled, then one per class; a line per head
+    (``{head: (probs (N, C), labels (N, C))}``) with its ECE in the legend; the diagonal is
+    perfect calibration, and marker area grows with the bin's image count."""
+    if not heads:
+        raise ValueError("plot_reliability needs at least one head")
+    panels = ["all classes (pooled)", *classes]
+    cols = 4
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(3.2 * cols, 3.2 * rows))  # no pyplot: no global backend state
+    axes = fig.subplots(rows, cols, squeeze=False)
+    colors = mpl.rcParams["axes.prop_cycle"].by_key()["color"]
+    for h, (head, (probs, labels)) in enumerate(heads.items()):
+        probs, labels = _check(probs, labels)
+        if probs.shape[1] != len(classes):
+            raise ValueError(f"head {head!r}: {probs.shape[1]} columns for {len(classes)} classes")
+        per_class, pooled = expected_calibration_error(probs, labels, n_bins)
+        pooled_curve = reliability_curve(probs.reshape(-1, 1), labels.reshape(-1, 1), n_bins)
+        curve = reliability_curve(probs, labels, n_bins)
+        for p, ax in enumerate(axes.flat[:len(panels)]):
+            src, c = (pooled_curve, 0) if p == 0 else (curve, p - 1)
+            ece = pooled if p == 0 else per_class[p - 1]
+            keep = src["count"][c] > 0
+            size = 8 + 60 * np.sqrt(src["count"][c][keep] / src["count"][c].max())
+            ax.plot(src["mean_predicted"][c][keep], src["fraction_positive"][c][keep], "-",
+                    color=colors[h % len(colors)], lw=1.2, label=f"{head} ECE {ece:.3f}")
+            ax.scatter(src["mean_predicted"][c][keep], src["fraction_positive"][c][keep],
+                       s=size, color=colors[h % len(colors)], zorder=3)
+    positives = np.asarray(next(iter(heads.values()))[1]).sum(axis=0)
+    for p, ax in enumerate(axes.flat):
+        if p >= len(panels):
+            ax.axis("off")
+            continue
+        ax.plot([0, 1], [0, 1], "--", color="0.6", lw=0.8)
+        count = positives.sum() if p == 0 else positives[p - 1]
+        ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), title=f"{panels[p]} ({count:g} pos.)")
+        ax.title.set_fontsize(9)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6, loc="upper left", frameon=False)
+        if p % cols == 0:
+            ax.set_ylabel("fraction positive", fontsize=8)
+        if p >= len(panels) - cols:
+            ax.set_xlabel("mean predicted probability", fontsize=8)
+    fig.suptitle(f"{title}: {n_bins} equal-width bins, marker area ~ images in the bin; "
+                 "the dashed diagonal is perfect calibration", fontsize=11)
+    fig.tight_layout()
+    with fileio.open(path, "wb") as f:  # local or gs://; Figure renders with Agg
+        fig.savefig(f, format="png", dpi=110)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Temperature and Platt scaling, fitted on validation.
+# ---------------------------------------------------------------------------------------------
+
+
+def _logit(probs: np.ndarray, eps: float = _EPS) -> np.ndarray:
+    """logit(p), with p clipped to [eps, 1 - eps] (eps 0: 0 and 1 give -inf and inf)."""
+    p = np.clip(probs, eps, 1 - eps)
+    with np.errstate(divide="ignore"):
+        return np.log(p) - np.log1p(-p)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return expit(z)  # accurate in both tails, so distinct small values stay distinct
+
+
+def _objective(a, b, z, y, l2):
+    t = a * z + b
+    return (np.logaddexp(0, t) - y * t).mean(axis=0) + 0.5 * l2 * a * a
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibrator:
+    """``p' = sigmoid(slope * logit(p) + intercept)`` per class (temperature: intercept 0,
+    slope = 1 / T)."""
+
+    method: str
+    classes: tuple[str, ...]
+    slope: np.ndarray  # (C,)
+    intercept: np.ndarray  # (C,)
+
+    def apply(self, probs) -> np.ndarray:
+        """Rescaled (N, C) probabilities, strictly increasing in each column: slope > 0, and
+        the logit is not clipped here (0 -> 0, 1 -> 1). Only float64 can merge two values,
+        where the result lies nearer 0 or 1 than it can hold (slope 2 sends 1 - 1e-9 to 1)."""
+        probs = np.asarray(probs, np.float64)
+        if probs.shape[-1:] != self.slope.shape:
+            raise ValueError(f"calibrator for {len(self.slope)} classes applied to "
+                             f"{probs.shape[-1]} columns")
+        return _sigmoid(self.slope * _logit(probs, eps=0.0) + self.intercept)
+
+    def to_dict(self) -> dict:
+        """JSON-ready parameters per class."""
+        return {"method": self.method, "per_class": {
+            c: {"slope": float(a), "intercept": float(b)}
+            for c, a, b in zip(self.classes, self.slope, self.intercept, strict=True)}}
+
+
+def _newton_direction(a, b, z, y, l2, fit_intercept):
+    """Per class, the Newton step (da, db) to subtract; a class whose slope sits on
+    ``MIN_SLOPE`` with the gradient pushing it lower moves its intercept alone."""
+    p = _sigmoid(a * z + b)
+    w = p * (1 - p)
+    ga, gb = ((p - y) * z).mean(axis=0) + l2 * a, (p - y).mean(axis=0)
+    haa, hab, hbb = (w * z * z).mean(axis=0) + l2, (w * z).mean(axis=0), w.mean(axis=0)
+    pinned = (a <= MIN_SLOPE) & (ga > 0)
+    if fit_intercept:
+        det = np.maximum(haa * hbb - hab * hab, 1e-300)
+        da, db = (hbb * ga - hab * gb) / det, (haa * gb - hab * ga) / det
+        db = np.where(pinned, gb / np.maximum(hbb, 1e-300), db)
+    else:
+        da, db = ga / np.maximum(haa, 1e-300), np.zeros_like(gb)
+    return np.where(pinned, 0.0, da), db
+
+
+def fit_calibrator(probs, labels, method: str = "temperature", *, l2: float = 1e-4,
+                   classes: Sequence[str] = CLASSES, steps: int = 100) -> Calibrator:
+    """Fits the per-class rescaling on validation probabilities by maximum likelihood, the
+    slope constrained to ``>= MIN_SLOPE`` (projected Newton steps).
+
+    Why constrained rather than free: a rescaling exists to change what a probability means,
+    never the order of the images, so the AUC, the operating points' ranking and every
+    comparison of heads stay as validated. Unconstrained, a class whose few validation
+    positives happen to score low gets a negative slope and its test AUC reverses. The
+    constrained fit is the maximum-likelihood rescaling among the order-keeping ones: a class
+    whose validation scores do not rise with its label ends on the floor, nearly flat (Platt:
+    near its validation prevalence), with a warning. A class with one label value keeps the
+    identity (slope 1, intercept 0), with a warning.
+    """
+    probs, labels = _check(probs, labels)
+    if method not in METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; expected one of "
+                         f"{', '.join(METHODS)}")
+    if len(classes) != probs.shape[1]:
+        raise ValueError(f"{len(classes)} class names for {probs.shape[1]} columns")
+    z, y = _logit(probs), labels
+    a, b = np.ones(z.shape[1]), np.zeros(z.shape[1])
+    for _ in range(steps):
+        da, db = _newton_direction(a, b, z, y, l2, method == "platt")
+        step = np.ones_like(a)
+        before = _objective(a, b, z, y, l2)
+        for _ in range(30):  # halve each class's step until its objective does not rise
+            new_a, new_b = np.maximum(a - step * da, MIN_SLOPE), b - step * db
+            worse = _objective(new_a, new_b, z, y, l2) > before + 1e-15
+            if not worse.any():
+                break
+            step = np.where(worse, step / 2, step)
+        moved = np.abs(new_a - a) + np.abs(new_b - b)
+        a, b = np.where(worse, a, new_a), np.where(worse, b, new_b)
+        if np.max(np.where(worse, 0.0, moved)) < 1e-10:
+            break
+    degenerate = (labels.min(axis=0) == labels.max(axis=0))
+    if degenerate.any():
+        warnings.warn(f"{', '.join(np.asarray(classes)[degenerate])}: one label value on "
+                      "validation; left uncalibrated", stacklevel=2)
+        a, b = np.where(degenerate, 1.0, a), np.where(degenerate, 0.0, b)
+    floored = ~degenerate & (a <= MIN_SLOPE)
+    if floored.any():
+        warnings.warn(f"{', '.join(np.asarray(classes)[floored])}: validation scores do "
+                      "not rise with the label; slope held at its floor "
+                      f"{MIN_SLOPE:g} (nearly flat probabilities, order kept)", stacklevel=2)
+    return Calibrator(method, tuple(classes), a, b)
+
+
+def rescaling_report(val_probs, val_labels, test_probs, test_labels, *,
+                     method: str = "temperature", n_bins: int = 15,
+                     classes: Sequence[str] = CLASSES) -> dict:
+    """Fits ``method`` on validation; the test ECE before and after, and the parameters."""
+    calibrator = fit_calibrator(val_probs, val_labels, method, classes=classes)
+    before = calibration_summary(test_probs, test_labels, n_bins=n_bins, classes=classes)
+    after = calibration_summary(calibrator.apply(test_probs), test_labels, n_bins=n_bins,
+                                classes=classes)
+    return {"method": method, "fitted_on": "validation", "test_ece_before": before,
+            "test_ece_after": after, "parameters": calibrator.to_dict()}
+
+
+# ---------------------------------------------------------------------------------------------
+# A run's calibration: ECE per probability head on test, optional rescaling, the report section.
+# ---------------------------------------------------------------------------------------------
+
+PROBABILITY_HEADS = ("fused", "ce", "ce_b", "fce")  # sigmoid of a BCE-trained logit (or a mean)
+RANKING_HEADS = ("msml",)  # trained with a ranking loss: a score, not a probability
+
+
+def evaluate_calibration(val_probs: Mapping[str, np.ndarray], val_labels,
+                         test_probs: Mapping[str, np.ndarray], test_labels, *,
+                         method: str = "none", n_bins: int = 15,
+                         plot_path: str | None = None, classes: Sequence[str] = CLASSES) -> dict:
+    """Test ECE of every probability head; with ``method`` "temperature" or "platt", the
+    fused prediction rescaled per class (fitted on validation) and its test ECE before and
+    after. ``plot_path``: the reliability diagrams of those heads (and the rescaled fused)."""
+    if method not in ("none", *METHODS):
+        raise ValueError(f"unknown calibration {method!r}; expected none, {', '.join(METHODS)}")
+    heads = [h for h in PROBABILITY_HEADS if h in test_probs]
+    out = {"n_bins": n_bins, "heads": {h: calibration_summary(test_probs[h], test_labels,
+                                                              n_bins=n_bins, classes=classes)
+                                       for h in heads},
+           "ranking_heads": [h for h in test_probs if h in RANKING_HEADS], "rescaling": None}
+    curves = {HEAD_TITLES.get(h, h): (test_probs[h], test_labels) for h in heads}
+    if method != "none":
+        out["rescaling"] = rescaling_report(val_probs["fused"], val_labels, test_probs["fused"],
+                                            test_labels, method=method, n_bins=n_bins,
+                                            classes=classes)
+        p = out["rescaling"]["parameters"]["per_class"]
+        rescaled = Calibrator(method, tuple(classes), np.array([p[c]["slope"] for c in classes]),
+                              np.array([p[c]["intercept"] for c in classes]))
+        curves[f"Fused, {method} scaled"] = (rescaled.apply(test_probs["fused"]), test_labels)
+    if plot_path:
+        plot_reliability(curves, plot_path, n_bins=n_bins, classes=classes,
+                         title="Reliability diagrams, test split")
+    return out
+
+
+def _ece_text(value) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.4f}"
+
+
+def report_section(result: Mapping | None, picture: str | None = None,
+                   heading: str = "##") -> str:
+    """The report's calibration section (markdown); says why when there is no result."""
+    lines = [f"{heading} Calibration: can the probabilities be read as probabilities?", ""]
+    if not result or "heads" not in result:
+        why = (result or {}).get("skipped", "not computed")
+        return "\n".join(lines + [f"Not computed: {why}.", ""])
+    heads = result["heads"]
+    titles = [HEAD_TITLES.get(h, h) for h in heads]
+    lines += [f"Expected calibration error (ECE) on the test split: {result['n_bins']} "
+              "equal-width probability bins; per class, the image-weighted mean |fraction "
+              "positive - mean probability| over the bins; *all predictions pooled* puts every "
+              "(image, class) probability into one set of bins. 0 is perfectly calibrated.", "",
+              "| Finding | " + " | ".join(titles) + " |", "|---|" + "---:|" * len(titles)]
+    rows = [(c, [s["per_class"][c] for s in heads.values()])
+            for c in next(iter(heads.values()))["per_class"]]
+    rows += [(title, [s[key] for s in heads.values()])
+             for key, title in (("mean_over_classes", "**mean of the classes**"),
+                                ("overall", "**all predictions pooled**"))]
+    lines += [f"| {name} | " + " | ".join(map(_ece_text, values)) + " |" for name, values in rows]
+    if result.get("ranking_heads"):
+        ranking = ", ".join(HEAD_TITLES.get(h, h) for h in result["ranking_heads"])
+        lines += ["", f"Not calibrated: {ranking}. The MSML head is trained with a multi-label "
+                  "ranking loss: its sigmoid orders findings but is not a probability, so an "
+                  "ECE of it would measure nothing."]
+    rescaling = result.get("rescaling")
+    if rescaling:
+        before, after = rescaling["test_ece_before"], rescaling["test_ece_after"]
+        lines += ["", f"{rescaling['method'].capitalize()} scaling of the fused prediction, "
+                  "fitted per class on the validation split (applied here only, as asked): "
+                  f"test ECE pooled {_ece_text(before['overall'])} -> "
+                  f"**{_ece_text(after['overall'])}**, mean of the classes "
+                  f"{_ece_text(before['mean_over_classes'])} -> "
+                  f"**{_ece_text(after['mean_over_classes'])}**. The AUCs, thresholds and "
+                  "calls above use the probabilities as the model gives them."]
+        if after["overall"] > before["overall"]:
+            lines[-1] += (" Here the rescaling made the pooled test ECE worse (it was fitted on "
+                          "the validation split alone): keep `eval.calibration = \"none\"` for "
+                          "this model.")
+
+    else:
+        lines += ["", "No rescaling (`eval.calibration = \"none\"`; \"temperature\" or "
+                  "\"platt\" fits one per class on validation and reports the test ECE before "
+                  "and after)."]
+    if picture:
+        lines += ["", f"![Reliability diagrams]({picture})"]
+    return "\n".join(lines + [""])
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluation section: eval.calibration, eval.calibration_bins -> eval/reliability.png.
+# ---------------------------------------------------------------------------------------------
+
+
+
+def _check_fields(e: Any, model: Any) -> None:
+    from cxrjax.config_checks import ConfigError
+
+    if e.calibration not in ("none", *METHODS):
+        raise ConfigError(f"eval.calibration={e.calibration!r}: expected one of none, "
+                          f"{', '.join(METHODS)}")
+    if not isinstance(e.calibration_bins, int) or e.calibration_bins < 1:
+        raise ConfigError(f"eval.calibration_bins={e.calibration_bins!r} must be a positive "
+                          "integer")
+
+
+def _compute(inputs: Any) -> dict:
+    """Test ECE per probability head; the rescaling, fitted on validation, when asked."""
+    e, val, test = inputs.config.eval, inputs.val, inputs.test
+    plot = fileio.join(inputs.eval_dir, run_layout.RELIABILITY) if inputs.write_files else None
+    with caveats_logged_once("calibration, validation split: "):
+        return evaluate_calibration(
+            val.probs if val else {}, val.labels if val else None, test.probs, test.labels,
+            method=e.calibration if val else "none", n_bins=int(e.calibration_bins),
+            plot_path=plot)
+
+
+SECTION = Section("calibration", ("calibration", "calibration_bins"), check=_check_fields,
+                  compute=_compute,
+                  report=lambda result: report_section(
+                      result, run_layout.eval_link(run_layout.RELIABILITY)))
