@@ -1,6 +1,5 @@
-"""A run's workdir: its recorded config, each stage's checkpoints, and loading a trained model.
-
-Layout: WORKDIR/config.json, WORKDIR/checkpoints/stage<i>_<name>/<step>/, WORKDIR/eval/...
+"""Reading a run folder back: its recorded config (over the recipe's defaults), each stage's
+checkpoints, and a trained model with its variables. Where the files lie: ``cxrjax.io.run_layout``.
 """
 
 from __future__ import annotations
