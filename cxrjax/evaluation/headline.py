@@ -34,7 +34,8 @@ def _auc_line(fused: Mapping) -> str:
             f"(fused prediction, {fused.get('n_images', '?')} test images, 95% CI).")
 
 
-def _subgroup_line(result: Mapping | None) -> str:
+def subgroup_line(result: Mapping | None) -> str:
+    """The worst subgroup gap of a subgroups result (full or test_metrics.json's short form)."""
     if not result or "gaps" not in result and "attributes" not in result:
         return f"**Worst subgroup:** {_why(result)}."
     gaps = result.get("gaps") or {a: b["gaps"] for a, b in result["attributes"].items()}
@@ -104,7 +105,7 @@ def headline(results_by_section: Mapping[str, Mapping], fused_summary: Mapping) 
     """Five markdown lines (one paragraph each line, ending in two spaces): the run at a
     glance. ``fused_summary``: the fused head's ``metrics.summary`` on test."""
     get = results_by_section.get
-    lines = [_auc_line(fused_summary), _subgroup_line(get("subgroups")),
+    lines = [_auc_line(fused_summary), subgroup_line(get("subgroups")),
              _baseline_line(get("metadata_baseline")), _ece_line(get("calibration")),
              _localization_line(get("localization"))]
     return "  \n".join(lines) + "\n"

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cxrjax.data.labels import CLASSES
-from cxrjax.evaluation import limitations, operating_points
+from cxrjax.evaluation import headline, limitations, operating_points
 from cxrjax.evaluation.prediction_files import HEAD_TITLES, format_value
 from cxrjax.io import fileio, run_layout
 from cxrjax.runfolder.ownership import read_command
@@ -126,8 +126,8 @@ def _section_lines(metrics: Mapping | None) -> list[str]:
         lines.append(text + ".")
     subgroups = metrics.get("subgroups")
     if isinstance(subgroups, Mapping) and subgroups:
-        lines.append(f"- Subgroups: {', '.join(str(k) for k in list(subgroups)[:6])} "
-                     "(see `eval/subgroups.md`).")
+        lines.append(f"- {headline.subgroup_line(subgroups)} All groups: "
+                     f"`{run_layout.eval_link(run_layout.SUBGROUPS)}.md`.")
     return lines
 
 
