@@ -62,6 +62,44 @@ def check_methods(methods: Sequence[str], model: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(methods))
 
 
+def _forward(model: Any, fusion: tuple[str, ...], variables, images, deltas, seen=None):
+    """(fused probabilities, the feature maps Grad-CAM may explain). An interceptor keeps each
+    stream's output and stream A's inner blocks' outputs, and adds deltas[path] to a module's
+    output: d(fused)/d(delta) is the gradient w.r.t. that feature map, with no hook in the model
+    itself. ``seen`` collects (path, shape)."""
+    maps = {}
+
+    def interceptor(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        path = tuple(context.module.path)
+        if context.method_name != "__call__" or getattr(out, "ndim", 0) != 4 or not (
+                path in (("trunk_a",), ("trunk_b",)) or path[:1] == ("trunk_a",)
+                and len(path) == 2):
+            return out
+        maps[path] = out
+        if seen is not None:
+            seen.append((path, out.shape))
+        return out + deltas[path].astype(out.dtype) if path in deltas else out
+
+    with nn.intercept_methods(interceptor):
+        logits = model.apply(variables, images, train=False)
+    return models.probabilities(logits, fusion)["fused"], maps
+
+
+def _gradcam_targets(model: Any, fusion: tuple[str, ...], methods: Sequence[str], variables,
+                     images) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+    """Grad-CAM method -> (the module whose output it explains, that output's shape)."""
+    seen = []
+    jax.eval_shape(lambda: _forward(model, fusion, variables, images, {}, seen)[0])
+    final = dict(seen)[("trunk_a",)]
+    inner = [(p, sh) for p, sh in seen if len(p) == 2]  # stream A's blocks, in call order
+    finer = [(p, sh) for p, sh in inner if sh[1] == 2 * final[1]] or [
+        (p, sh) for p, sh in inner if sh[1] > final[1]]
+    out = {"gradcam": (("trunk_a",), final)}
+    out["gradcam_fine"] = finer[-1] if finer else out["gradcam"]
+    return {m: t for m, t in out.items() if m in methods}
+
+
 def make_heatmap_fn(model: Any, fusion: Sequence[str], mesh: Mesh,
                     methods: Sequence[str]) -> Callable:
     """Jitted (variables, uint8 images (B, H, W, 1), classes (B,)) -> {method: (B, h, w)
@@ -70,54 +108,20 @@ def make_heatmap_fn(model: Any, fusion: Sequence[str], mesh: Mesh,
     methods = check_methods(methods, model)
     fusion = tuple(fusion)
 
-    def forward(variables, images, deltas, seen=None):
-        # An interceptor keeps each stream's output and stream A's inner blocks' outputs, and
-        # adds deltas[path] to a module's output: d(fused)/d(delta) is the gradient w.r.t.
-        # that feature map, with no hook in the model itself. `seen` collects (path, shape).
-        maps = {}
-
-        def interceptor(next_fun, args, kwargs, context):
-            out = next_fun(*args, **kwargs)
-            path = tuple(context.module.path)
-            if context.method_name != "__call__" or getattr(out, "ndim", 0) != 4 or not (
-                    path in (("trunk_a",), ("trunk_b",)) or path[:1] == ("trunk_a",)
-                    and len(path) == 2):
-                return out
-            maps[path] = out
-            if seen is not None:
-                seen.append((path, out.shape))
-            return out + deltas[path].astype(out.dtype) if path in deltas else out
-
-        with nn.intercept_methods(interceptor):
-            logits = model.apply(variables, images, train=False)
-        return models.probabilities(logits, fusion)["fused"], maps
-
-    def targets(variables, images) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
-        """Grad-CAM method -> (the module whose output it explains, that output's shape)."""
-        seen = []
-        jax.eval_shape(lambda: forward(variables, images, {}, seen)[0])
-        final = dict(seen)[("trunk_a",)]
-        inner = [(p, sh) for p, sh in seen if len(p) == 2]  # stream A's blocks, in call order
-        finer = [(p, sh) for p, sh in inner if sh[1] == 2 * final[1]] or [
-            (p, sh) for p, sh in inner if sh[1] > final[1]]
-        out = {"gradcam": (("trunk_a",), final)}
-        out["gradcam_fine"] = finer[-1] if finer else out["gradcam"]
-        return {m: t for m, t in out.items() if m in methods}
-
     def run(variables, images, classes):
         out = {}
-        chosen = targets(variables, images)
+        chosen = _gradcam_targets(model, fusion, methods, variables, images)
         if chosen:
             deltas = {path: jnp.zeros(shape, jnp.float32) for path, shape in chosen.values()}
-            fused, vjp, maps = jax.vjp(lambda d: forward(variables, images, d), deltas,
-                                       has_aux=True)
+            fused, vjp, maps = jax.vjp(
+                lambda d: _forward(model, fusion, variables, images, d), deltas, has_aux=True)
             (grads,) = vjp(jax.nn.one_hot(classes, fused.shape[-1], dtype=fused.dtype))
             for method, (path, _) in chosen.items():
                 weights = grads[path].mean(axis=(1, 2))  # (B, K)
                 out[method] = jax.nn.relu(jnp.einsum(
                     "bhwk,bk->bhw", maps[path].astype(jnp.float32), weights))
         else:
-            maps = forward(variables, images, {})[1]
+            maps = _forward(model, fusion, variables, images, {})[1]
         for method in methods:
             stream, head = STREAMS[method]
             if head is not None:

@@ -199,29 +199,16 @@ def summary(scores: np.ndarray, labels: np.ndarray, *, weights: np.ndarray | Non
             n_boot: int = 1000, seed: int = 0) -> dict:
     """Every number the paper reports, plus seeded 95% bootstrap CIs, for any label matrix.
 
-    Args:
-      scores, labels: (N, C) arrays; labels 0/1 (N may be 0: then every figure is NaN).
-      weights: (C,) W-AUC class weights; default: share of ALL NIH images carrying each class
-        (the paper's Table 1; they sum to ~0.724, so its W-AUC is ~0.58).
-      n_boot: bootstrap resamples (0 disables the CIs). ``mean_auc_ci95``: 2.5/97.5
-        percentiles of the mean AUC over image-level resamples in which every class that has a
-        point AUC has positives and negatives (others are redrawn; ``n_boot_drawn`` counts all
-        draws), so every resampled mean is over the point estimate's classes; NaN (warned)
-        when too few resamples qualify. ``per_class_ci95``: each class's CI from a bootstrap
-        stratified by its label (its positives and negatives resampled separately, so every
-        resample of a class that has an AUC has one too); NaN for a class without an AUC.
-        ``few_positive_classes``: fewer than ``FEW_POSITIVES`` positives, AUC unreliable.
-      seed: bootstrap seed.
-
-    Returns a dict of plain Python values (floats may be NaN: ``evaluate.write_json`` writes
-    them as null). ``w_auc`` = sum_c w_c AUC_c over the
-    classes that have an AUC; ``w_auc_normalized`` weights each class by its positive count in
-    the evaluated set, normalised to sum to 1 (sklearn's ``average='weighted'``). ``d_auc``:
-    mean over classes of the AUC among images with >= 1 finding; ``n_auc``: mean over classes
-    of the AUC among images with that class or no finding. A figure is NaN exactly where it is
-    undefined (a per-class AUC with one label value; a mean with no class to average: the mean
-    AUC and W-AUCs when no class has both label values, D-AUC with no image with a finding,
-    N-AUC with no "No Finding" image), and a RuntimeWarning says which and why.
+    ``scores``, ``labels``: (N, C), labels 0/1 (N may be 0). ``weights``: W-AUC class weights
+    (default: each class's share of ALL NIH images, the paper's Table 1). ``n_boot``: bootstrap
+    resamples (0: no CIs); ``mean_auc_ci95`` resamples images and redraws a resample in which
+    a class with a point AUC lacks positives or negatives (``n_boot_drawn`` counts all draws);
+    ``per_class_ci95`` resamples each class's positives and negatives separately.
+    Returns plain Python values: ``w_auc`` = sum_c w_c AUC_c; ``w_auc_normalized`` weights by
+    positives (sklearn's ``average='weighted'``); ``d_auc`` is the AUC among images with a
+    finding, ``n_auc`` among images with the class or no finding. A figure is NaN exactly where
+    it is undefined (one label value; no class, finding or "No Finding" image to average over),
+    and a RuntimeWarning says which and why.
     """
     scores, labels = check_scores(scores, labels, allow_empty=True)
     n, num_classes = scores.shape
