@@ -249,3 +249,32 @@ def test_prepare_into_a_bucket_builds_locally_and_copies_up_verified(
     assert b.info.metadata["num_images"] == 3 and len(b.as_data_source(split=builder.SPLIT)) == 3
     assert prepare.main(argv) == 0
     assert "copied 0 new file(s)" in capsys.readouterr().out  # a rerun copies nothing again
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_a_table_saved_with_a_bom_or_as_utf16_prepares_every_row(tmp_path, nih_folder,
+                                                                   encoding):
+    rows = _rows(3)
+    manual = nih_folder.make_nih_dir(tmp_path / "nih", rows)
+    table = manual / "Data_Entry_2017_v2020.csv"
+    table.write_bytes(table.read_text().encode(encoding))
+    b = builder.build(str(manual), str(tmp_path / "out"), resolution=16, workers=0)
+    assert b.info.metadata["image_ids"] == [r[0] for r in rows]
+
+
+@pytest.mark.parametrize("name, mangle", [
+    ("Data_Entry_2017_v2020.csv", lambda d: d.replace(b",M,", b",\xc9,", 1)),  # Latin-1 'É'
+    ("Data_Entry_2017_v2020.csv.gz", lambda d: __import__("gzip").compress(d)[:-20]),
+])
+def test_an_undecodable_table_is_one_line_naming_it_not_a_traceback(tmp_path, capsys,
+                                                                    nih_folder, name, mangle):
+    manual = nih_folder.make_nih_dir(tmp_path / "nih", _rows(3))
+    plain = manual / "Data_Entry_2017_v2020.csv"
+    data = mangle(plain.read_bytes())
+    plain.unlink()
+    (manual / name).write_bytes(data)
+    rc = prepare.main(["--manual_dir", str(manual), "--data_dir", str(tmp_path / "o"),
+                       "--resolution", "16", "--workers", "0", "--skip_bad"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith(f"error: {manual / name}: ") and err.count("\n") == 1, err
+

@@ -189,3 +189,13 @@ def test_mimic_duplicate_image_and_image_without_split_are_problems(tmp_path):
     assert [r.image_id for r in scan.rows] == ["d1"]
     assert [(p.image, p.reason.split(": ")[1]) for p in scan.problems] == [
         ("d1", "duplicate of line 2"), ("d2", "not in the split table")]
+
+
+def test_chexpert_table_saved_with_a_bom_keeps_every_row(tmp_path):
+    rows = [(1, 1, "view1_frontal", "Male", 50, "Frontal", "PA", {}),
+            (2, 1, "view1_frontal", "Female", 60, "Frontal", "AP", {})]
+    root = rf.chexpert_folder(tmp_path, rows, images=False)
+    table = root / "train.csv"
+    table.write_bytes(b"\xef\xbb\xbf" + table.read_bytes())
+    scan = chexpert_layout.scan(str(root), check_files=False)
+    assert len(scan.rows) == 2 and not scan.problems
