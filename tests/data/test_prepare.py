@@ -278,3 +278,21 @@ def test_an_undecodable_table_is_one_line_naming_it_not_a_traceback(tmp_path, ca
     err = capsys.readouterr().err
     assert rc == 1 and err.startswith(f"error: {manual / name}: ") and err.count("\n") == 1, err
 
+
+def test_a_png_claiming_a_huge_size_is_a_listed_problem_not_a_crash(tmp_path, nih_folder):
+    import struct
+    import zlib
+
+    rows = _rows(3)
+    manual = nih_folder.make_nih_dir(tmp_path / "nih", rows)
+    png = manual / "images" / rows[1][0]
+    data = png.read_bytes()
+    body = b"IHDR" + struct.pack(">II", 900_000, 900_000) + data[24:29]
+    png.write_bytes(data[:12] + body + struct.pack(">I", zlib.crc32(body)) + data[33:])
+    rc = prepare.main(["--manual_dir", str(manual), "--data_dir", str(tmp_path / "o"),
+                       "--resolution", "16", "--workers", "0", "--skip_bad"])
+    assert rc == 0
+    b = builder.load(str(tmp_path / "o"), 16)
+    assert b.info.metadata["image_ids"] == [rows[0][0], rows[2][0]]
+    (skipped,) = b.info.metadata["skipped"]
+    assert skipped["image"] == rows[1][0] and "DecompressionBombError" in skipped["reason"]

@@ -191,6 +191,19 @@ def test_mimic_duplicate_image_and_image_without_split_are_problems(tmp_path):
         ("d1", "duplicate of line 2"), ("d2", "not in the split table")]
 
 
+def test_padchest_png_claiming_a_huge_size_is_a_decode_problem_not_a_crash(tmp_path):
+    import struct
+    import zlib
+
+    path = tmp_path / "huge.png"
+    rf.write_png16(path, 1000)
+    data = path.read_bytes()
+    body = b"IHDR" + struct.pack(">II", 900_000, 900_000) + data[24:29]
+    path.write_bytes(data[:12] + body + struct.pack(">I", zlib.crc32(body)) + data[33:])
+    i, image, note = padchest_layout.decode_task((7, str(path), 16))
+    assert (i, image) == (7, None) and "DecompressionBombError" in note and str(path) in note
+
+
 def test_chexpert_table_saved_with_a_bom_keeps_every_row(tmp_path):
     rows = [(1, 1, "view1_frontal", "Male", 50, "Frontal", "PA", {}),
             (2, 1, "view1_frontal", "Female", 60, "Frontal", "AP", {})]
