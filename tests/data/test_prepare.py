@@ -296,3 +296,27 @@ def test_a_png_claiming_a_huge_size_is_a_listed_problem_not_a_crash(tmp_path, ni
     assert b.info.metadata["image_ids"] == [rows[0][0], rows[2][0]]
     (skipped,) = b.info.metadata["skipped"]
     assert skipped["image"] == rows[1][0] and "DecompressionBombError" in skipped["reason"]
+
+
+def test_an_unclosed_quote_names_the_lines_it_swallows_or_the_table_when_it_never_ends(
+        tmp_path, capsys, nih_folder):
+    rows = _rows(4)
+    manual = nih_folder.make_nih_dir(tmp_path / "nih", rows)
+    table = manual / "Data_Entry_2017_v2020.csv"
+    lines = table.read_text().splitlines(keepends=True)
+    lines[2] = lines[2].replace(",", ',"', 1)  # row 2 (line 3) opens a quote it never closes
+    table.write_text("".join(lines))
+    argv = ["--manual_dir", str(manual), "--data_dir", str(tmp_path / "o"), "--resolution",
+            "16", "--workers", "0", "--skip_bad"]
+    assert prepare.main(argv) == 0
+    b = builder.load(str(tmp_path / "o"), 16)
+    assert b.info.metadata["image_ids"] == [rows[0][0]]
+    reasons = {p["image"]: p["reason"] for p in b.info.metadata["skipped"]}
+    assert len(reasons) == len(b.info.metadata["skipped"]) == 3  # each image once
+    assert "lines 3-5: one row over 3 lines (an unclosed quote?)" in reasons[rows[1][0]]
+    assert "no row" in reasons[rows[2][0]] and "no row" in reasons[rows[3][0]]
+    capsys.readouterr()
+    table.write_text("".join(lines) + lines[1] * 3000)  # a real table's size: over csv's limit
+    assert prepare.main([*argv[:3], str(tmp_path / "o2"), *argv[4:]]) == 1
+    assert capsys.readouterr().err == (f"error: {table} line 3: field larger than field limit "
+                                       "(131072) (an unclosed quote?)\n")

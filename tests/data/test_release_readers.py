@@ -212,3 +212,16 @@ def test_chexpert_table_saved_with_a_bom_keeps_every_row(tmp_path):
     table.write_bytes(b"\xef\xbb\xbf" + table.read_bytes())
     scan = chexpert_layout.scan(str(root), check_files=False)
     assert len(scan.rows) == 2 and not scan.problems
+
+
+def test_chexpert_row_with_an_unclosed_quote_names_the_lines_it_swallows(tmp_path):
+    rows = [(i, 1, "view1_frontal", "Male", 50, "Frontal", "PA", {}) for i in range(1, 5)]
+    root = rf.chexpert_folder(tmp_path, rows, images=False)
+    table = root / "train.csv"
+    lines = table.read_bytes().split(b"\r\n")
+    lines[2] = lines[2].replace(b",Male,", b',"Male,')
+    table.write_bytes(b"\r\n".join(lines))
+    scan = chexpert_layout.scan(str(root), check_files=False)
+    assert [r.patient_id for r in scan.rows] == ["patient00001"]
+    (problem,) = scan.problems
+    assert "train.csv lines 3-5: one row over 3 lines (an unclosed quote?)" in problem.reason
