@@ -297,6 +297,6 @@ def usable_rows(manual_dir: str, skip_bad: bool) -> tuple[list[Row], list[Proble
         raise PrepareError(
             f"{len(problems):,} problem(s) in {manual_dir}{where}; nothing was written (pass "
             "--skip_bad to write the rest)", problems)
-    if not rows:
-        raise PrepareError(f"no usable images in {manual_dir}")
+    if not rows:  # every row has a problem (--skip_bad): each is named, none is left silent
+        raise PrepareError(f"no usable images in {manual_dir}", problems)
     return rows, problems

@@ -320,3 +320,17 @@ def test_an_unclosed_quote_names_the_lines_it_swallows_or_the_table_when_it_neve
     assert prepare.main([*argv[:3], str(tmp_path / "o2"), *argv[4:]]) == 1
     assert capsys.readouterr().err == (f"error: {table} line 3: field larger than field limit "
                                        "(131072) (an unclosed quote?)\n")
+
+
+def test_a_table_whose_every_row_is_bad_names_each_row_not_just_the_folder(
+        tmp_path, capsys, nih_folder):
+    rows = _rows(2, label="Flu")
+    manual = nih_folder.make_nih_dir(tmp_path / "nih", rows)
+    rc = prepare.main(["--manual_dir", str(manual), "--data_dir", str(tmp_path / "o"),
+                       "--resolution", "16", "--workers", "0", "--skip_bad"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith(f"error: no usable images in {manual}:\n")
+    for name, _, _ in rows:
+        assert f"  {name}: Data_Entry_2017_v2020.csv line" in err and "'Flu'" in err
+    listed = (tmp_path / "o" / builder.PROBLEMS_NAME).read_text().splitlines()
+    assert [line.split("\t")[0] for line in listed[1:]] == [r[0] for r in rows]

@@ -225,3 +225,15 @@ def test_chexpert_row_with_an_unclosed_quote_names_the_lines_it_swallows(tmp_pat
     assert [r.patient_id for r in scan.rows] == ["patient00001"]
     (problem,) = scan.problems
     assert "train.csv lines 3-5: one row over 3 lines (an unclosed quote?)" in problem.reason
+
+
+def test_chexpert_table_whose_every_row_is_bad_names_each_row(tmp_path):
+    rows = [(1, 1, "view1_frontal", "Male", "old", "Frontal", "PA", {}),
+            (2, 1, "view1_frontal", "Female", 60, "Frontal", "AP", {"Edema": "2.0"})]
+    root = rf.chexpert_folder(tmp_path, rows, images=False)
+    found = chexpert_layout.scan(str(root), check_files=False)
+    with pytest.raises(PrepareError, match="no usable images") as e:
+        rr.fail_on_problems(found, str(root), skip_bad=True)
+    assert [p.reason.split(":")[0] for p in e.value.problems] == ["train.csv line 2",
+                                                                   "train.csv line 3"]
+    assert "train.csv line 3: Edema: cell '2.0'" in str(e.value)
