@@ -233,7 +233,7 @@ def _judge_table(dataset: str, kind: str, mutant: fm.TableMutant, table: fm.Tabl
     rc, written, problems, error = result
     label = f"{dataset} table {kind}"
     tally.counts["files_processed"] += 1
-    if rc != 0:  # refused as a whole: allowed only for a table that may be refused, by name
+    if rc != 0 and not problems:  # refused as a whole: only a table that may be, by name
         if ("Data_Entry" if dataset == "nih" else "train.csv") in error:
             tally.add("named_errors")
             if mutant.whole == fm.GOOD:
@@ -243,13 +243,14 @@ def _judge_table(dataset: str, kind: str, mutant: fm.TableMutant, table: fm.Tabl
         return
     if mutant.whole == fm.BAD:
         tally.add("bad_accepted", f"{label}: a broken table was read")
+    lines = mutant.lines or {rid: n for n, rid in enumerate(table.ids, start=2)}
     # A damaged id (a flipped byte in a path) is named as written: such a problem belongs to
     # a row that is neither written nor named by its id or line.
     unclaimed = [p for p in problems if p[0] not in table.ids and not any(
-        fuzz_runs.hits([p], "", n) for n in range(2, 2 + len(table.ids)))]
-    for line_no, rid in enumerate(table.ids, start=2):
+        fuzz_runs.hits([p], "", n) for n in lines.values())]
+    for rid in table.ids:
         if rid in mutant.rows:  # else cut off with the end of the file
-            named = fuzz_runs.hits(problems, rid, line_no)
+            named = fuzz_runs.hits(problems, rid, lines[rid])
             if not named and rid not in written and unclaimed:
                 named = bool(unclaimed.pop(0))
             judge({"id": rid, "expect": mutant.rows[rid]}, rid in written, named, label, tally,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import re
 import struct
 import zlib
 from collections.abc import Callable
@@ -106,6 +107,7 @@ class TableMutant:
     suffix: str
     rows: dict[str, str]
     whole: str = GOOD
+    lines: dict[str, int] | None = None  # each row's line in this file, when not 2, 3, ...
 
 
 def _text(header: str, rows: list[str], end: str = "\n") -> str:
@@ -169,7 +171,10 @@ def _flipped(t: Table, r: np.random.Generator) -> TableMutant:
     ends = np.cumsum([start] + [len(x) + 1 for x in t.rows])
     first = int(np.searchsorted(ends, positions[0], side="right")) - 1
     states = {rid: (GOOD if i < first else EITHER) for i, rid in enumerate(t.ids)}
-    return TableMutant(bytes(out), ".csv", states)
+    # A flipped line end joins two rows, a new one splits a row: lines as csv counts them.
+    lines = {rid: 1 + len(re.findall(rb"\r\n|\r|\n", bytes(out[:ends[i]])))
+             for i, rid in enumerate(t.ids)}
+    return TableMutant(bytes(out), ".csv", states, lines=lines)
 
 
 def _quote_unclosed(t: Table, r: np.random.Generator, big: bool) -> TableMutant:

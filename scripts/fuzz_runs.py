@@ -7,7 +7,6 @@ line per file on stdout (``begin``, then ``ok``, ``error`` or ``traceback``).
 
 from __future__ import annotations
 
-import csv
 import glob
 import gzip
 import json
@@ -68,8 +67,8 @@ def _problems(data_dir: str, skip_bad: bool) -> tuple[set[str], list[tuple[str, 
     tsv = os.path.join(data_dir, "prepare_problems.tsv")
     if not os.path.exists(tsv):
         return set(), []
-    with open(tsv, newline="") as f:
-        return set(), [tuple(r[:2]) for r in csv.reader(f, delimiter="\t")][1:]
+    with open(tsv, newline="", errors="replace") as f:  # image<TAB>reason, unquoted
+        return set(), [tuple(x.rstrip("\n").split("\t", 1)) for x in f][1:]
 
 
 def prepare(argv: list[str], skip_bad: bool, timeout: float, out: str, name: str,
