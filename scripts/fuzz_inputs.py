@@ -16,10 +16,13 @@ seeded ways (``scripts/fuzz_mutants.py``: ``--n`` mutants of each kind), then ru
 
 Each run has ``--run_timeout`` seconds. The checks: every bad file (or table row) is named in
 one line (``error: PATH: why``, a ``prepare_problems.tsv`` / manifest line, or a one-line
-error naming the table), no traceback on stderr, no hang, every good file or row is scored or
-written, and each exit code is the documented one (predict: 1 when an input failed, else 0;
-prepare --skip_bad: 0 unless the table itself is refused). Exit status 0 when all hold.
-Every run's stderr is kept in ``OUT/logs/``.
+error naming the table), and predict says nothing else about it (no library log line); no
+traceback on stderr; no hang; every good file or row is scored or written; each exit code is
+the documented one (predict: 1 when an input failed, else 0; prepare --skip_bad: 0 unless the
+table is refused). The JSON line counts each outcome (``used``: scored or written;
+``named_errors``; ``good_dropped``; ``unnamed``: a bad one neither used nor named; ...) and
+lists the first findings; the exit status is 0 when every check holds. Every run's stderr is
+kept in ``OUT/logs/``.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ class Tally:
 
 def make_images(out: str, n: int, good: int, kinds: list[str], rng: np.random.Generator
                 ) -> tuple[list[dict], Counter]:
-    """The untouched copies and the mutants, as {path, kind, expect, source_row}."""
+    """The untouched copies and the mutants, as {path, kind, expect, source (file name)}."""
     folder = os.path.join(out, "images")
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder)
