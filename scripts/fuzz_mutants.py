@@ -35,9 +35,11 @@ class ImageMutant:
 
 def _flip(data: bytes, rng: np.random.Generator, lo: int, hi: int, count: int,
           ascii_only: bool = False) -> bytes:
-    """``count`` bytes in [lo, hi) XORed with a non-zero value (< 128 keeps ASCII ASCII)."""
+    """``count`` distinct bytes in [lo, hi) XORed with a non-zero value (< 128 keeps ASCII
+    ASCII); distinct, so that no flip undoes another."""
     out = bytearray(data)
-    for pos in rng.integers(lo, max(hi, lo + 1), count):
+    hi = min(max(hi, lo + 1), len(data))
+    for pos in rng.choice(np.arange(lo, hi), min(count, hi - lo), replace=False):
         out[pos] ^= int(rng.integers(1, 128 if ascii_only else 256))
     return bytes(out)
 
@@ -164,7 +166,8 @@ def _flipped(t: Table, r: np.random.Generator) -> TableMutant:
     data = _text(t.header, t.rows).encode()
     start = len(t.header) + 1
     count = int(r.integers(1, 4))
-    positions = sorted(int(p) for p in r.integers(start, len(data), count))
+    positions = sorted(int(p) for p in r.choice(np.arange(start, len(data)), count,
+                                                 replace=False))
     out = bytearray(data)
     for p in positions:
         out[p] ^= int(r.integers(1, 128))
