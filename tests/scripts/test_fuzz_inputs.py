@@ -46,3 +46,13 @@ def test_mutations_are_seeded_and_a_range_of_lines_names_each_row_in_it():
                 ("b.png", "image file has no row in the label table")]
     assert [fuzz_runs.hits(problems, "x.png", n) for n in (2, 3, 5, 6)] == [0, 1, 1, 0]
     assert fuzz_runs.hits(problems, "b.png", 9) == 1
+
+
+def test_a_file_that_blocks_the_decoder_is_a_hang_and_the_next_file_still_runs(tmp_path):
+    fifo = tmp_path / "blocks.png"
+    os.mkfifo(fifo)  # opening it for reading waits for a writer that never comes
+    good = os.path.join(ROOT, "..", "shared", "data", "dicom", "siim_pneumothorax_sample.dcm")
+    results = fuzz_runs.decode_each([str(fifo), good, str(tmp_path / "missing.png")], 72, 64,
+                                    timeout=5, log=str(tmp_path / "decode.err"))
+    assert [state for state, _ in results] == ["hang", "ok", "error"]
+    assert "cannot read it" in results[2][1]
