@@ -245,6 +245,23 @@ def test_cli_scores_good_files_and_reports_each_bad_one_on_one_line(run, tmp_pat
     assert os.path.isfile(rows[0]["heatmap"])
 
 
+def test_a_file_gone_or_unreadable_when_read_is_an_image_error_not_a_crash(tmp_path,
+                                                                           monkeypatch):
+    with pytest.raises(image_inputs.ImageError, match="cannot read it: .*No such file"):
+        image_inputs.load_image(str(tmp_path / "gone.png"), RES, CROP)  # deleted since listed
+    good = save(tmp_path / "good.png", xray())
+    real_open = open
+
+    def denied(path, *args, **kwargs):  # root reads a chmod 000 file: refuse it here instead
+        if str(path) == good:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", denied)
+    with pytest.raises(image_inputs.ImageError, match="cannot read it: .*Permission denied"):
+        image_inputs.load_image(good, RES, CROP)
+
+
 def test_png_bomb_is_refused_without_reading_past_the_header(tmp_path):
     bomb = png_header_only(tmp_path / "bomb.png", 50_000, 50_000)
     assert os.path.getsize(bomb) == 33  # nothing but the header exists to decode

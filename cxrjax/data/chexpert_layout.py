@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from cxrjax.data import label_space
 from cxrjax.data import labels as labels_lib
 from cxrjax.data import release_rows as rr
-from cxrjax.data.nih_layout import Problem
+from cxrjax.data.nih_layout import Problem, csv_rows
 
 CSV_NAMES = {"train": "train.csv", "valid": "valid.csv"}
 META_COLUMNS = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")
@@ -39,9 +39,7 @@ def read_table(csv_path: str, manual_dir: str, split: str
     with labels_lib.open_text(csv_path, "CheXpert CSV") as f:
         reader = csv.reader(f)
         col = rr.require_columns(next(reader, []), COLUMNS, source)
-        for line_no, fields in enumerate(reader, start=2):
-            if not fields:
-                continue
+        for line_no, fields in csv_rows(reader, csv_path, problems):
             where = f"{source} line {line_no}"
             path = fields[col["Path"]].strip() if len(fields) > col["Path"] else ""
             try:

@@ -15,6 +15,7 @@ under 18 are warnings the caller shows beside the prediction. pydicom is an opti
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import warnings
 from collections.abc import Sequence
@@ -176,25 +177,35 @@ def read_dicom(source: str | BinaryIO, max_pixels: int | None = None) -> DicomIm
     except ImportError:
         raise DicomError("a DICOM file; reading it needs pydicom: pip install "
                          "'cxrjax[dicom]'") from None
-    with warnings.catch_warnings():  # pydicom's value-validation warnings: the error says it
-        warnings.simplefilter("ignore")
-        try:
-            ds = pydicom.dcmread(source)
-        except Exception as e:  # noqa: BLE001 - a broken file raises many kinds: one line each
-            raise DicomError(f"unreadable DICOM ({_first_line(e)})") from None
-        try:
-            return _decode(ds, max_pixels)
-        except DicomError:
-            raise
-        except Exception as e:  # noqa: BLE001 - malformed tag values (a fuzzed header)
-            raise DicomError(f"unreadable DICOM header or pixel data ({_first_line(e)})") \
-                from None
+    # pydicom's warnings and log lines about a broken file stay quiet: the one error says it.
+    pydicom_log = logging.getLogger("pydicom")
+    level = pydicom_log.level
+    pydicom_log.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _read_quietly(pydicom, source, max_pixels)
+    finally:
+        pydicom_log.setLevel(level)
+
+
+def _read_quietly(pydicom: Any, source: str | BinaryIO, max_pixels: int | None) -> DicomImage:
+    try:
+        ds = pydicom.dcmread(source)
+    except Exception as e:  # noqa: BLE001 - a broken file raises many kinds: one line each
+        raise DicomError(f"unreadable DICOM ({_first_line(e)})") from None
+    try:
+        return _decode(ds, max_pixels)
+    except DicomError:
+        raise
+    except Exception as e:  # noqa: BLE001 - malformed tag values (a fuzzed header)
+        raise DicomError(f"unreadable DICOM header or pixel data ({_first_line(e)})") from None
 
 
 def _decode(ds: Any, max_pixels: int | None) -> DicomImage:
     """A read dataset's checks, pixels as displayed, tags and warnings."""
     if "PixelData" not in ds:
-        raise DicomError("a DICOM file without pixel data")
+        raise DicomError("a DICOM file without pixel data (or cut short before it)")
     photometric = _check_layout(ds, max_pixels)
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     try:

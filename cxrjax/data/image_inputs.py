@@ -164,12 +164,13 @@ def load_image(path: str, resolution: int, crop: int) -> LoadedImage:
     """One file (PNG, JPEG or DICOM; local or gs://) as the model input, its gray image, its
     DICOM tags and warnings. The input is the prepared dataset's record (gray, antialiased
     resize to ``resolution``) centre-cropped like the eval pipeline. ImageError if unusable."""
-    try:
+    try:  # gone since it was listed, unreadable (permissions), an unreachable bucket
         source = _source(path)
+        head = _head(source)
     except OSError as e:
         raise ImageError(f"cannot read it: {e}") from None
     tags, notes = dict.fromkeys(TAGS, ""), ()
-    if dicom.is_dicom(_head(source)):
+    if dicom.is_dicom(head):
         try:
             read = dicom.read_dicom(_reader(source), max_pixels=MAX_PIXELS)
         except dicom.DicomError as e:

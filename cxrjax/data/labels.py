@@ -12,6 +12,7 @@ import functools
 import gzip
 import io
 import os
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 
@@ -95,14 +96,53 @@ class LabelTable:
         return self.labels.mean(axis=0, dtype=np.float64)
 
 
+class _NamedText(io.TextIOWrapper):
+    """A text stream whose undecodable bytes or broken compression are a one-line LabelError
+    naming the file (a spreadsheet's Latin-1 export, a cut download), not a traceback."""
+
+    def __init__(self, binary: io.BufferedIOBase, encoding: str, path: str):
+        super().__init__(binary, encoding=encoding, newline="")
+        self.path = path
+
+    def _named(self, read, *args):
+        try:
+            return read(*args)
+        except UnicodeDecodeError as e:
+            raise LabelError(f"{self.path}: not {e.encoding.upper()} text (byte "
+                             f"0x{e.object[e.start]:02x} cannot be decoded; a Latin-1 or "
+                             "Windows export?): save it as UTF-8") from None
+        except (EOFError, OSError, zlib.error) as e:  # gzip's: cut short, bad CRC, not gzip
+            raise LabelError(f"{self.path}: truncated or corrupt file ({type(e).__name__}: "
+                             f"{e})") from None
+
+    def __next__(self) -> str:
+        return self._named(super().__next__)
+
+    def readline(self, size: int = -1) -> str:
+        return self._named(super().readline, size)
+
+    def read(self, size: int | None = -1) -> str:
+        return self._named(super().read, size)
+
+
 def open_text(path: str | os.PathLike, what: str = "file") -> io.TextIOBase:
-    """A text file, gzip-compressed (.gz) or plain; a missing one is named: '<what> not found'."""
+    """A text file, gzip-compressed (.gz) or plain; a missing one is named: '<what> not found'.
+
+    UTF-8 with or without a byte-order mark, or UTF-16 with one (how spreadsheets save "CSV
+    UTF-8" and "Unicode text"); other bytes, or a truncated .gz, are a LabelError naming it.
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{what} not found: {path}")
-    if path.endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+    binary = gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+    try:
+        head = binary.peek(4)[:4]
+    except (EOFError, OSError, zlib.error) as e:
+        binary.close()
+        raise LabelError(f"{path}: truncated or corrupt file ({type(e).__name__}: {e})") \
+            from None
+    encoding = "utf-16" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+    return _NamedText(binary, encoding, path)
 
 
 def parse_data_entry(lines: Iterable[str], source: str = "Data_Entry") -> LabelTable:

@@ -113,7 +113,7 @@ def decode_task(args: tuple[int, str, int]) -> tuple[int, np.ndarray | None, str
     i, path, resolution = args
     try:
         image, mode = decode_image(path, resolution)
-    except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three for bad files
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL: bad files
         return i, None, f"cannot decode {path}: {type(e).__name__}: {e}"
     return i, image, mode
 
@@ -185,6 +185,28 @@ def find_images(manual_dir: str) -> tuple[dict[str, str], list[Problem]]:
     return paths, problems
 
 
+def csv_rows(reader: Iterator[list[str]], path: str, problems: list[Problem]
+             ) -> Iterator[tuple[int, list[str]]]:
+    """(first line, fields) of each non-empty record left in a ``csv.reader``. No cell of these
+    tables holds a line break: a record over several lines (an unclosed quote) is a problem
+    naming its lines, and a quoted field that never ends is a PrepareError naming the table."""
+    source, start = os.path.basename(path), reader.line_num + 1
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise PrepareError(f"{path} line {start}: {e} (an unclosed quote?)") from None
+        first, start = start, reader.line_num + 1
+        if reader.line_num > first:
+            problems.append(Problem(fields[0].strip() or "?", (
+                f"{source} lines {first}-{reader.line_num}: one row over "
+                f"{reader.line_num - first + 1} lines (an unclosed quote?); its lines are lost")))
+        elif fields:
+            yield first, fields
+
+
 def read_rows(csv_path: str, image_paths: dict[str, str]
               ) -> tuple[list[Row], list[Problem]]:
     """Parses the table, matches it against the files, and collects every problem."""
@@ -200,9 +222,7 @@ def read_rows(csv_path: str, image_paths: dict[str, str]
             raise PrepareError(f"{csv_path}: missing column(s) {missing}; is this a "
                                "Data_Entry_2017 CSV?")
         col = {c: header.index(c) for c in DATA_ENTRY_COLUMNS}
-        for line_no, fields in enumerate(reader, start=2):
-            if not fields:
-                continue
+        for line_no, fields in csv_rows(reader, csv_path, problems):
             name = fields[col["Image Index"]].strip() if len(fields) > col["Image Index"] else ""
             where = f"{os.path.basename(csv_path)} line {line_no}"
             if name in first_line:
@@ -233,7 +253,7 @@ def read_rows(csv_path: str, image_paths: dict[str, str]
             rows[name] = row
     for name in duplicated:
         rows.pop(name, None)
-    in_csv = set(first_line)
+    in_csv = set(first_line) | {p.image for p in problems}  # a broken row is a row
     problems += [Problem(n, "image file has no row in the label table")
                  for n in sorted(image_paths) if n not in in_csv]
     return [rows[n] for n in sorted(rows)], problems
@@ -277,6 +297,6 @@ def usable_rows(manual_dir: str, skip_bad: bool) -> tuple[list[Row], list[Proble
         raise PrepareError(
             f"{len(problems):,} problem(s) in {manual_dir}{where}; nothing was written (pass "
             "--skip_bad to write the rest)", problems)
-    if not rows:
-        raise PrepareError(f"no usable images in {manual_dir}")
+    if not rows:  # every row has a problem (--skip_bad): each is named, none is left silent
+        raise PrepareError(f"no usable images in {manual_dir}", problems)
     return rows, problems

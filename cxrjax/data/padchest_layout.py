@@ -144,6 +144,6 @@ def decode_task(args: tuple[int, str, int]) -> tuple[int, np.ndarray | None, str
     i, path, resolution = args
     try:
         image, mode = decode_image(path, resolution)
-    except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three for bad files
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL: bad files
         return i, None, f"cannot decode {path}: {type(e).__name__}: {e}"
     return i, image, mode

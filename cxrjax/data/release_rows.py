@@ -138,6 +138,6 @@ def fail_on_problems(scan: Scan, manual_dir: str, skip_bad: bool) -> Scan:
         raise PrepareError(f"{len(scan.problems):,} problem(s) in {manual_dir}; nothing was "
                            "written (pass --skip_bad to write the rest)", scan.problems)
     if not scan.rows:
-        raise PrepareError(f"no usable images in {manual_dir} (left out: "
-                           f"{scan.exclusion_counts() or 'none'})")
+        raise PrepareError(f"no usable images in {manual_dir} (left out: "  # each one named
+                           f"{scan.exclusion_counts() or 'none'})", scan.problems)
     return scan

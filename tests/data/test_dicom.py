@@ -204,3 +204,17 @@ def test_malformed_tag_values_are_one_line_errors_not_tracebacks(tmp_path):
     path.write_bytes(data.replace(element, element[:-2] + b"ab"))  # no longer a number
     with pytest.raises(dicom.DicomError, match=r"^unreadable DICOM"):
         dicom.read_dicom(str(path))
+
+
+def test_a_cut_file_is_one_error_and_pydicom_logs_nothing_beside_it(tmp_path, caplog):
+    import logging
+
+    data = (REAL / "siim_pneumothorax_sample.dcm").read_bytes()
+    path = tmp_path / "cut.dcm"
+    path.write_bytes(data[:len(data) // 2])  # inside the encapsulated pixel data
+    level = logging.getLogger("pydicom").level
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(dicom.DicomError, match="without pixel data .or cut short before it"):
+            dicom.read_dicom(str(path))
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("pydicom")] == []
+    assert logging.getLogger("pydicom").level == level  # restored after the read

@@ -1,5 +1,7 @@
 """Tests of the shipped NIH label table and the label parser."""
 
+import csv
+import gzip
 import io
 
 import numpy as np
@@ -85,3 +87,31 @@ def test_a_bad_box_is_a_one_line_label_error(tmp_path):
     with pytest.raises(labels.LabelError, match="outside the 1024x1024 image") as e:
         labels.read_boxes(path)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("encode", [
+    lambda t: ("\ufeff" + t).encode(),  # Excel's "CSV UTF-8"
+    lambda t: t.encode("utf-16"),  # "Unicode text": UTF-16 with its byte-order mark
+    lambda t: b"\xfe\xff" + t.encode("utf-16-be"),
+])
+def test_a_table_with_a_byte_order_mark_reads_as_its_text(tmp_path, encode):
+    text = "Image Index,Note\r\na.png,café\r\n"
+    (tmp_path / "t.csv").write_bytes(encode(text))
+    with labels.open_text(tmp_path / "t.csv") as f:
+        assert list(csv.reader(f)) == [["Image Index", "Note"], ["a.png", "café"]]
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("latin1.csv", "Image Index\na.png,café\n".encode("latin-1"), "not UTF-8 text .*0xe9"),
+    ("cut.csv.gz", gzip.compress(b"Image Index\n" * 50)[:-9], "truncated or corrupt file"),
+    ("flipped.csv.gz", gzip.compress(b"Image Index\n")[:-8] + b"\0" * 8, "corrupt file"),
+    ("text.csv.gz", b"Image Index\n", "truncated or corrupt file .*BadGzipFile"),
+])
+def test_undecodable_or_broken_gzip_table_is_a_one_line_error_naming_it(tmp_path, name, data,
+                                                                         message):
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(labels.LabelError, match=message) as e:
+        with labels.open_text(path) as f:
+            list(csv.reader(f))
+    assert str(e.value).startswith(f"{path}: ") and "\n" not in str(e.value)

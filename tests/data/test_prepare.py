@@ -249,3 +249,88 @@ def test_prepare_into_a_bucket_builds_locally_and_copies_up_verified(
     assert b.info.metadata["num_images"] == 3 and len(b.as_data_source(split=builder.SPLIT)) == 3
     assert prepare.main(argv) == 0
     assert "copied 0 new file(s)" in capsys.readouterr().out  # a rerun copies nothing again
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_a_table_saved_with_a_bom_or_as_utf16_prepares_every_row(tmp_path, nih_folder,
+                                                                   encoding):
+    rows = _rows(3)
+    manual = nih_folder.make_nih_dir(tmp_path / "nih", rows)
+    table = manual / "Data_Entry_2017_v2020.csv"
+    table.write_bytes(table.read_text().encode(encoding))
+    b = builder.build(str(manual), str(tmp_path / "out"), resolution=16, workers=0)
+    assert b.info.metadata["image_ids"] == [r[0] for r in rows]
+
+
+@pytest.mark.parametrize("name, mangle", [
+    ("Data_Entry_2017_v2020.csv", lambda d: d.replace(b",M,", b",\xc9,", 1)),  # Latin-1 'É'
+    ("Data_Entry_2017_v2020.csv.gz", lambda d: __import__("gzip").compress(d)[:-20]),
+])
+def test_an_undecodable_table_is_one_line_naming_it_not_a_traceback(tmp_path, capsys,
+                                                                    nih_folder, name, mangle):
+    manual = nih_folder.make_nih_dir(tmp_path / "nih", _rows(3))
+    plain = manual / "Data_Entry_2017_v2020.csv"
+    data = mangle(plain.read_bytes())
+    plain.unlink()
+    (manual / name).write_bytes(data)
+    rc = prepare.main(["--manual_dir", str(manual), "--data_dir", str(tmp_path / "o"),
+                       "--resolution", "16", "--workers", "0", "--skip_bad"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith(f"error: {manual / name}: ") and err.count("\n") == 1, err
+
+
+def test_a_png_claiming_a_huge_size_is_a_listed_problem_not_a_crash(tmp_path, nih_folder):
+    import struct
+    import zlib
+
+    rows = _rows(3)
+    manual = nih_folder.make_nih_dir(tmp_path / "nih", rows)
+    png = manual / "images" / rows[1][0]
+    data = png.read_bytes()
+    body = b"IHDR" + struct.pack(">II", 900_000, 900_000) + data[24:29]
+    png.write_bytes(data[:12] + body + struct.pack(">I", zlib.crc32(body)) + data[33:])
+    rc = prepare.main(["--manual_dir", str(manual), "--data_dir", str(tmp_path / "o"),
+                       "--resolution", "16", "--workers", "0", "--skip_bad"])
+    assert rc == 0
+    b = builder.load(str(tmp_path / "o"), 16)
+    assert b.info.metadata["image_ids"] == [rows[0][0], rows[2][0]]
+    (skipped,) = b.info.metadata["skipped"]
+    assert skipped["image"] == rows[1][0] and "DecompressionBombError" in skipped["reason"]
+
+
+def test_an_unclosed_quote_names_the_lines_it_swallows_or_the_table_when_it_never_ends(
+        tmp_path, capsys, nih_folder):
+    rows = _rows(4)
+    manual = nih_folder.make_nih_dir(tmp_path / "nih", rows)
+    table = manual / "Data_Entry_2017_v2020.csv"
+    lines = table.read_text().splitlines(keepends=True)
+    lines[2] = lines[2].replace(",", ',"', 1)  # row 2 (line 3) opens a quote it never closes
+    table.write_text("".join(lines))
+    argv = ["--manual_dir", str(manual), "--data_dir", str(tmp_path / "o"), "--resolution",
+            "16", "--workers", "0", "--skip_bad"]
+    assert prepare.main(argv) == 0
+    b = builder.load(str(tmp_path / "o"), 16)
+    assert b.info.metadata["image_ids"] == [rows[0][0]]
+    reasons = {p["image"]: p["reason"] for p in b.info.metadata["skipped"]}
+    assert len(reasons) == len(b.info.metadata["skipped"]) == 3  # each image once
+    assert "lines 3-5: one row over 3 lines (an unclosed quote?)" in reasons[rows[1][0]]
+    assert "no row" in reasons[rows[2][0]] and "no row" in reasons[rows[3][0]]
+    capsys.readouterr()
+    table.write_text("".join(lines) + lines[1] * 3000)  # a real table's size: over csv's limit
+    assert prepare.main([*argv[:3], str(tmp_path / "o2"), *argv[4:]]) == 1
+    assert capsys.readouterr().err == (f"error: {table} line 3: field larger than field limit "
+                                       "(131072) (an unclosed quote?)\n")
+
+
+def test_a_table_whose_every_row_is_bad_names_each_row_not_just_the_folder(
+        tmp_path, capsys, nih_folder):
+    rows = _rows(2, label="Flu")
+    manual = nih_folder.make_nih_dir(tmp_path / "nih", rows)
+    rc = prepare.main(["--manual_dir", str(manual), "--data_dir", str(tmp_path / "o"),
+                       "--resolution", "16", "--workers", "0", "--skip_bad"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith(f"error: no usable images in {manual}:\n")
+    for name, _, _ in rows:
+        assert f"  {name}: Data_Entry_2017_v2020.csv line" in err and "'Flu'" in err
+    listed = (tmp_path / "o" / builder.PROBLEMS_NAME).read_text().splitlines()
+    assert [line.split("\t")[0] for line in listed[1:]] == [r[0] for r in rows]

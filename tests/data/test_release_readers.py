@@ -189,3 +189,51 @@ def test_mimic_duplicate_image_and_image_without_split_are_problems(tmp_path):
     assert [r.image_id for r in scan.rows] == ["d1"]
     assert [(p.image, p.reason.split(": ")[1]) for p in scan.problems] == [
         ("d1", "duplicate of line 2"), ("d2", "not in the split table")]
+
+
+def test_padchest_png_claiming_a_huge_size_is_a_decode_problem_not_a_crash(tmp_path):
+    import struct
+    import zlib
+
+    path = tmp_path / "huge.png"
+    rf.write_png16(path, 1000)
+    data = path.read_bytes()
+    body = b"IHDR" + struct.pack(">II", 900_000, 900_000) + data[24:29]
+    path.write_bytes(data[:12] + body + struct.pack(">I", zlib.crc32(body)) + data[33:])
+    i, image, note = padchest_layout.decode_task((7, str(path), 16))
+    assert (i, image) == (7, None) and "DecompressionBombError" in note and str(path) in note
+
+
+def test_chexpert_table_saved_with_a_bom_keeps_every_row(tmp_path):
+    rows = [(1, 1, "view1_frontal", "Male", 50, "Frontal", "PA", {}),
+            (2, 1, "view1_frontal", "Female", 60, "Frontal", "AP", {})]
+    root = rf.chexpert_folder(tmp_path, rows, images=False)
+    table = root / "train.csv"
+    table.write_bytes(b"\xef\xbb\xbf" + table.read_bytes())
+    scan = chexpert_layout.scan(str(root), check_files=False)
+    assert len(scan.rows) == 2 and not scan.problems
+
+
+def test_chexpert_row_with_an_unclosed_quote_names_the_lines_it_swallows(tmp_path):
+    rows = [(i, 1, "view1_frontal", "Male", 50, "Frontal", "PA", {}) for i in range(1, 5)]
+    root = rf.chexpert_folder(tmp_path, rows, images=False)
+    table = root / "train.csv"
+    lines = table.read_bytes().split(b"\r\n")
+    lines[2] = lines[2].replace(b",Male,", b',"Male,')
+    table.write_bytes(b"\r\n".join(lines))
+    scan = chexpert_layout.scan(str(root), check_files=False)
+    assert [r.patient_id for r in scan.rows] == ["patient00001"]
+    (problem,) = scan.problems
+    assert "train.csv lines 3-5: one row over 3 lines (an unclosed quote?)" in problem.reason
+
+
+def test_chexpert_table_whose_every_row_is_bad_names_each_row(tmp_path):
+    rows = [(1, 1, "view1_frontal", "Male", "old", "Frontal", "PA", {}),
+            (2, 1, "view1_frontal", "Female", 60, "Frontal", "AP", {"Edema": "2.0"})]
+    root = rf.chexpert_folder(tmp_path, rows, images=False)
+    found = chexpert_layout.scan(str(root), check_files=False)
+    with pytest.raises(PrepareError, match="no usable images") as e:
+        rr.fail_on_problems(found, str(root), skip_bad=True)
+    assert [p.reason.split(":")[0] for p in e.value.problems] == ["train.csv line 2",
+                                                                   "train.csv line 3"]
+    assert "train.csv line 3: Edema: cell '2.0'" in str(e.value)
