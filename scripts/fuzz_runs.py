@@ -184,7 +184,7 @@ def _watch(paths: list[str], resolution: int, crop: int, timeout: float,
 
 
 def _decode_worker(resolution: int, crop: int) -> None:
-    from cxrjax.image_inputs import ImageError, load_image
+    from cxrjax.data.image_inputs import ImageError, load_image
 
     for path in json.load(sys.stdin):
         print("begin", flush=True)
@@ -225,7 +225,10 @@ def _make_run(workdir: str) -> None:
     import jax.numpy as jnp
     import numpy as np
 
-    from cxrjax import checkpoint, inference, models, runs, train
+    from cxrjax import models, train_step
+    from cxrjax.evaluation import inference
+    from cxrjax.io import checkpoint
+    from cxrjax.runfolder import loading as runs
 
     c = importlib.import_module("configs.r18_msml").get_config()
     c.model.trunk_a = "resnet_tiny"
@@ -251,7 +254,7 @@ def _make_run(workdir: str) -> None:
     out = jax.tree_util.tree_map_with_path(value, dict(shapes))
     variables = {"params": out["params"], "batch_stats": out.get("batch_stats", {})}
     manager = checkpoint.open_manager(runs.stage_dir(workdir, 0, c.train.stages[0]), 3)
-    state, _ = train.create_stage(c, 0, model, variables, 10, inference.create_mesh())
+    state, _ = train_step.create_stage(c, 0, model, variables, 10, inference.create_mesh())
     checkpoint.save(manager, 10, state, {"step": 10}, {"stage": "global"}, None)
     manager.wait_until_finished()
 

@@ -130,6 +130,6 @@ def test_rmtree_removes_everything_and_tolerates_a_missing_folder(root):
 def test_a_listing_shows_files_another_process_wrote_since(gcs_bucket):
     fileio.write_text(f"{gcs_bucket}/run/a", "a")
     assert fileio.listdir(f"{gcs_bucket}/run") == ["a"]
-    subprocess.run([sys.executable, "-c", "from cxrjax import fileio; "
+    subprocess.run([sys.executable, "-c", "from cxrjax.io import fileio; "
                     f"fileio.write_text('{gcs_bucket}/run/b', 'b')"], check=True)
     assert fileio.listdir(f"{gcs_bucket}/run") == ["a", "b"]

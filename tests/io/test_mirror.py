@@ -79,7 +79,7 @@ def test_host_lock_makes_processes_take_turns(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys, time; from cxrjax import mirror\n"
+    code = ("import sys, time; from cxrjax.io import mirror\n"
             "with mirror.host_lock(sys.argv[1]):\n"
             "    open(sys.argv[2], 'a').write('in '); time.sleep(0.5)\n"
             "    open(sys.argv[2], 'a').write('out ')\n")

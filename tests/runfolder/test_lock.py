@@ -165,7 +165,7 @@ def test_in_a_bucket_a_live_lock_is_refused_a_stale_one_taken_over(gcs_bucket, c
     # Another host's command, its lock object created only if absent: refused.
     child = subprocess.run(
         [sys.executable, "-c", "import sys, socket; socket.gethostname = lambda: 'other'; "
-         "from cxrjax import run_lock\ntry: run_lock.acquire(sys.argv[1])\n"
+         "from cxrjax.runfolder import lock as run_lock\ntry: run_lock.acquire(sys.argv[1])\n"
          "except run_lock.LockedError as e: print(e); sys.exit(2)", folder],
         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": ROOT})
     assert child.returncode == 2, child.stderr[-2000:]
