@@ -238,8 +238,7 @@ def format_rows(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the CLI: 0 if every image was scored, 1 if any failed, 2 on bad arguments."""
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cxrjax.predict",
                                      description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -250,7 +249,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch_size", type=int, default=16,
                         help="images per jitted batch (rounded up to a multiple of the devices)")
     parser.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _print_results(args: argparse.Namespace, rows: list[dict], limits, points,
+                   thresholds: str, out_dir: str) -> None:
+    """The run's limitations and each image's warnings (stderr), the table, where files went."""
+    origin = args.workdir or args.model
+    for limit in limits:
+        print(f"warning: {origin}: {limit.text}", file=sys.stderr)
+    run_notes = {x.short for x in limits}
+    for r in rows:
+        for note in r["warnings"]:
+            if note not in run_notes:
+                print(f"warning: {r['path']}: {note}", file=sys.stderr)
+    print(format_rows(rows))
+    if points is None:
+        name = operating_points.RUN_FILE if args.workdir else export_files.THRESHOLDS
+        print(f"note: {origin} has no {name} (written when a run "
+              "is tested): probabilities only, no positive/negative calls", file=sys.stderr)
+    else:
+        target = (f" {points.target_sensitivity:g}" if points.rule == "sensitivity" else "")
+        print(f"+ = positive at the run's per-class thresholds ({points.rule}{target}, "
+              f"chosen on validation: {thresholds})")
+    csv_path = fileio.join(out_dir, "predictions.csv")
+    print(f"wrote {csv_path} (no heatmaps: an export holds the forward pass only)"
+          if args.model else f"wrote {csv_path} and {len(rows)} heatmap(s) in "
+          f"{fileio.join(out_dir, 'heatmaps')}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the CLI: 0 if every image was scored, 1 if any failed, 2 on bad arguments."""
+    args = build_parser().parse_args(argv)
     logs.setup(logging.WARNING, libraries=logging.ERROR)  # our format; warnings only
     compilation_cache.enable()  # warm starts: the scoring and heatmap functions from disk
     files, errors, notes = expand_inputs(args.images)
@@ -259,8 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.batch_size < 1:
             raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
-        origin = args.workdir or args.model
-        out_dir = fileio.expand(args.out or fileio.join(origin, "predict"))
+        out_dir = fileio.expand(args.out or fileio.join(args.workdir or args.model, "predict"))
         if args.model:
             rows, bad, model = predict_files_exported(args.model, files, args.batch_size) \
                 if files else ([], [], None)
@@ -286,26 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path, reason in errors:
         print(f"error: {path}: {reason}", file=sys.stderr)
     if rows:
-        for limit in limits:
-            print(f"warning: {origin}: {limit.text}", file=sys.stderr)
-        run_notes = {x.short for x in limits}
-        for r in rows:
-            for note in r["warnings"]:
-                if note not in run_notes:
-                    print(f"warning: {r['path']}: {note}", file=sys.stderr)
-        print(format_rows(rows))
-        if points is None:
-            name = operating_points.RUN_FILE if args.workdir else export_files.THRESHOLDS
-            print(f"note: {origin} has no {name} (written when a run "
-                  "is tested): probabilities only, no positive/negative calls", file=sys.stderr)
-        else:
-            target = (f" {points.target_sensitivity:g}" if points.rule == "sensitivity" else "")
-            print(f"+ = positive at the run's per-class thresholds ({points.rule}{target}, "
-                  f"chosen on validation: {thresholds})")
-        csv_path = fileio.join(out_dir, "predictions.csv")
-        print(f"wrote {csv_path} (no heatmaps: an export holds the forward pass only)"
-              if args.model else f"wrote {csv_path} and {len(rows)} heatmap(s) in "
-              f"{fileio.join(out_dir, 'heatmaps')}")
+        _print_results(args, rows, limits, points, thresholds, out_dir)
     if errors:
         print(f"{len(errors)} input(s) failed, {len(rows)} image(s) scored", file=sys.stderr)
         return 1
