@@ -16,13 +16,12 @@ import csv
 import dataclasses
 import gzip
 import io
-import json
 import os
 
 import numpy as np
 from PIL import Image
 
-from cxrjax.data import label_space, nih_layout
+from cxrjax.data import label_space
 from cxrjax.data import labels as labels_lib
 from cxrjax.data import splits as splits_lib
 
@@ -195,48 +194,3 @@ def write(out_dir: str, fmt: str, table, rows: list[int], images: list[np.ndarra
         write_mimic(out_dir, table, rows, images, rng, seed)
     else:
         write_padchest(out_dir, table, rows, images)
-
-
-def _render_image(args) -> np.ndarray:
-    from cxrjax.data import synthetic
-
-    return synthetic.render(*args).image
-
-
-def generate_format(out_dir: str, fmt: str, n: int, size: int = 256, seed: int = 0,
-                    workers: int | None = None, site: str = "same") -> str:
-    """``synthetic.generate``'s chests in the layout of release ``fmt`` (``nih`` is
-    ``generate`` itself), as acquired at ``site`` (``SITES``: ``same`` changes nothing)."""
-    from cxrjax.data import synthetic  # it imports this module for its CLI
-
-    if site not in SITES:
-        raise ValueError(f"unknown site {site!r}; expected {', '.join(SITES)}")
-    if fmt == "nih":
-        if site != "same":
-            raise ValueError("--site applies to the chexpert, mimic_cxr and padchest formats")
-        return synthetic.generate(out_dir, n, size, seed, workers)
-    if not 32 <= size <= 1024:
-        raise ValueError(f"size must be in [32, 1024], got {size}")
-    params = {"n": n, "size": size, "seed": seed, "version": synthetic.VERSION, "format": fmt,
-              "site": site}
-    done = os.path.join(out_dir, synthetic.DONE_NAME)
-    if os.path.exists(done):
-        with open(done) as f:
-            if json.load(f) == params:
-                return out_dir
-        raise ValueError(f"{out_dir} holds a synthetic set with other parameters ({done})")
-    at = SITES[site]
-    table = labels_lib.load_label_table()
-    pool = synthetic.sample_rows(
-        n if at.no_finding_share is None else min(4 * n, len(table)), seed)
-    rows = pick_rows(table, pool, n, at)
-    tasks = [(table.labels[i], size, synthetic.stable_seed(seed, int(table.patient_ids[i])),
-              seed * 1_000_003 + i) for i in rows]
-    workers = len(os.sched_getaffinity(0)) if workers is None else workers
-    images = [apply_site(image, at, seed * 7_919 + i) for i, image in zip(
-        rows, nih_layout.ordered_map(_render_image, tasks, workers if n > 64 else 0, 16),
-        strict=True)]
-    write(out_dir, fmt, table, rows, images, seed)
-    with open(done, "w") as f:
-        json.dump(params, f)
-    return out_dir

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cxrjax.data import release_builder, release_splits, synthetic_formats
+from cxrjax.data import release_builder, release_splits, synthetic
 
 
 def _patients(n_patients, per, prefix="p"):
@@ -48,7 +48,7 @@ def test_split_hash_ignores_order_and_sees_any_change():
 
 
 def test_prepared_mimic_metadata_gives_the_official_split(tmp_path):
-    synthetic_formats.generate_format(str(tmp_path / "raw"), "mimic_cxr", n=30, size=32, workers=0)
+    synthetic.generate_format(str(tmp_path / "raw"), "mimic_cxr", n=30, size=32, workers=0)
     b = release_builder.build("mimic_cxr", str(tmp_path / "raw"), str(tmp_path / "out"),
                               resolution=8, workers=0)
     meta = b.info.metadata

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrjax.data import labels, nih_layout, pipeline, splits, synthetic
+from cxrjax.data import labels, nih_layout, pipeline, splits, synthetic, synthetic_chests
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +70,8 @@ def _visible_seed(c, size=64):
     lab = np.zeros(14, np.uint8)
     lab[c] = 1
     for seed in range(20):
-        with_it = synthetic.render(lab, size, patient_seed=1, image_seed=seed).image
-        without = synthetic.render(np.zeros(14, np.uint8), size, 1, seed).image
+        with_it = synthetic_chests.render(lab, size, patient_seed=1, image_seed=seed).image
+        without = synthetic_chests.render(np.zeros(14, np.uint8), size, 1, seed).image
         if not np.array_equal(with_it, without):
             return seed
     raise AssertionError(f"{labels.CLASSES[c]} never drawn")
@@ -80,17 +80,17 @@ def _visible_seed(c, size=64):
 def test_each_finding_changes_the_image():
     for c in range(14):
         seed = _visible_seed(c)
-        base = synthetic.render(np.zeros(14, np.uint8), 64, patient_seed=1, image_seed=seed)
+        base = synthetic_chests.render(np.zeros(14, np.uint8), 64, patient_seed=1, image_seed=seed)
         lab = np.zeros(14, np.uint8)
         lab[c] = 1
-        img = synthetic.render(lab, 64, patient_seed=1, image_seed=seed)
+        img = synthetic_chests.render(lab, 64, patient_seed=1, image_seed=seed)
         assert np.abs(img.image.astype(int) - base.image).mean() > 0.1, labels.CLASSES[c]
 
 
 def test_about_one_positive_in_twenty_is_drawn_without_a_sign():
     lab = np.zeros(14, np.uint8)
     lab[labels.CLASS_INDEX["Mass"]] = 1
-    hidden = np.mean([not synthetic.render(lab, 32, 3, seed).boxes for seed in range(400)])
+    hidden = np.mean([not synthetic_chests.render(lab, 32, 3, seed).boxes for seed in range(400)])
     assert 0.02 < hidden < 0.09, hidden
 
 
@@ -118,8 +118,9 @@ def test_boxes_are_where_the_pixels_change_when_the_finding_is_added(name):
     lab[c] = 1
     singles = drawn = 0
     for seed in range(12):
-        base = synthetic.render(np.zeros(14, np.uint8), size, patient_seed=7, image_seed=seed)
-        img, boxes = synthetic.render(lab, size, patient_seed=7, image_seed=seed)
+        base = synthetic_chests.render(np.zeros(14, np.uint8), size, patient_seed=7,
+                                       image_seed=seed)
+        img, boxes = synthetic_chests.render(lab, size, patient_seed=7, image_seed=seed)
         diff = np.abs(img.astype(int) - base.image)
         assert {n for n, _ in boxes} <= {name}
         if not boxes:  # drawn without a sign
@@ -145,10 +146,10 @@ def test_only_present_box_classes_get_boxes():
     non_box = [labels.CLASS_INDEX[c] for c in labels.CLASSES if c not in labels.BOX_CLASSES]
     lab = np.zeros(14, np.uint8)
     lab[non_box] = 1
-    assert synthetic.render(lab, 64, 1, 2).boxes == []
+    assert synthetic_chests.render(lab, 64, 1, 2).boxes == []
     lab[[labels.CLASS_INDEX["Mass"], labels.CLASS_INDEX["Effusion"]]] = 1
     for seed in range(5):
-        names = {n for n, _ in synthetic.render(lab, 64, 1, seed).boxes}
+        names = {n for n, _ in synthetic_chests.render(lab, 64, 1, seed).boxes}
         assert names <= {"Mass", "Effusion"} and names
 
 
@@ -163,7 +164,7 @@ def test_generated_box_list_is_nih_format_in_the_1024_frame(small_set):
     real = labels.load_label_table()
     name = boxes.image_ids[0]
     r = int(real.rows([name])[0])
-    drawn = synthetic.render(real.labels[r], 64, synthetic.stable_seed(5, int(
+    drawn = synthetic_chests.render(real.labels[r], 64, synthetic.stable_seed(5, int(
         real.patient_ids[r])), 5 * 1_000_003 + r).boxes
     np.testing.assert_allclose(boxes.xywh[boxes.image_ids == name],
                                np.array([b for _, b in drawn]) * 1024 / 64)
@@ -176,7 +177,7 @@ def test_a_linear_model_learns_it_above_chance_but_far_from_perfectly():
     real = labels.load_label_table()
     rows = synthetic.sample_rows(900, seed=1)
     y = real.labels[rows]
-    x = np.stack([np.asarray(Image.fromarray(synthetic.render(
+    x = np.stack([np.asarray(Image.fromarray(synthetic_chests.render(
         y[i], 64, synthetic.stable_seed(1, int(real.patient_ids[r])), r).image).resize(
         (24, 24), Image.Resampling.BILINEAR), np.float32).ravel() / 255
         for i, r in enumerate(rows)])

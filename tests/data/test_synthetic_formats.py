@@ -4,7 +4,7 @@ builders: the same chests and NIH labels come back as each release's label state
 import numpy as np
 import pytest
 
-from cxrjax.data import builder, label_space, labels, release_builder, synthetic, synthetic_formats
+from cxrjax.data import builder, label_space, labels, release_builder, synthetic
 
 AT = label_space.CLASS_INDEX
 P, N, U = label_space.POSITIVE, label_space.NEGATIVE, label_space.UNCERTAIN
@@ -71,4 +71,4 @@ def test_site_other_sets_the_no_finding_share_and_is_written_as_16_bit(tmp_path)
     pixels = np.asarray(Image.open(scan.rows[0].path))
     assert pixels.dtype == np.uint16 and pixels[4:8, 4:8].min() == 255 * 16  # the marker
     with pytest.raises(ValueError, match="--site applies to"):
-        synthetic_formats.generate_format(str(tmp_path / "n"), "nih", 4, site="other")
+        synthetic.generate_format(str(tmp_path / "n"), "nih", 4, site="other")
