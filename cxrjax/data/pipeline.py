@@ -34,11 +34,11 @@ import jax
 import numpy as np
 from absl import flags
 
-from cxrjax.data import grain_workers, nih_layout
+from cxrjax.data import grain_workers, nih_layout, sources
 from cxrjax.data import labels as labels_lib
 from cxrjax.data import splits as splits_lib
 
-SOURCES = ("nih", "synthetic", "chestmnist")
+SOURCES = ("nih", "synthetic", "chestmnist", *sources.RELEASES, *sources.SYNTHETIC)
 
 
 # ---------------------------------------------------------------------- sources ---
@@ -85,14 +85,18 @@ class _TrainExample:
         k, offset = divmod(int(position), self.local_batch)
         g = k * self.global_batch + self.process_index * self.local_batch + offset
         epoch, j = divmod(g, self.epoch_len)
-        image, labels = self.records[self.rows[self.shuffled[epoch * len(self.rows) + j]]]
+        image, labels, *label_mask = self.records[
+            self.rows[self.shuffled[epoch * len(self.rows) + j]]]
         rng = np.random.default_rng([self.seed, g])
         r = image.shape[0]
         y, x = rng.integers(0, r - self.crop + 1, size=2)
         image = image[y:y + self.crop, x:x + self.crop]
         if self.flip and rng.random() < 0.5:
             image = image[:, ::-1]
-        return {"image": np.ascontiguousarray(image)[..., None], "labels": labels}
+        out = {"image": np.ascontiguousarray(image)[..., None], "labels": labels}
+        if label_mask:  # a release with missing labels: which of them the losses count
+            out["label_mask"] = label_mask[0]
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,15 +110,21 @@ class _EvalExample:
 
     def __call__(self, k: int) -> dict[str, np.ndarray]:
         k = int(k)
+        masked = getattr(self.records, "masked", False)
         if k >= len(self.rows):
-            return {"image": np.zeros((self.crop, self.crop, 1), np.uint8),
-                    "labels": np.zeros(labels_lib.NUM_CLASSES, np.uint8),
-                    "mask": np.bool_(False), "index": np.int32(-1)}
-        image, labels = self.records[self.rows[k]]
+            num_classes = len(getattr(self.records, "classes", labels_lib.CLASSES))
+            pad = {"image": np.zeros((self.crop, self.crop, 1), np.uint8),
+                   "labels": np.zeros(num_classes, np.uint8),
+                   "mask": np.bool_(False), "index": np.int32(-1)}
+            return {**pad, "label_mask": pad["labels"]} if masked else pad
+        image, labels, *label_mask = self.records[self.rows[k]]
         o = (image.shape[0] - self.crop) // 2
         image = np.ascontiguousarray(image[o:o + self.crop, o:o + self.crop])[..., None]
-        return {"image": image, "labels": labels, "mask": np.bool_(True),
-                "index": np.int32(self.positions[k])}
+        out = {"image": image, "labels": labels, "mask": np.bool_(True),
+               "index": np.int32(self.positions[k])}
+        if label_mask:
+            out["label_mask"] = label_mask[0]
+        return out
 
 
 # ---------------------------------------------------------------------- datasets ---
@@ -138,6 +148,10 @@ class Datasets:
 
     def image_ids(self, split: str) -> list[str]:
         return [self.records.image_ids[i] for i in self._rows(split)]
+
+    def split_hashes(self) -> dict[str, str]:
+        """{split: ``release_splits.split_hash`` of its image ids}, for a run to record."""
+        return sources.split_hashes(self.image_ids, list(self.split_rows))
 
     def num_examples(self, split: str) -> int:
         return len(self._rows(split))
@@ -292,6 +306,8 @@ def _load(data_cfg: Any, prepared: PreparedData) -> tuple[Any, dict[str, list[st
         return chestmnist.load(prepared.chestmnist_path, prepared.chestmnist_cache or None)
     if source not in SOURCES:
         raise ValueError(f"unknown data.source {source!r}; expected one of {SOURCES}")
+    if sources.release_of(source):
+        return sources.load(sources.release_of(source), data_cfg, prepared.data_dir)
     records = TfdsRecords(prepared.data_dir, int(data_cfg.resolution))
     manual_dir = prepared.manual_dir
     csv = _data_entry_in(manual_dir)
@@ -351,6 +367,8 @@ def ensure_prepared(data_cfg: Any, workdir: str) -> PreparedData:
 
     remote_workdir = fileio.is_remote(workdir)
     source = data_cfg.source
+    if sources.release_of(source):
+        return _ensure_release(data_cfg, workdir)
     if source == "synthetic":
         from cxrjax.data import builder, synthetic
 
@@ -406,3 +424,25 @@ def ensure_prepared(data_cfg: Any, workdir: str) -> PreparedData:
             chestmnist.NpzRecords(path, cache)  # extract once; fail fast if wrong
         return PreparedData(chestmnist_path=path, chestmnist_cache=cache)
     raise ValueError(f"unknown data.source {source!r}; expected one of {SOURCES}")
+
+
+def _ensure_release(data_cfg: Any, workdir: str) -> PreparedData:
+    """``chexpert``/``mimic_cxr``/``padchest``: checks the prepared release in data.data_dir;
+    ``synthetic_<release>``: makes and prepares it as ``synthetic`` is (see above)."""
+    from cxrjax import fileio, mirror
+
+    if not data_cfg.source.startswith("synthetic_"):
+        data_dir = fileio.expand(data_cfg.data_dir)
+        sources.check_prepared(data_cfg, data_dir)
+        return PreparedData(data_dir=data_dir)
+    remote = fileio.is_remote(workdir)
+    root = sources.synthetic_root(data_cfg, mirror.cache_root() if remote else workdir)
+    data_dir = os.path.join(root, "tfds")
+    if remote or jax.process_index() == 0:
+        with mirror.host_lock(root):
+            data_dir = sources.prepare_synthetic(data_cfg, root)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("cxrjax: synthetic release prepared")
+    return PreparedData(data_dir=data_dir)
