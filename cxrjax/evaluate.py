@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cxrjax import checkpoint, compilation_cache, evaluator, fileio, logs, metrics, operating_points
+from cxrjax import external as external_cli
 from cxrjax.data.labels import load_label_table
 from cxrjax.predictions import format_table, format_value, load_predictions, write_json
 
@@ -155,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", choices=evaluator.SPLITS, default=None,
                         help="with --workdir: the split to score (default: test)")
     parser.add_argument("--labels", metavar="DATA_ENTRY_CSV", default=None,
-                        help="NIH Data_Entry table (default: the copy shipped in the package)")
+                        help="NIH Data_Entry table (default: the copy shipped in the package); "
+                             "or google2019[=PATH]: NIH's radiologist-adjudicated labels "
+                             "(also with --workdir)")
     parser.add_argument("--json", metavar="OUT.json", default=None, help="also write the numbers")
     parser.add_argument("--n_boot", type=int, default=1000,
                         help="bootstrap resamples for the CI of the mean AUC (0: none)")
@@ -163,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--thresholds", metavar="thresholds.json", default=None,
                         help="with --predictions: per-class thresholds (a run's "
                              "W/eval/thresholds.json); adds the operating-point table")
+    external_cli.add_flags(parser)
     return parser
 
 
@@ -174,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.n_boot < 0:
             raise ValueError(f"--n_boot must be >= 0, got {args.n_boot}")
+        if external_cli.handles(args):  # --dataset, --labels google2019
+            return external_cli.run_cli(args)
         if args.workdir and args.labels:
             raise ValueError("--labels applies to --predictions only; a run's labels come from "
                              "its own dataset")

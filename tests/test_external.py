@@ -1,0 +1,280 @@
+"""External validation and the adjudicated NIH labels: numbers checked against scikit-learn."""
+
+import ast
+import csv
+import gzip
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+from test_evaluate import tiny_run
+
+from cxrjax import evaluate, external, google2019, masked_metrics
+from cxrjax.data.labels import CLASSES
+
+GOOGLE = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nih" / \
+    "google2019_nih-chest-xray-labels.csv.gz"
+
+
+def _random_set(seed: int, n: int = 300, known: float = 0.8) -> external.Scored:
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((n, 14)) < 0.25).astype(np.uint8)
+    mask = (rng.random((n, 14)) < known).astype(np.uint8)
+    probs = np.clip(rng.random((n, 14)) * 0.7 + labels * rng.random((n, 14)) * 0.5, 0, 1)
+    return external.Scored([f"i{k}" for k in range(n)], probs.astype(np.float32), labels, mask)
+
+
+def _sklearn_mean(s: external.Scored, classes) -> tuple[dict, float]:
+    per = {}
+    for c in classes:
+        k = CLASSES.index(c)
+        known = s.mask[:, k] == 1
+        per[c] = roc_auc_score(s.labels[known, k], s.probs[known, k])
+    return per, float(np.mean(list(per.values())))
+
+
+def test_masked_aucs_are_sklearns_over_the_known_labels():
+    s = _random_set(0)
+    aucs = masked_metrics.class_aucs(s.probs, s.labels, s.mask)
+    expected, _ = _sklearn_mean(s, CLASSES)
+    np.testing.assert_allclose(aucs, list(expected.values()), rtol=0, atol=1e-12)
+
+
+def test_compare_gives_the_shared_classes_means_and_difference_of_sklearn():
+    ext, own = _random_set(1, 250), _random_set(2, 400, known=1.0)
+    out = external.compare(ext, own, CLASSES, "synthetic_chexpert", n_boot=200, seed=0)
+    shared = ["Atelectasis", "Cardiomegaly", "Effusion", "Pneumonia", "Pneumothorax",
+              "Consolidation", "Edema"]  # the NIH classes CheXpert labels
+    assert out["classes_shared"] == out["classes_compared"] == shared
+    per, mean = _sklearn_mean(ext, shared)
+    _, own_mean = _sklearn_mean(own, shared)
+    for c in shared:
+        assert out["external"]["per_class"][c] == pytest.approx(per[c], abs=1e-12)
+        lo, hi = out["external"]["per_class_ci95"][c]
+        assert lo < per[c] < hi
+    assert out["external"]["mean_auc"] == pytest.approx(mean, abs=1e-12)
+    assert out["own_test"]["mean_auc"] == pytest.approx(own_mean, abs=1e-12)
+    assert out["mean_auc_difference"] == pytest.approx(mean - own_mean, abs=1e-12)
+    lo, hi = out["mean_auc_difference_ci95"]
+    assert lo < mean - own_mean < hi and hi - lo < 0.2
+    assert out["external"]["n_known"]["Edema"] == int(ext.mask[:, CLASSES.index("Edema")].sum())
+
+
+def test_a_class_without_known_positives_in_one_set_is_shared_but_not_compared():
+    ext, own = _random_set(3), _random_set(4)
+    ext.labels[:, CLASSES.index("Edema")] = 0
+    out = external.compare(ext, own, CLASSES, "chexpert", n_boot=50)
+    assert "Edema" in out["classes_shared"] and out["classes_not_compared"] == ["Edema"]
+    assert "Edema" not in out["external"]["per_class"]
+
+
+def test_dataset_config_types_overrides_and_refuses_unknown_fields():
+    from cxrjax import recipe
+
+    config = recipe.row("r18")
+    cfg = external.dataset_config(config, "synthetic_padchest",
+                                  ["synthetic_seed=4", "synthetic_site=other", "views=PA"])
+    assert (cfg.data.synthetic_seed, cfg.data.synthetic_site) == (4, "other")
+    assert tuple(cfg.data.views) == ("PA",) and config.data.source == "nih"
+    with pytest.raises(ValueError, match="FIELD=VALUE"):
+        external.dataset_config(config, "padchest", ["colour=blue"])
+    with pytest.raises(ValueError, match="data.synthetic_site"):
+        external.dataset_config(config, "synthetic_padchest", ["synthetic_site=mars"])
+    assert external.dataset_label("synthetic_padchest", ["synthetic_site=other"]) == \
+        "synthetic_padchest_synthetic_site-other"
+
+
+# ---------------------------------------------------------------------------------------------
+# A (tiny, untrained) run scored on a synthetic PadChest set: one cell recomputed with sklearn.
+# ---------------------------------------------------------------------------------------------
+
+
+def _padchest_truth(csv_path: str, classes) -> dict[str, np.ndarray]:
+    """Image id -> 0/1 per class, read from the synthetic PadChest CSV's term lists here."""
+    terms = {"Atelectasis": "atelectasis", "Cardiomegaly": "cardiomegaly",
+             "Effusion": "pleural effusion", "Infiltration": "infiltrates", "Mass": "mass",
+             "Nodule": "nodule", "Pneumonia": "pneumonia", "Pneumothorax": "pneumothorax",
+             "Consolidation": "consolidation", "Edema": "pulmonary edema",
+             "Emphysema": "emphysema", "Fibrosis": "pulmonary fibrosis",
+             "Pleural_Thickening": "pleural thickening", "Hernia": "hiatal hernia"}
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {r["ImageID"]: np.array(
+        [terms[c] in ast.literal_eval(r["Labels"]) for c in classes], np.uint8) for r in rows}
+
+
+@pytest.fixture(scope="module")
+def tiny_workdir(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("ext") / "run")
+    tiny_run(workdir)
+    return workdir
+
+
+def test_evaluate_dataset_scores_a_run_on_padchest_as_sklearn_does(tiny_workdir, tmp_path,
+                                                                    capsys):
+    workdir = tiny_workdir
+    out_json = tmp_path / "ext.json"
+    code = evaluate.main(["--workdir", workdir, "--dataset", "synthetic_padchest", "--data",
+                          "synthetic_seed=5", "--data", "synthetic_n=120", "--n_boot", "100",
+                          "--json", str(out_json)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    result = json.loads(out_json.read_text())
+    label = "synthetic_padchest_synthetic_seed-5_synthetic_n-120"
+    assert result["label"] == label and "External validation" in printed
+    eval_dir = pathlib.Path(workdir) / "eval"
+    assert json.loads((eval_dir / f"external_{label}_metrics.json").read_text()) == result
+    # Independently: the written probabilities, the CSV's labels, scikit-learn.
+    with open(eval_dir / f"external_{label}_predictions.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    ids = [r[0] for r in rows[1:]]
+    probs = np.array([[float(v) for v in r[1:]] for r in rows[1:]])
+    assert len(ids) == result["n_images"] > 0
+    root = pathlib.Path(workdir) / "synthetic"
+    csv_path = next(root.glob("padchest_*/padchest/PADCHEST_*.csv"))
+    truth = _padchest_truth(str(csv_path), CLASSES)
+    labels = np.stack([truth[i] for i in ids])
+    per = {}
+    for c in result["classes_compared"]:
+        k = CLASSES.index(c)
+        per[c] = roc_auc_score(labels[:, k], probs[:, k])
+        assert result["external"]["per_class"][c] == pytest.approx(per[c], abs=1e-6)
+    assert result["external"]["mean_auc"] == pytest.approx(np.mean(list(per.values())),
+                                                           abs=1e-6)
+    own_ids, own_probs, own_labels, _ = evaluate.predict_workdir(workdir)
+    own = np.mean([roc_auc_score(own_labels[:, CLASSES.index(c)],
+                                 own_probs["fused"][:, CLASSES.index(c)])
+                   for c in result["classes_compared"]])
+    assert result["own_test"]["mean_auc"] == pytest.approx(own, abs=1e-6)
+    assert result["mean_auc_difference"] == pytest.approx(
+        result["external"]["mean_auc"] - own, abs=1e-6)
+    assert (eval_dir / f"external_{label}.md").read_text().startswith("## External validation")
+
+
+def test_the_matrix_script_writes_markdown_heat_map_and_json_of_every_cell(tiny_workdir,
+                                                                            tmp_path, capsys):
+    import importlib.util
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "external_validation.py"
+    spec = importlib.util.spec_from_file_location("external_validation", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "matrix"
+    assert script.main(["--runs", tiny_workdir, "--datasets", "synthetic_padchest",
+                        "synthetic_padchest:synthetic_site=other", "--data", "synthetic_seed=5",
+                        "--data", "synthetic_n=120", "--n_boot", "50", "--out", str(out)]) == 0
+    text = (out / "external_validation.md").read_text()
+    assert text in capsys.readouterr().out
+    cells = json.loads((out / "external_validation.json").read_text())["cells"]
+    assert len(cells) == 1 and len(cells[0]) == 2
+    header, _, row = text.splitlines()[:3]
+    assert "synthetic_site-other" in header and row.startswith("| synthetic (run) |")
+    for cell in cells[0]:
+        assert f"{cell['external']['mean_auc']:.3f}" in row
+        assert f"{len(cell['classes_compared'])} classes" in row
+    assert (out / "external_validation.png").stat().st_size > 10_000
+    assert script.main(["--runs", tiny_workdir, "--datasets", ":x=1"]) == 2
+
+
+def test_the_report_gets_one_block_per_external_set_replaced_on_a_rerun(tmp_path):
+    (tmp_path / "report.md").write_text("# Run\n\nbody\n")
+    external.put_in_report(str(tmp_path), "a", "## A 1\n")
+    external.put_in_report(str(tmp_path), "b", "## B\n")
+    external.put_in_report(str(tmp_path), "a", "## A 2\n")
+    text = (tmp_path / "report.md").read_text()
+    assert text.count("## A") == 1 and "## A 2" in text and "## B" in text
+    assert text.startswith("# Run\n\nbody\n")
+
+
+def test_dataset_flag_errors_are_one_line(tmp_path, capsys):
+    assert evaluate.main(["--predictions", "x.csv", "--dataset", "padchest"]) == 2
+    assert "--dataset applies to one --workdir" in capsys.readouterr().err
+    assert evaluate.main(["--predictions", "x.csv", "--data", "a=b", "--labels",
+                          f"google2019={GOOGLE}"]) == 2
+    assert "--data applies to --dataset only" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# google2019: NIH's adjudicated labels.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def google_rows():
+    if not GOOGLE.exists():
+        pytest.skip(f"the google2019 labels are absent (looked for {GOOGLE})")
+    with gzip.open(GOOGLE, "rt", newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[0], rows[1:]
+
+
+def test_the_file_is_read_by_column_with_its_crlf_and_bracketed_headers(google_rows):
+    header, rows = google_rows
+    ids, labels, sets = google2019.read_labels(str(GOOGLE))
+    assert len(ids) == len(rows) == 4376 and len(header) == 16
+    assert set(sets) == {"test", "val"}
+    col = header.index("Nodule or mass")
+    assert labels[:, 1].sum() == sum(r[col] == "YES" for r in rows)
+
+
+def test_predictions_scored_on_google2019_match_sklearn(google_rows, tmp_path, capsys):
+    header, rows = google_rows
+    rng = np.random.default_rng(0)
+    picked = rows[::7]
+    ids = [r[0] for r in picked]
+    probs = rng.random((len(ids), 14))
+    path = tmp_path / "preds.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["Image Index", *CLASSES])
+        w.writerows([i, *p] for i, p in zip(ids, probs, strict=True))
+    out = tmp_path / "g.json"
+    assert evaluate.main(["--predictions", str(path), "--labels", f"google2019={GOOGLE}",
+                          "--n_boot", "100", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert list(result["per_class"]) == ["Pneumothorax", "Nodule or mass"]
+    assert result["not_scored"] == ["Fracture", "Airspace opacity"] and "max(Nodule, Mass)" \
+        in printed
+    y = {f: np.array([r[header.index(f)] == "YES" for r in picked]) for f in
+         ("Pneumothorax", "Nodule or mass")}
+    pneumo = roc_auc_score(y["Pneumothorax"], probs[:, CLASSES.index("Pneumothorax")])
+    nodule = roc_auc_score(y["Nodule or mass"], np.maximum(probs[:, CLASSES.index("Nodule")],
+                                                           probs[:, CLASSES.index("Mass")]))
+    assert result["per_class"]["Pneumothorax"] == pytest.approx(pneumo, abs=1e-12)
+    assert result["per_class"]["Nodule or mass"] == pytest.approx(nodule, abs=1e-12)
+    assert result["mean_auc"] == pytest.approx((pneumo + nodule) / 2, abs=1e-12)
+    assert result["n_images"] == len(ids)
+
+
+def test_models_with_fracture_and_opacity_are_scored_on_them_too(google_rows):
+    ids = [r[0] for r in google_rows[1][:600]]
+    classes = ("Pneumothorax", "Fracture", "Lung Opacity", "Mass")
+    probs = np.random.default_rng(1).random((len(ids), 4))
+    result = google2019.score(ids, probs, classes, str(GOOGLE), n_boot=0)
+    assert set(result["per_class"]) == {"Pneumothorax", "Fracture", "Airspace opacity"}
+
+
+def test_google2019_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(google2019.ENV, raising=False)
+    preds = tmp_path / "p.csv"
+    preds.write_text("Image Index," + ",".join(CLASSES) + "\nnot_there.png" + ",0.5" * 14 + "\n")
+    assert evaluate.main(["--predictions", str(preds), "--labels", "google2019"]) == 2
+    assert "google2019=PATH" in capsys.readouterr().err
+    assert evaluate.main(["--predictions", str(preds), "--labels",
+                          f"google2019={tmp_path / 'nope.csv'}"]) == 2
+    assert "no such file" in capsys.readouterr().err
+    if GOOGLE.exists():
+        assert evaluate.main(["--predictions", str(preds), "--labels",
+                              f"google2019={GOOGLE}"]) == 2
+        err = capsys.readouterr().err
+        assert "none of the 1 scored images" in err and len(err.strip().splitlines()) == 1
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Image Index,Fracture,Pneumothorax,Airspace opacity,Nodule or mass,Set Id\r\n"
+                   "a.png,NO,MAYBE,NO,NO,test\r\n")
+    with pytest.raises(ValueError, match="'MAYBE' is not YES or NO"):
+        google2019.read_labels(str(bad))
+    assert os.environ.get(google2019.ENV) is None
