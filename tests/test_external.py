@@ -278,3 +278,55 @@ def test_google2019_errors_are_one_line(tmp_path, capsys, monkeypatch):
     with pytest.raises(ValueError, match="'MAYBE' is not YES or NO"):
         google2019.read_labels(str(bad))
     assert os.environ.get(google2019.ENV) is None
+
+
+def test_evaluate_refuses_a_run_whose_split_now_holds_other_images(tiny_workdir, capsys):
+    path = pathlib.Path(tiny_workdir) / "eval" / "test_metrics.json"
+    existed = path.exists()
+    saved = path.read_text() if existed else None
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({"split_hashes": {"test": "0" * 64}}))
+    try:
+        assert evaluate.main(["--workdir", tiny_workdir, "--n_boot", "0"]) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines()
+                  if line.startswith("error:")]  # (the synthetic set's progress bar aside)
+        assert len(errors) == 1 and "test split(s) now hold other images" in errors[0]
+    finally:
+        path.unlink()
+        if existed:
+            path.write_text(saved)
+
+
+def test_the_evaluator_scores_a_release_over_known_labels_only(tmp_path):
+    """What a run trained on a release reports: per class over the images whose label is
+    known (CheXpert's uncertain ones left out under ``ignore``)."""
+    from helpers import random_variables, tiny_config
+
+    from cxrjax import inference, models
+    from cxrjax.data import pipeline
+    from cxrjax.evaluator import Evaluator
+
+    config = tiny_config("r18")
+    config.data.update(dict(source="synthetic_chexpert", synthetic_n=240, synthetic_size=40,
+                            synthetic_seed=3, resolution=36, workers=0))
+    config.train.update(dict(batch_size=8, eval_batch_size=8))
+    ds = pipeline.open_datasets(config, str(tmp_path))
+    model = models.build_model(config.model)
+    variables = random_variables(model, 32)
+    ev = Evaluator(model, config.model.fusion, ds, inference.create_mesh())
+    scores = ev.score(variables, "test", n_boot=20)
+    assert scores.label_mask is not None and not scores.label_mask.all()
+    fused = scores.results["fused"]
+    assert fused["masked"] and np.isnan(fused["w_auc"])
+    for c, auc in fused["per_class"].items():
+        k = CLASSES.index(c)
+        known = scores.label_mask[:, k] == 1
+        y = scores.labels[known, k]
+        if len(set(y)) < 2:
+            assert np.isnan(auc)
+        else:
+            assert auc == pytest.approx(roc_auc_score(y, scores.probs["fused"][known, k]),
+                                        abs=1e-6)
+    assert fused["n_known"]["Mass"] == 0  # CheXpert does not label Mass
+    assert ev.validate(variables)["mean_auc"] == pytest.approx(
+        ev.score(variables, "val", n_boot=0).results["fused"]["mean_auc"])
