@@ -48,20 +48,24 @@ def row_name(result: dict) -> str:
     return f"{result['train_source']} ({os.path.basename(result['workdir'].rstrip('/'))})"
 
 
-def markdown(results: list[list[dict]], labels: Sequence[str]) -> str:
-    """The matrix: one row per run (its train source), one column per dataset."""
+def markdown(results: list[list[dict]], labels: Sequence[str], common: Sequence[str] = ()
+             ) -> str:
+    """The matrix: per run (its train source) a row of cells and a row of its own test mean
+    AUC over each column's classes; one column per dataset."""
+    f = format_value
     lines = ["| trained on \\ scored on | " + " | ".join(labels) + " |",
              "| --- |" + " --- |" * len(labels)]
     for row in results:
         lines.append(f"| {row_name(row[0])} | " + " | ".join(cell_text(r) for r in row) + " |")
-    own = "; ".join(f"{row_name(row[0])}: {format_value(row[0]['own_test']['mean_auc'], 3)}"
-                    for row in results)
+        lines.append("| own test, same classes | " + " | ".join(
+            f"{f(r['own_test']['mean_auc'], 3)} [{f(r['own_test']['mean_auc_ci95'][0], 3)}, "
+            f"{f(r['own_test']['mean_auc_ci95'][1], 3)}]" for r in row) + " |")
     n_boot = results[0][0]["external"]["n_boot"]
     lines += ["", "Each cell: mean AUC over the classes the model and the dataset share (each "
               "class over its images with a known label) with its 95% CI, the number of those "
-              f"classes, and Δ = that mean minus the run's own test mean AUC over the same "
-              f"classes, with its 95% CI ({n_boot} bootstrap resamples). Own test mean AUC "
-              f"over all shared classes varies with the column; first column: {own}."]
+              "classes, and Δ = that mean minus the run's own test mean AUC over the same "
+              f"classes, with its 95% CI ({n_boot} bootstrap resamples)."
+              + (f" Every dataset read with {', '.join(common)}." if common else "")]
     return "\n".join(lines) + "\n"
 
 
@@ -86,7 +90,7 @@ def heat_map(results: list[list[dict]], labels: Sequence[str], path: str) -> Non
     ax.set_yticks(range(len(results)), [row_name(row[0]) for row in results], fontsize=8)
     ax.set_xlabel("scored on")
     ax.set_ylabel("trained on")
-    fig.colorbar(image, ax=ax, label="mean AUC (shared classes)")
+    fig.colorbar(image, ax=ax, label="mean AUC")
     fig.tight_layout()
     fileio.makedirs(os.path.dirname(path) or ".")
     fig.savefig(path, dpi=120)
@@ -108,14 +112,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.setup()
     try:
         specs = [parse_dataset(s, args.data) for s in args.datasets]
-        labels = [external.dataset_label(name, over) for name, over in specs]
+        labels = [external.dataset_label(name, over[len(args.data):]) for name, over in specs]
         results = [[external.score_run(w, name, split=args.split, overrides=over,
                                        n_boot=args.n_boot, seed=args.seed)
                     for name, over in specs] for w in args.runs]
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    text = markdown(results, labels)
+    text = markdown(results, labels, args.data)
     fileio.makedirs(args.out)
     fileio.write_text(os.path.join(args.out, "external_validation.md"), text)
     heat_map(results, labels, os.path.join(args.out, "external_validation.png"))

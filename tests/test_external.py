@@ -172,6 +172,8 @@ def test_the_matrix_script_writes_markdown_heat_map_and_json_of_every_cell(tiny_
     assert len(cells) == 1 and len(cells[0]) == 2
     header, _, row = text.splitlines()[:3]
     assert "synthetic_site-other" in header and row.startswith("| synthetic (run) |")
+    assert text.splitlines()[3].startswith("| own test, same classes |")
+    assert "Every dataset read with synthetic_seed=5, synthetic_n=120." in text
     for cell in cells[0]:
         assert f"{cell['external']['mean_auc']:.3f}" in row
         assert f"{len(cell['classes_compared'])} classes" in row
