@@ -9,7 +9,9 @@ whatever the number of hosts or grain workers, so the iterator's ``get_state()``
 number of hosts. Every host gets the same number of steps.
 
 Eval: centre crop; each host's strided shard is padded to the same number of batches, and
-``mask``/``index`` say which rows are real and where they go in ``image_ids(split)``.
+``mask``/``index`` say which rows are real and where they go in ``image_ids(split)``. A release
+source (``sources``: CheXpert, MIMIC-CXR, PadChest) adds ``label_mask`` to train and eval
+batches (0 = label missing); the NIH sources add none.
 
 Batches are made by ``data.workers`` grain worker processes (-1, the default: one per core but
 one, at most 8; 0: in this process); ``grain_workers`` hands them over as plain arrays and
@@ -368,7 +370,7 @@ def ensure_prepared(data_cfg: Any, workdir: str) -> PreparedData:
     remote_workdir = fileio.is_remote(workdir)
     source = data_cfg.source
     if sources.release_of(source):
-        return _ensure_release(data_cfg, workdir)
+        return PreparedData(data_dir=sources.ensure_prepared(data_cfg, workdir))
     if source == "synthetic":
         from cxrjax.data import builder, synthetic
 
@@ -425,24 +427,3 @@ def ensure_prepared(data_cfg: Any, workdir: str) -> PreparedData:
         return PreparedData(chestmnist_path=path, chestmnist_cache=cache)
     raise ValueError(f"unknown data.source {source!r}; expected one of {SOURCES}")
 
-
-def _ensure_release(data_cfg: Any, workdir: str) -> PreparedData:
-    """``chexpert``/``mimic_cxr``/``padchest``: checks the prepared release in data.data_dir;
-    ``synthetic_<release>``: makes and prepares it as ``synthetic`` is (see above)."""
-    from cxrjax import fileio, mirror
-
-    if not data_cfg.source.startswith("synthetic_"):
-        data_dir = fileio.expand(data_cfg.data_dir)
-        sources.check_prepared(data_cfg, data_dir)
-        return PreparedData(data_dir=data_dir)
-    remote = fileio.is_remote(workdir)
-    root = sources.synthetic_root(data_cfg, mirror.cache_root() if remote else workdir)
-    data_dir = os.path.join(root, "tfds")
-    if remote or jax.process_index() == 0:
-        with mirror.host_lock(root):
-            data_dir = sources.prepare_synthetic(data_cfg, root)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("cxrjax: synthetic release prepared")
-    return PreparedData(data_dir=data_dir)

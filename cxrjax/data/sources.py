@@ -95,6 +95,31 @@ def prepare_synthetic(data_cfg: Any, root: str) -> str:
     return data_dir
 
 
+def ensure_prepared(data_cfg: Any, workdir: str) -> str:
+    """The TFDS data_dir of the configured release: ``data.data_dir``, checked (a one-line
+    FileNotFoundError with the prepare command if absent); for ``synthetic_<release>``, the set
+    made and prepared once under the workdir (as ``pipeline.ensure_prepared`` makes
+    ``synthetic``: on process 0, or per host in the cache when the workdir is a bucket)."""
+    import jax
+
+    from cxrjax import fileio, mirror
+
+    if not data_cfg.source.startswith("synthetic_"):
+        data_dir = fileio.expand(data_cfg.data_dir)
+        check_prepared(data_cfg, data_dir)
+        return data_dir
+    remote = fileio.is_remote(workdir)
+    root = synthetic_root(data_cfg, mirror.cache_root() if remote else workdir)
+    if remote or jax.process_index() == 0:
+        with mirror.host_lock(root):
+            prepare_synthetic(data_cfg, root)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("cxrjax: synthetic release prepared")
+    return os.path.join(root, "tfds")
+
+
 def check_prepared(data_cfg: Any, data_dir: str) -> None:
     """A one-line FileNotFoundError (with the prepare command) unless the release is ready."""
     from cxrjax.data import release_builder
