@@ -11,7 +11,9 @@ eval`` does; several workdirs are an ensemble: the mean of their fused probabili
 paper's R18 + D121 row), refused unless the runs' split holds the same images. Every bad input
 is a one-line error and exit code 2. ``--thresholds`` (a run's ``W/eval/thresholds.json``)
 adds the operating-point table: per class, sensitivity, specificity, PPV, NPV and F1 at those
-thresholds, with bootstrap 95% CIs; a file for other classes is refused.
+thresholds, with bootstrap 95% CIs; a file for other classes is refused. ``--dataset NAME``
+(external validation) and ``--labels google2019[=PATH]`` (NIH's adjudicated labels) are run by
+``cxrjax.external``.
 """
 
 from __future__ import annotations
