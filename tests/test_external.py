@@ -332,3 +332,30 @@ def test_the_evaluator_scores_a_release_over_known_labels_only(tmp_path):
     assert fused["n_known"]["Mass"] == 0  # CheXpert does not label Mass
     assert ev.validate(variables)["mean_auc"] == pytest.approx(
         ev.score(variables, "val", n_boot=0).results["fused"]["mean_auc"])
+
+
+def test_a_run_is_scored_on_google2019_labels_of_its_split(tiny_workdir, tmp_path, capsys):
+    """--workdir: the run's test images that the file lists (here a file in Google's format
+    written for the synthetic run's own test images, whose ids are real NIH names)."""
+    ids, probs, _, _ = evaluate.predict_workdir(tiny_workdir)
+    rng = np.random.default_rng(2)
+    truth = (rng.random((len(ids), 2)) < 0.4)
+    truth[:2] = [[True, True], [False, False]]
+    header = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View "
+              "Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],Fracture,"
+              "Pneumothorax,Airspace opacity,Nodule or mass,Set Id")
+    lines = [header] + [f"{i},No Finding,0,1,50,M,PA,2500,2048,0.14,0.14,NO,"
+                        f"{'YES' if p else 'NO'},NO,{'YES' if n else 'NO'},test"
+                        for i, (p, n) in zip(ids, truth, strict=True)]
+    path = tmp_path / "google.csv"
+    path.write_bytes("\r\n".join(lines).encode())
+    assert evaluate.main(["--workdir", tiny_workdir, "--labels", f"google2019={path}",
+                          "--n_boot", "50"]) == 0
+    assert "max(Nodule, Mass)" in capsys.readouterr().out
+    result = json.loads((pathlib.Path(tiny_workdir) / "eval" / "google2019_metrics.json")
+                        .read_text())
+    fused = probs["fused"]
+    expected = roc_auc_score(truth[:, 1], np.maximum(fused[:, CLASSES.index("Nodule")],
+                                                     fused[:, CLASSES.index("Mass")]))
+    assert result["per_class"]["Nodule or mass"] == pytest.approx(expected, abs=1e-6)
+    assert result["n_images"] == len(ids) and result["split"] == "test"
