@@ -30,6 +30,7 @@ def check_config(config: mlc.ConfigDict) -> None:
         raise ConfigError(str(e)) from None
     check_row(config.get("row"))
     heads = models.output_heads(m)
+    check_data(d, m.num_classes)
     if d.crop > d.resolution:
         raise ConfigError(f"data.crop={d.crop} is larger than data.resolution={d.resolution}")
     for arch in {m.trunk_a, m.trunk_b} - {None}:
@@ -62,6 +63,44 @@ def check_config(config: mlc.ConfigDict) -> None:
             re.compile(stage.trainable)
         except re.error as e:
             raise ConfigError(f"{where}.trainable={stage.trainable!r}: bad regex ({e})") from None
+
+
+def check_data(d: mlc.ConfigDict, num_classes: int) -> None:
+    """The data source and its label fields: classes, views, uncertainty policy, labeler."""
+    from cxrjax.data import label_space, mimic_layout, pipeline
+    from cxrjax.data import release_rows as rr
+    from cxrjax.data.labels import CLASSES as NIH_CLASSES
+
+    if d.source not in pipeline.SOURCES:
+        raise ConfigError(f"data.source={d.source!r}: expected one of "
+                          f"{', '.join(pipeline.SOURCES)}")
+    classes = tuple(d.get("classes") or ())
+    unknown = [c for c in classes if c not in label_space.CLASS_INDEX]
+    if unknown or not classes or len(set(classes)) != len(classes):
+        raise ConfigError(f"data.classes={list(classes)}: expected distinct names of the label "
+                          f"space ({', '.join(label_space.CLASSES)})")
+    if len(classes) != num_classes:
+        raise ConfigError(f"data.classes has {len(classes)} classes but model.num_classes="
+                          f"{num_classes}")
+    if classes != NIH_CLASSES:
+        raise ConfigError("data.classes: a run's evaluation, predictions files and report score "
+                          "the NIH 14 classes in the paper's order; other class lists are not "
+                          "supported yet")
+    if d.uncertain not in label_space.POLICIES:
+        raise ConfigError(f"data.uncertain={d.uncertain!r}: expected one of "
+                          f"{', '.join(label_space.POLICIES)}")
+    if d.labeler not in mimic_layout.LABELERS:
+        raise ConfigError(f"data.labeler={d.labeler!r}: expected one of "
+                          f"{', '.join(mimic_layout.LABELERS)}")
+    try:
+        rr.check_views(tuple(d.views))
+    except ValueError as e:
+        raise ConfigError(f"data.views={list(d.views)}: {e}") from None
+    from cxrjax.data.synthetic_formats import SITES
+
+    if d.synthetic_site not in SITES:
+        raise ConfigError(f"data.synthetic_site={d.synthetic_site!r}: expected one of "
+                          f"{', '.join(SITES)}")
 
 
 def check_row(row: str | None) -> None:

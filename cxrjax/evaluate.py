@@ -14,8 +14,8 @@ is a one-line error and exit code 2. ``--thresholds`` (a run's ``W/eval/threshol
 adds the operating-point table: per class, sensitivity, specificity, PPV, NPV and F1 at those
 thresholds, with bootstrap 95% CIs; a file for other classes is refused. ``--subgroups`` adds
 the subgroup report (``cxrjax.evaluation.subgroups``) by the file's ``sex``, ``age`` and ``view``
-columns
-(else the label table's).
+columns (else the label table's). ``--dataset NAME`` (external validation) and ``--labels
+google2019[=PATH]`` (NIH's adjudicated labels) are run by ``cxrjax.evaluation.external``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import numpy as np
 
 from cxrjax.data.labels import load_label_table
 from cxrjax.evaluation import evaluator, metrics, operating_points
+from cxrjax.evaluation import external as external_cli
 from cxrjax.evaluation.prediction_files import (
     format_table,
     format_value,
@@ -179,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", choices=evaluator.SPLITS, default=None,
                         help="with --workdir: the split to score (default: test)")
     parser.add_argument("--labels", metavar="DATA_ENTRY_CSV", default=None,
-                        help="NIH Data_Entry table (default: the copy shipped in the package)")
+                        help="NIH Data_Entry table (default: the copy shipped in the package); "
+                             "or google2019[=PATH]: NIH's radiologist-adjudicated labels "
+                             "(also with --workdir)")
     parser.add_argument("--json", metavar="OUT.json", default=None, help="also write the numbers")
     parser.add_argument("--n_boot", type=int, default=1000,
                         help="bootstrap resamples for the CI of the mean AUC (0: none)")
@@ -190,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--subgroups", action="store_true",
                         help="with --predictions: AUCs, ECE and calls by sex, age band and "
                              "view (the file's sex/age/view columns, else the label table's)")
+    external_cli.add_flags(parser)
     return parser
 
 
@@ -201,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.n_boot < 0:
             raise ValueError(f"--n_boot must be >= 0, got {args.n_boot}")
+        if external_cli.handles(args):  # --dataset, --labels google2019
+            return external_cli.run_cli(args)
         if args.workdir and args.labels:
             raise ValueError("--labels applies to --predictions only; a run's labels come from "
                              "its own dataset")

@@ -18,6 +18,8 @@ from collections.abc import Callable
 import ml_collections as mlc
 from ml_collections.config_dict import placeholder
 
+from cxrjax.data.labels import CLASSES as NIH_CLASSES
+
 
 def stage(name: str, epochs: int, trainable: str = ".*", **loss_weights: float) -> mlc.ConfigDict:
     """One training stage: its epochs, loss weights per head, and a regex of trainable params."""
@@ -63,7 +65,18 @@ def base_config() -> mlc.ConfigDict:
 
     # --- data (cxrjax.data.pipeline.open_datasets) ---
     c.data = mlc.ConfigDict()
-    c.data.source = "nih"  # "nih" | "synthetic" | "chestmnist"
+    # "nih" | "synthetic" | "chestmnist" | "chexpert" | "mimic_cxr" | "padchest", or
+    # "synthetic_chexpert" | "synthetic_mimic_cxr" | "synthetic_padchest" (made in the workdir).
+    c.data.source = "nih"
+    # The model's classes, in its output order (names of cxrjax.data.label_space.CLASSES); the
+    # NIH sources give exactly the paper's 14, in its order. model.num_classes must match.
+    c.data.classes = NIH_CLASSES
+    # CheXpert, MIMIC-CXR and PadChest only: the views kept when preparing (a prepared build is
+    # named by them), the uncertainty policy ("ignore": the label is missing and adds nothing
+    # to the loss; "zeros"; "ones") and MIMIC-CXR's labeler ("chexpert" or "negbio").
+    c.data.views = ("PA", "AP")
+    c.data.uncertain = "ignore"
+    c.data.labeler = "chexpert"
     c.data.data_dir = "~/tensorflow_datasets"  # prepared ArrayRecord dataset (cxrjax.data.prepare)
     c.data.manual_dir = "~/data/ChestX-ray14"  # the NIH download, only needed to prepare
     c.data.split_scheme = "paper"  # "paper" (patient-level 70/10/20) | "official" | "chexnet"
@@ -80,6 +93,9 @@ def base_config() -> mlc.ConfigDict:
     c.data.synthetic_n = 3000  # images
     c.data.synthetic_size = 128  # their side in pixels
     c.data.synthetic_seed = 0
+    # source="synthetic_<release>": "same" acquires the chests as the NIH-layout set is; "other"
+    # as another hospital would (cxrjax.data.synthetic_formats.SITES).
+    c.data.synthetic_site = "same"
     c.data.prepare_workers = 0  # processes preparing the synthetic set; 0 = all cores
 
     # --- training: Adam, lr 1e-4, betas (0.9, 0.999), lr x0.1 every 3 epochs (the paper) ---

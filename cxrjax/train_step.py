@@ -93,7 +93,9 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, schedule: opta
             logits, updates = model.apply(variables, batch["image"], train=True,
                                           train_trunks=not trunks_frozen,
                                           mutable=["batch_stats"])
-            per_head = losses.head_losses(logits, batch["labels"], loss_of_head)
+            # A release with missing labels sends their mask; NIH sends none (unmasked losses).
+            per_head = losses.head_losses(logits, batch["labels"], loss_of_head,
+                                          batch.get("label_mask"))
             total = losses.weighted_total(per_head, loss_weights)
             return total, (per_head, updates.get("batch_stats", state.batch_stats))
 

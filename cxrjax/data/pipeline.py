@@ -9,7 +9,9 @@ whatever the number of hosts or grain workers, so the iterator's ``get_state()``
 number of hosts. Every host gets the same number of steps.
 
 Eval: centre crop; each host's strided shard is padded to the same number of batches, and
-``mask``/``index`` say which rows are real and where they go in ``image_ids(split)``.
+``mask``/``index`` say which rows are real and where they go in ``image_ids(split)``. A release
+source (``sources``: CheXpert, MIMIC-CXR, PadChest) adds ``label_mask`` to train and eval
+batches (0 = label missing); the NIH sources add none.
 
 Batches are made by ``data.workers`` grain worker processes (-1, the default: one per core but
 one, at most 8; 0: in this process); ``grain_workers`` hands them over as plain arrays and
@@ -34,12 +36,12 @@ import jax
 import numpy as np
 from absl import flags
 
-from cxrjax.data import grain_workers, nih_layout
+from cxrjax.data import grain_workers, nih_layout, source_data, sources
 from cxrjax.data import labels as labels_lib
 from cxrjax.data import splits as splits_lib
 from cxrjax.data.crop import centre_crop
 
-SOURCES = ("nih", "synthetic", "chestmnist")
+SOURCES = ("nih", "synthetic", "chestmnist", *sources.RELEASES, *sources.SYNTHETIC)
 
 
 # ---------------------------------------------------------------------- sources ---
@@ -86,14 +88,18 @@ class _TrainExample:
         k, offset = divmod(int(position), self.local_batch)
         g = k * self.global_batch + self.process_index * self.local_batch + offset
         epoch, j = divmod(g, self.epoch_len)
-        image, labels = self.records[self.rows[self.shuffled[epoch * len(self.rows) + j]]]
+        image, labels, *label_mask = self.records[
+            self.rows[self.shuffled[epoch * len(self.rows) + j]]]
         rng = np.random.default_rng([self.seed, g])
         r = image.shape[0]
         y, x = rng.integers(0, r - self.crop + 1, size=2)
         image = image[y:y + self.crop, x:x + self.crop]
         if self.flip and rng.random() < 0.5:
             image = image[:, ::-1]
-        return {"image": np.ascontiguousarray(image)[..., None], "labels": labels}
+        out = {"image": np.ascontiguousarray(image)[..., None], "labels": labels}
+        if label_mask:  # a release with missing labels: which of them the losses count
+            out["label_mask"] = label_mask[0]
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,14 +113,20 @@ class _EvalExample:
 
     def __call__(self, k: int) -> dict[str, np.ndarray]:
         k = int(k)
+        masked = getattr(self.records, "masked", False)
         if k >= len(self.rows):
-            return {"image": np.zeros((self.crop, self.crop, 1), np.uint8),
-                    "labels": np.zeros(labels_lib.NUM_CLASSES, np.uint8),
-                    "mask": np.bool_(False), "index": np.int32(-1)}
-        image, labels = self.records[self.rows[k]]
+            num_classes = len(getattr(self.records, "classes", labels_lib.CLASSES))
+            pad = {"image": np.zeros((self.crop, self.crop, 1), np.uint8),
+                   "labels": np.zeros(num_classes, np.uint8),
+                   "mask": np.bool_(False), "index": np.int32(-1)}
+            return {**pad, "label_mask": pad["labels"]} if masked else pad
+        image, labels, *label_mask = self.records[self.rows[k]]
         image = centre_crop(image, self.crop)
-        return {"image": image, "labels": labels, "mask": np.bool_(True),
-                "index": np.int32(self.positions[k])}
+        out = {"image": image, "labels": labels, "mask": np.bool_(True),
+               "index": np.int32(self.positions[k])}
+        if label_mask:
+            out["label_mask"] = label_mask[0]
+        return out
 
 
 # ---------------------------------------------------------------------- datasets ---
@@ -138,6 +150,10 @@ class Datasets:
 
     def image_ids(self, split: str) -> list[str]:
         return [self.records.image_ids[i] for i in self._rows(split)]
+
+    def split_hashes(self) -> dict[str, str]:
+        """{split: ``release_splits.split_hash`` of its image ids}, for a run to record."""
+        return sources.split_hashes(self.image_ids, list(self.split_rows))
 
     def num_examples(self, split: str) -> int:
         return len(self._rows(split))
@@ -292,6 +308,8 @@ def _load(data_cfg: Any, prepared: PreparedData) -> tuple[Any, dict[str, list[st
         return chestmnist.load(prepared.chestmnist_path, prepared.chestmnist_cache or None)
     if source not in SOURCES:
         raise ValueError(f"unknown data.source {source!r}; expected one of {SOURCES}")
+    if sources.release_of(source):
+        return sources.load(sources.release_of(source), data_cfg, prepared.data_dir)
     records = TfdsRecords(prepared.data_dir, int(data_cfg.resolution))
     manual_dir = prepared.manual_dir
     csv = _data_entry_in(manual_dir)
@@ -343,66 +361,20 @@ def ensure_prepared(data_cfg: Any, workdir: str) -> PreparedData:
     fast if the dataset is not prepared. ``chestmnist``: checks the npz and extracts it once
     under ``workdir/chestmnist_cache``.
 
-    gs://: a bucket workdir gets no data (ArrayRecord cannot be written there): each host makes
-    it in ``mirror.cache_root()``. A data_dir is read in place; of a manual_dir only the label
-    table and split lists, of a chestmnist_path the file, are fetched into that cache.
+    gs://: a bucket workdir gets no data: each host makes it in ``mirror.cache_root()``
+    (``source_data``).
     """
-    from cxrjax.io import fileio, mirror, storage_checks
-
-    remote_workdir = fileio.is_remote(workdir)
     source = data_cfg.source
+    if sources.release_of(source):
+        return PreparedData(data_dir=sources.ensure_prepared(data_cfg, workdir))
     if source == "synthetic":
-        from cxrjax.data import builder, synthetic
-
-        n, size = int(data_cfg.synthetic_n), int(data_cfg.synthetic_size)
-        seed = int(data_cfg.synthetic_seed)
-        root = os.path.join(mirror.cache_root() if remote_workdir else workdir, "synthetic",
-                            f"n{n}_s{size}_seed{seed}_v{synthetic.VERSION}")
-        manual, data_dir = os.path.join(root, "nih"), os.path.join(root, "tfds")
-        # One writer for a shared workdir; one per host for a host's own cache.
-        if remote_workdir or jax.process_index() == 0:
-            with mirror.host_lock(root):
-                synthetic.generate(manual, n, size, seed)  # reuses a complete set
-                builder.build(manual, data_dir, resolution=int(data_cfg.resolution),
-                              workers=int(data_cfg.prepare_workers) or None)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices("cxrjax: synthetic data prepared")
+        data_dir, manual = source_data.prepare_synthetic_nih(data_cfg, workdir)
         return PreparedData(data_dir=data_dir, manual_dir=manual)
     if source == "nih":
-        from cxrjax.data import builder
-
-        data_dir = fileio.expand(data_cfg.data_dir)
-        storage_checks.check_bucket(data_dir)  # a wrong bucket: one line, not minutes of retries
-        try:
-            builder.load(data_dir, int(data_cfg.resolution))
-        except FileNotFoundError as e:
-            raise FileNotFoundError(
-                f"data.source='nih': {e}.\n1) download ChestX-ray14 into MANUAL_DIR from "
-                "https://nihcc.app.box.com/v/ChestXray-NIHCC (images_001..012.tar.gz and "
-                "Data_Entry_2017_v2020.csv; NIH's batch_download_zips.py fetches them), then:\n"
-                "  cd MANUAL_DIR && for f in images_*.tar.gz; do tar xzf $f; done\n"
-                "2) prepare it once:\n  python -m cxrjax.data.prepare --manual_dir MANUAL_DIR "
-                f"--data_dir {data_dir} --resolution {data_cfg.resolution}") from None
-        manual_dir = data_cfg.manual_dir or ""
-        if fileio.is_remote(manual_dir):
-            manual_dir = mirror.local_files(manual_dir, ("Data_Entry_2017*.csv*", "*_list.txt*"))
-        return PreparedData(data_dir=data_dir, manual_dir=os.path.expanduser(manual_dir))
+        data_dir, manual = source_data.check_nih(data_cfg)
+        return PreparedData(data_dir=data_dir, manual_dir=manual)
     if source == "chestmnist":
-        path = data_cfg.chestmnist_path or ""
-        if fileio.is_remote(path) and fileio.exists(path):
-            path = mirror.local_file(path)
-        path = os.path.expanduser(path)
-        if not path or not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"data.chestmnist_path={data_cfg.chestmnist_path!r} is not a file; get "
-                "chestmnist.npz or chestmnist_224.npz from MedMNIST (https://medmnist.com)")
-        from cxrjax.data import chestmnist
-
-        cache = os.path.join(mirror.cache_root() if remote_workdir else workdir,
-                             "chestmnist_cache")
-        with mirror.host_lock(cache):
-            chestmnist.NpzRecords(path, cache)  # extract once; fail fast if wrong
+        path, cache = source_data.prepare_chestmnist(data_cfg, workdir)
         return PreparedData(chestmnist_path=path, chestmnist_cache=cache)
     raise ValueError(f"unknown data.source {source!r}; expected one of {SOURCES}")
+

@@ -105,20 +105,27 @@ def _save(image: np.ndarray, path: str, sixteen_bit: bool) -> None:
         Image.fromarray(image).save(path, quality=95)
 
 
+VALID_SHARE = 0.2  # of the synthetic CheXpert patients, written to valid.csv (the test set)
+
+
 def write_chexpert(out_dir: str, table, rows, images, rng) -> None:
-    """``train.csv`` (CRLF) and ``train/patientN/studyN/view1_frontal.jpg``."""
+    """``train.csv`` and ``valid.csv`` (CRLF; a seeded fifth of the patients in valid, which
+    the release's splits make the test set) and ``{train,valid}/patientN/studyN/*.jpg``."""
     header = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA",
               *label_space.CHEXPERT_COLUMNS]
-    out = []
-    for i, image in zip(rows, images, strict=True):
-        rel = (f"train/patient{table.patient_ids[i]:05d}/study{table.follow_up[i] + 1}/"
+    valid = splits_lib.patient_split(table.patient_ids[rows], (1 - VALID_SHARE, VALID_SHARE), 0)
+    out: dict[str, list] = {"train": [], "valid": []}
+    for k, (i, image) in enumerate(zip(rows, images, strict=True)):
+        split = "valid" if valid[k] else "train"
+        rel = (f"{split}/patient{table.patient_ids[i]:05d}/study{table.follow_up[i] + 1}/"
                "view1_frontal.jpg")
         _save(image, os.path.join(out_dir, rel), sixteen_bit=False)
         cells = _chexpert_cells(table.labels[i], rng)
-        out.append([f"CheXpert-v1.0-small/{rel}", _SEX.get(table.sex[i], "Unknown"),
-                    table.age[i], "Frontal", table.view[i],
-                    *[cells.get(c, "") for c in label_space.CHEXPERT_COLUMNS]])
-    _write_csv(os.path.join(out_dir, "train.csv"), header, out)
+        out[split].append([f"CheXpert-v1.0-small/{rel}", _SEX.get(table.sex[i], "Unknown"),
+                           table.age[i], "Frontal", table.view[i],
+                           *[cells.get(c, "") for c in label_space.CHEXPERT_COLUMNS]])
+    for split, lines in out.items():
+        _write_csv(os.path.join(out_dir, f"{split}.csv"), header, lines)
 
 
 def write_mimic(out_dir: str, table, rows, images, rng, seed: int) -> None:

@@ -45,6 +45,7 @@ class SplitScores:
     probs: dict[str, np.ndarray]  # head -> (N, 14) probabilities, with "fused"
     labels: np.ndarray  # (N, 14) 0/1
     results: dict[str, dict] = dataclasses.field(default_factory=dict)  # head -> summary
+    label_mask: np.ndarray | None = None  # (N, 14) 0/1, 0 = label missing; None: all known
 
 
 class Evaluator:
@@ -59,6 +60,10 @@ class Evaluator:
 
     def predict(self, variables: dict, split: str) -> SplitScores:
         """Every head's probabilities on ``split``, each image scored once."""
+        if getattr(self.datasets.records, "masked", False):  # a release with missing labels
+            ids, probs, labels, label_mask = inference.predict_split_masked(
+                self.predict_fn, variables, self.datasets, split, self.mesh)
+            return SplitScores(split, ids, probs, labels, label_mask=label_mask)
         ids, probs, labels = inference.predict_split(self.predict_fn, variables, self.datasets,
                                                      split, self.mesh)
         return SplitScores(split, ids, probs, labels)
@@ -66,7 +71,7 @@ class Evaluator:
     def score(self, variables: dict, split: str, *, n_boot: int, seed: int = 0) -> SplitScores:
         """``predict`` plus a ``metrics.summary`` per head (the data's caveats are warnings)."""
         scores = self.predict(variables, split)
-        results = {head: metrics.summary(p, scores.labels, n_boot=n_boot, seed=seed)
+        results = {head: _summary(p, scores, n_boot=n_boot, seed=seed)
                    for head, p in scores.probs.items()}
         return dataclasses.replace(scores, results=results)
 
@@ -74,7 +79,7 @@ class Evaluator:
         """The fused summary on the validation split, without bootstrap: the epoch's score."""
         with caveats_logged_once("validation split: "):
             scores = self.predict(variables, "val")
-            return metrics.summary(scores.probs["fused"], scores.labels, n_boot=0)
+            return _summary(scores.probs["fused"], scores, n_boot=0)
 
     def test_and_report(self, variables: dict, workdir: str, config: mlc.ConfigDict
                         ) -> SplitScores:
@@ -94,7 +99,8 @@ class Evaluator:
             config, eval_dir, scores, val, self, variables, workdir,
             write_files=jax.process_index() == 0))
         write_test_outputs(workdir, config, scores, results,
-                           split_sizes={s: len(r) for s, r in self.datasets.split_rows.items()})
+                           split_sizes={s: len(r) for s, r in self.datasets.split_rows.items()},
+                           split_hashes=self.datasets.split_hashes())
         return scores
 
     def localize(self, variables: dict, boxes: Any, split: str = "test", *,
@@ -114,14 +120,27 @@ class Evaluator:
                                   boxes_file=boxes_file, seed=seed, primary=primary, per=per)
 
 
+def _summary(probs: np.ndarray, scores: SplitScores, *, n_boot: int, seed: int = 0) -> dict:
+    """``metrics.summary``, or over known labels only where the data has missing ones."""
+    if scores.label_mask is None:
+        return metrics.summary(probs, scores.labels, n_boot=n_boot, seed=seed)
+    from cxrjax.evaluation import masked_metrics
+
+    return masked_metrics.as_summary(probs, scores.labels, scores.label_mask,
+                                     metrics.class_names(probs.shape[1]), n_boot=n_boot,
+                                     seed=seed)
+
+
 def write_test_outputs(workdir: str, config: mlc.ConfigDict, scores: SplitScores,
                        section_results: dict | None = None,
-                       split_sizes: dict[str, int] | None = None) -> None:
+                       split_sizes: dict[str, int] | None = None,
+                       split_hashes: dict[str, str] | None = None) -> None:
     """W/eval/test_predictions.csv (fused), test_predictions_<head>.csv, test_metrics.json
-    (with each section's summary) and W/report.md with its plots; on process 0 only."""
+    (with each section's summary and ``split_hashes``, which ``open_run`` checks) and
+    W/report.md with its plots; on process 0 only."""
     if jax.process_index() != 0:
         return
-    from cxrjax.data import patient_metadata as metadata  # matplotlib: only when a run is reported
+    from cxrjax.data import patient_metadata as metadata
     from cxrjax.evaluation import (
         model_card,  # matplotlib: only when a run is reported
         report,  # matplotlib: only when a run is reported
@@ -137,6 +156,8 @@ def write_test_outputs(workdir: str, config: mlc.ConfigDict, scores: SplitScores
     results = scores.results
     out = {**results["fused"], "heads": {h: r for h, r in results.items() if h != "fused"}}
     out.update(sections.summaries(section_results or {}))
+    if split_hashes:
+        out["split_hashes"] = split_hashes
     predictions.write_json(out, fileio.join(eval_dir, run_layout.TEST_METRICS))
     report.write_report(workdir, config, results, scores.probs, scores.labels,
                         sections=section_results, split_sizes=split_sizes)
@@ -187,8 +208,27 @@ def open_run(workdir: str, config: mlc.ConfigDict | None = None) -> TrainedRun:
                 f"({'; '.join(differ[:8])}): give the run's config (only data.* and the "
                 "resumable fields may differ)")
     datasets = pipeline.open_datasets(config, workdir)
+    if config is saved:
+        check_split_hashes(workdir, datasets.split_hashes())
     return TrainedRun(workdir, config, step, variables,
                       Evaluator(model, config.model.fusion, datasets, mesh))
+
+
+def check_split_hashes(workdir: str, hashes: dict[str, str]) -> None:
+    """A one-line ValueError if a split's images differ from those the run recorded
+    (``split_hashes`` in ``W/eval/test_metrics.json``); nothing if it recorded none."""
+    import json
+
+    path = fileio.join(workdir, "eval", "test_metrics.json")
+    if not fileio.exists(path):
+        return
+    recorded = json.loads(fileio.read_text(path)).get("split_hashes") or {}
+    differ = [s for s, h in recorded.items() if s in hashes and hashes[s] != h]
+    if differ:
+        raise ValueError(f"{workdir}: the {', '.join(differ)} split(s) now hold other images than "
+                         f"when the run was tested (split_hash {recorded[differ[0]][:12]}... "
+                         f"recorded, {hashes[differ[0]][:12]}... now): the data, its split scheme "
+                         "or seed changed")
 
 
 def evaluate_run(workdir: str, split: str = "test", *, config: mlc.ConfigDict | None = None,

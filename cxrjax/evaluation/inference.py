@@ -75,6 +75,38 @@ def predict_split(predict_fn: Callable, variables: dict, ds: Any, split: str, me
     return list(ds.image_ids(split)), probs, labels
 
 
+def predict_split_masked(predict_fn: Callable, variables: dict, ds: Any, split: str,
+                         mesh: Mesh) -> tuple[list[str], dict[str, np.ndarray], np.ndarray,
+                                              np.ndarray]:
+    """``predict_split`` for data with missing labels: also each image's label mask (all ones
+    for a source without missing labels). Each image is scored once."""
+    data = batch_sharded(mesh)
+    n = ds.num_examples(split)
+    probs: dict[str, np.ndarray] = {}
+    labels = mask = None
+    seen = np.zeros(n, np.int64)
+    for host_batch in ds.eval_batches(split):
+        images = jax.make_array_from_process_local_data(data, np.asarray(host_batch["image"]))
+        out = predict_fn(variables, images)
+        label_mask = host_batch.get("label_mask", np.ones_like(host_batch["labels"]))
+        got = gather({**out, "labels": host_batch["labels"], "label_mask": label_mask,
+                                "mask": host_batch["mask"], "index": host_batch["index"]}, data)
+        keep = got["mask"].astype(bool)
+        index = got["index"][keep]
+        if labels is None:
+            labels = np.zeros((n, got["labels"].shape[1]), np.uint8)
+            mask = np.zeros_like(labels)
+        np.add.at(seen, index, 1)
+        labels[index], mask[index] = got["labels"][keep], got["label_mask"][keep]
+        for head in out:
+            probs.setdefault(head, np.zeros((n, got[head].shape[1]), np.float32))
+            probs[head][index] = got[head][keep]
+    if not np.all(seen == 1):
+        raise RuntimeError(f"evaluation of {split!r} scored {int((seen == 0).sum())} images "
+                           f"never and {int((seen > 1).sum())} more than once")
+    return list(ds.image_ids(split)), probs, labels, mask
+
+
 def gather(tree: dict, sharding: NamedSharding) -> dict:
     """Every process's rows of a batch-sharded tree (global arrays or this host's NumPy rows),
     as NumPy on every process."""
