@@ -30,6 +30,7 @@ from cxrjax.evaluation import boxes as loc
 from cxrjax.evaluation import evaluator, heatmaps
 from cxrjax.evaluation import localization as localizer
 from cxrjax.io import checkpoint, compilation_cache, fileio, logs, run_layout
+from cxrjax.runfolder import lock as run_lock
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,13 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.grid < 1:
             raise ValueError(f"--grid must be >= 1, got {args.grid}")
-        if not args.out:  # the run's own eval/: never beside a live run's writes
-            from cxrjax.runfolder import lock as run_lock
-
-            run_lock.refuse_if_locked(args.workdir, "localization files")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            run = evaluator.open_run(args.workdir)
+            run = evaluator.open_run(args.workdir)  # a file, or no run there: one line
+            if not args.out:  # the run's own eval/: never beside a live run's writes
+                run_lock.refuse_if_locked(run.workdir, "localization files")
             path = args.boxes or localizer.default_boxes_path(run.config, run.workdir)
             if not fileio.exists(path):
                 raise FileNotFoundError(f"boxes file not found: {path}")
