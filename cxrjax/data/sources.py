@@ -4,7 +4,7 @@ pipeline source: records that give a model's labels with a mask, and the release
 A record's label states (canonical space) become the model's ``data.classes`` under the
 ``data.uncertain`` policy (``label_space.labels_and_mask``): uint8 labels and a uint8 mask,
 0 where the label is missing. ``synthetic_<release>`` is the synthetic chests written in that
-release's layout (``synthetic_formats``), made and prepared once in the workdir, acquired at
+release's layout (``synthetic.generate_format``), made and prepared once in the workdir, acquired at
 ``data.synthetic_site``.
 """
 
@@ -81,14 +81,14 @@ def synthetic_root(data_cfg: Any, base: str) -> str:
 def prepare_synthetic(data_cfg: Any, root: str) -> str:
     """Writes (or reuses) the synthetic set in its release's layout and prepares it through
     the real builder; returns the TFDS data_dir."""
-    from cxrjax.data import release_builder, synthetic_formats
+    from cxrjax.data import release_builder, synthetic
 
     release = release_of(data_cfg.source)
     manual, data_dir = os.path.join(root, release), os.path.join(root, "tfds")
-    synthetic_formats.generate_format(manual, release, int(data_cfg.synthetic_n),
-                                      int(data_cfg.synthetic_size), int(data_cfg.synthetic_seed),
-                                      workers=int(data_cfg.prepare_workers) or None,
-                                      site=data_cfg.synthetic_site)
+    synthetic.generate_format(manual, release, int(data_cfg.synthetic_n),
+                              int(data_cfg.synthetic_size), int(data_cfg.synthetic_seed),
+                              workers=int(data_cfg.prepare_workers) or None,
+                              site=data_cfg.synthetic_site)
     release_builder.build(release, manual, data_dir, resolution=int(data_cfg.resolution),
                           views=tuple(data_cfg.views), labeler=data_cfg.labeler,
                           workers=int(data_cfg.prepare_workers) or None)

@@ -16,7 +16,7 @@ from cxrjax import evaluate
 from cxrjax.data.labels import CLASSES
 from cxrjax.evaluation import external, google2019, masked_metrics
 
-GOOGLE = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nih" / \
+GOOGLE = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "nih" / \
     "google2019_nih-chest-xray-labels.csv.gz"
 
 
@@ -159,7 +159,7 @@ def test_the_matrix_script_writes_markdown_heat_map_and_json_of_every_cell(tiny_
                                                                             tmp_path, capsys):
     import importlib.util
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "external_validation.py"
+    path = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "external_validation.py"
     spec = importlib.util.spec_from_file_location("external_validation", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
