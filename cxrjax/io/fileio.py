@@ -233,9 +233,21 @@ class _AtomicWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            self.close()
+            try:
+                self.close()
+            except OSError as e:
+                self.discard()
+                raise self._naming_target(e) from None
         else:
             self.discard()
+            if isinstance(exc, OSError):
+                raise self._naming_target(exc) from None
+
+    def _naming_target(self, error: OSError) -> OSError:
+        """``error`` naming the file being written (a full disk's EFBIG/ENOSPC names none)."""
+        if error.filename is not None or error.errno is None:
+            return error
+        return type(error)(error.errno, error.strerror, self._target)
 
     def flush(self) -> None:
         self._file.flush()
@@ -259,7 +271,8 @@ class _AtomicWriter:
 
     def discard(self) -> None:
         """Drops what was written; the target keeps its old content (or stays absent)."""
-        self._file.close()
+        with contextlib.suppress(OSError):  # flushing what is dropped may fail (a full disk)
+            self._file.close()
         with contextlib.suppress(FileNotFoundError):
             os.remove(self._tmp)
 

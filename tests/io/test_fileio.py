@@ -61,6 +61,30 @@ def test_a_write_that_fails_midway_leaves_the_old_content(root):
     assert fileio.listdir(root) == ["report.md"]  # no temporary file left behind
 
 
+_FULL_DISK_WRITE = """
+import resource, signal, sys
+from cxrjax.io import fileio
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    with fileio.open(sys.argv[1], "wb") as f:  # buffered: the failing flush comes at close
+        f.write(b"x" * (1 << 18))
+except OSError as e:
+    print(e)
+"""
+
+
+def test_a_write_past_a_full_disk_names_the_file_and_leaves_the_old_content(tmp_path):
+    path = tmp_path / "reliability.png"
+    path.write_bytes(b"old")
+    done = subprocess.run([sys.executable, "-c", _FULL_DISK_WRITE, str(path)], text=True,
+                          capture_output=True, timeout=120,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert done.stdout.strip() == f"[Errno 27] File too large: '{path}'", done.stderr[-2000:]
+    assert path.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["reliability.png"]  # no temporary file left behind
+
+
 def test_a_local_file_gets_the_usual_permissions(tmp_path):
     umask = os.umask(0o022)
     os.umask(umask)
