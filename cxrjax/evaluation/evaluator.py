@@ -219,7 +219,7 @@ def check_split_hashes(workdir: str, hashes: dict[str, str]) -> None:
     (``split_hashes`` in ``W/eval/test_metrics.json``); nothing if it recorded none."""
     import json
 
-    path = fileio.join(workdir, "eval", "test_metrics.json")
+    path = run_layout.eval_path(workdir, run_layout.TEST_METRICS)
     if not fileio.exists(path):
         return
     recorded = json.loads(fileio.read_text(path)).get("split_hashes") or {}

@@ -30,7 +30,7 @@ import numpy as np
 from cxrjax.data import label_space, release_splits, sources
 from cxrjax.evaluation import inference, masked_metrics
 from cxrjax.evaluation import prediction_files as predictions
-from cxrjax.io import fileio
+from cxrjax.io import fileio, run_layout
 
 PREFIX = "external_"
 
@@ -154,7 +154,7 @@ def score_run(workdir: str, dataset: str, *, split: str = "test",
                split_hash=release_splits.split_hash(external.image_ids),
                n_images=len(external.image_ids))
     if write and jax.process_index() == 0:
-        eval_dir = fileio.join(run.workdir, "eval")
+        eval_dir = run_layout.path(run.workdir, run_layout.EVAL)
         predictions.write_predictions(fileio.join(eval_dir, f"{PREFIX}{label}_predictions.csv"),
                                       external.image_ids, external.probs)
         predictions.write_json(out, fileio.join(eval_dir, f"{PREFIX}{label}_metrics.json"))
@@ -197,7 +197,7 @@ def format_markdown(result: dict) -> str:
 
 def put_in_report(workdir: str, label: str, section: str) -> None:
     """Adds (or replaces) the section in ``W/report.md`` between markers of its label."""
-    path = fileio.join(workdir, "report.md")
+    path = run_layout.path(workdir, run_layout.REPORT)
     if not fileio.exists(path):
         return
     begin, end = f"<!-- {PREFIX}{label} -->", f"<!-- /{PREFIX}{label} -->"
@@ -270,8 +270,8 @@ def run_cli(args: Any) -> int:
                                       path, n_boot=args.n_boot, seed=args.seed)
             result.update(workdir=run.workdir, step=run.step, split=split)
             if jax.process_index() == 0:
-                predictions.write_json(result, fileio.join(run.workdir, "eval",
-                                                           f"{google2019.NAME}_metrics.json"))
+                predictions.write_json(result, run_layout.eval_path(
+                    run.workdir, f"{google2019.NAME}_metrics.json"))
         print(google2019.format_text(result))
     if args.json:
         predictions.write_json(result, args.json)
