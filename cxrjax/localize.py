@@ -69,11 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.grid < 1:
             raise ValueError(f"--grid must be >= 1, got {args.grid}")
+        if not args.out and fileio.isdir(args.workdir):  # (a file: open_run names it)
+            # The run's own eval/: never beside a live run's writes.
+            run_lock.refuse_if_locked(args.workdir, "localization files")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            run = evaluator.open_run(args.workdir)  # a file, or no run there: one line
-            if not args.out:  # the run's own eval/: never beside a live run's writes
-                run_lock.refuse_if_locked(run.workdir, "localization files")
+            run = evaluator.open_run(args.workdir)
             path = args.boxes or localizer.default_boxes_path(run.config, run.workdir)
             if not fileio.exists(path):
                 raise FileNotFoundError(f"boxes file not found: {path}")
