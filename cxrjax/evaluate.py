@@ -5,10 +5,9 @@
     python -m cxrjax.evaluate --workdir W [W2 ...] [--split test|val] [--json OUT.json]
 
 FILE is a predictions file (``cxrjax.evaluation.prediction_files``: ``Image Index`` plus
-``<Class>`` or
-``prob_<Class>`` columns). ``--workdir`` scores the best checkpoint of each run's last stage on
-the split of the run's own data config, through ``evaluator.evaluate_run`` as ``main --mode
-eval`` does; several workdirs are an ensemble: the mean of their fused probabilities (the
+``<Class>`` or ``prob_<Class>`` columns). ``--workdir`` scores the best checkpoint of each run's
+last stage on the split of the run's own data config, through ``evaluator.evaluate_run`` as ``main
+--mode eval`` does; several workdirs are an ensemble: the mean of their fused probabilities (the
 paper's R18 + D121 row), refused unless the runs' split holds the same images. Every bad input
 is a one-line error and exit code 2. ``--thresholds`` (a run's ``W/eval/thresholds.json``)
 adds the operating-point table: per class, sensitivity, specificity, PPV, NPV and F1 at those

@@ -7,15 +7,13 @@
 For every image of the run's split (default: test) that has boxes in CSV (NIH's
 ``BBox_List_2017.csv`` format, 1024² frame; default: the run's data folder's own list, as the
 NIH download and the synthetic set have one, else NIH's list shipped in the package), the
-heatmap of each boxed class becomes boxes (``cxrjax.evaluation.localization``), mapped back to the
-1024²
-frame and scored: accuracy at T(IoU) and T(IoBB) for T in 0.1 ... 0.9 and false-positive
+heatmap of each boxed class becomes boxes (``cxrjax.evaluation.localization``), mapped back to
+the 1024² frame and scored: accuracy at T(IoU) and T(IoBB) for T in 0.1 ... 0.9 and false-positive
 boxes per image, per class and overall, beside random boxes of the same sizes. Prints the
 tables; writes DIR/localization.json (or OUT.json), DIR/localization.md and
 DIR/localization.png (default DIR: W/eval). The methods: Grad-CAM of the fused prediction on
 stream A, and the CAM of each stream's own pooled head (``cxrjax.evaluation.heatmaps``). A bad
-input is a
-one-line error and exit code 2.
+input is a one-line error and exit code 2.
 """
 
 from __future__ import annotations

@@ -19,8 +19,7 @@ saves it and exits with code 75 and one line naming the step; a Ctrl-C does the 
 code 130 (a second Ctrl-C stops at once, without saving). WORKDIR may be gs://BUCKET/...
 (checked writable before any work). Only the learning rate, logging, checkpoint, evaluation,
 worker and path fields may change on resume (cxrjax.runfolder.ownership.RESUMABLE_FIELDS), and a
-stage's
-epochs; a workdir that holds a run of another config is refused, untouched. --restart moves
+stage's epochs; a workdir that holds a run of another config is refused, untouched. --restart moves
 that run aside (WORKDIR.old-<time>) and starts over; nothing is ever deleted.
 
 Any config field can be overridden: --config.train.batch_size=32,

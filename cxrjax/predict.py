@@ -15,11 +15,10 @@ the image at its own size (under 256 px, enlarged by a whole factor so the capti
 a colour bar; a map that points nowhere (zero or constant) is not drawn, and the caption and a
 warning on stderr say so. A run whose recorded config implies a limitation (trained on
 synthetic images, ...: ``cxrjax.evaluation.limitations``) says so on stderr, in the CSV's
-``warning``
-column and in every caption; so does an image with a DICOM warning (a lateral view, a child, a
-modality other than CR/DX). A directory argument means its files. A file that is not an image,
-is empty, truncated or too large (checked from its header, before decoding), or a DICOM that is
-multi-frame or in colour gets a one-line error; the others still run, and the exit code is 1.
+``warning`` column and in every caption; so does an image with a DICOM warning (a lateral view, a
+child, a modality other than CR/DX). A directory argument means its files. A file that is not an
+image, is empty, truncated or too large (checked from its header, before decoding), or a DICOM that
+is multi-frame or in colour gets a one-line error; the others still run, and the exit code is 1.
 Nothing is written, not even a folder, when no image could be scored.
 
 ``--model DIR`` scores with an exported model (``cxrjax.export``) through ``cxrjax.serving``

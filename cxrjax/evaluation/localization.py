@@ -2,9 +2,8 @@
 
 For every image of a split that has ground-truth boxes (NIH's ``BBox_List_2017.csv`` format,
 1024² frame), the heatmap of each boxed class is computed in jitted batches
-(``cxrjax.evaluation.heatmaps``), turned into boxes by ``localization``'s rule (map bilinearly
-resized to
-the crop, min-max normalised, pixels >= half way kept, one box per 8-connected component),
+(``cxrjax.evaluation.heatmaps``), turned into boxes by ``boxes``' rule (map bilinearly resized
+to the crop, min-max normalised, pixels >= half way kept, one box per 8-connected component),
 mapped back to the 1024² frame through the prepare resize and the centre crop, and scored as
 Wang et al. (CVPR 2017): accuracy at T(IoU) and T(IoBB) and false-positive boxes per image,
 per class and overall, beside the same boxes placed at random in the field of view (chance,

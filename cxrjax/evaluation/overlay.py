@@ -1,10 +1,9 @@
 """A class heatmap drawn over its X-ray, captioned, with its colour scale; a map that shows
 nothing is said so.
 
-``scaled`` brings a raw map (``cxrjax.evaluation.heatmaps``) to [0, 1]; ``overlay`` draws it over
-the
-region of the image the model's centre crop saw, at the image's own size, with a colour bar at
-the right; ``cam_problem`` says when a map points nowhere (zero or constant everywhere), and
+``scaled`` brings a raw map (``cxrjax.evaluation.heatmaps``) to [0, 1]; ``overlay`` draws it
+over the region of the image the model's centre crop saw, at the image's own size, with a colour bar
+at the right; ``cam_problem`` says when a map points nowhere (zero or constant everywhere), and
 then no heat is drawn and the caption says why.
 """
 

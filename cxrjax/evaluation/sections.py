@@ -1,8 +1,7 @@
 """The evaluation sections a run's test results carry beyond the AUC table, in report order.
 
 Adding a section: a module that defines ``SECTION`` (``cxrjax.evaluation.section.Section``), its
-fields in
-the recipe's ``eval`` block, and one entry here.
+fields in the recipe's ``eval`` block, and one entry here.
 """
 
 from __future__ import annotations
