@@ -80,17 +80,19 @@ def run_stage(config: mlc.ConfigDict, workdir: str, index: int, model: Any, ds: 
         batches = prefetch_to_mesh(loop.train_iter, batch_sharded(mesh),
                                    size=max(config.data.prefetch, 1))
         loop.start_epoch_bar()
-        while loop.step < loop.total_steps:
-            loop.train_step_on(*next(batches))
-            if loop.step % config.train.log_every_steps == 0 or loop.at_epoch_end:
-                loop.log_training()
-            if loop.at_epoch_end:
-                loop.validate_and_save()
-            elif loop.step % config.train.checkpoint_every_steps == 0:
-                loop.save()
-            if watcher is not None and watcher.reached(loop.step):  # every process, every step
-                loop.stop(watcher)
-        loop.bar.close()
+        try:
+            while loop.step < loop.total_steps:
+                loop.train_step_on(*next(batches))
+                if loop.step % config.train.log_every_steps == 0 or loop.at_epoch_end:
+                    loop.log_training()
+                if loop.at_epoch_end:
+                    loop.validate_and_save()
+                elif loop.step % config.train.checkpoint_every_steps == 0:
+                    loop.save()
+                if watcher is not None and watcher.reached(loop.step):  # every process
+                    loop.stop(watcher)
+        finally:  # an error's one line starts a line of its own, after the bar's
+            loop.bar.close()
     checkpoint.wait(loop.manager)
     return loop.manager.best_step() or loop.manager.latest_step()
 

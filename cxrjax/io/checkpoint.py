@@ -19,6 +19,7 @@ import math
 import os
 import re
 import shutil
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -52,6 +53,7 @@ def open_manager(directory: str, keep: int, read_only: bool = False
                                                best_fn=_val_metric, best_mode="max")
         return ocp.CheckpointManager(directory, options=options,
                                      item_names=("state", "data", "meta"))
+    _quiet_failed_write_echoes()
     if not fileio.is_remote(directory):  # a bucket has no folders; main checked it is writable
         try:
             os.makedirs(directory, exist_ok=True)
@@ -133,6 +135,42 @@ def full_disk_errno(error: BaseException) -> int | None:
     if match and int(match[1]) in _FULL:
         return int(match[1])
     return next((code for words, code in _FULL_WORDS.items() if words in text), None)
+
+
+class _FullDiskEchoes(logging.Filter):
+    """Drops the library records that repeat a checkpoint write's full-disk failure (orbax's
+    writer threads and asyncio log it once per array); ``save``/``wait`` say it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text += f" {record.exc_info[1]}"
+        return not (("orbax-checkpoint-tmp" in text or "ocdbt" in text)
+                    and full_disk_errno(RuntimeError(text)) is not None)
+
+
+def _quiet_failed_write_echoes() -> None:
+    """Once per process: the echoes of a failed write (``_FullDiskEchoes``) are not logged, and
+    tensorstore's callbacks that reach the failed writer's closed event loop are not printed
+    (``RuntimeError: Event loop is closed``, once per array still in flight)."""
+    global _quieted
+    if _quieted:
+        return
+    _quieted = True
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).addFilter(_FullDiskEchoes())
+    previous = sys.unraisablehook
+
+    def unraisable(info) -> None:
+        if isinstance(info.exc_value, RuntimeError) and \
+                str(info.exc_value) == "Event loop is closed":
+            return
+        previous(info)
+
+    sys.unraisablehook = unraisable
+
+
+_quieted = False
 
 
 def disk_full_message(manager: ocp.CheckpointManager, step: int | None, code: int) -> str:
