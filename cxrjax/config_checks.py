@@ -66,14 +66,18 @@ def check_config(config: mlc.ConfigDict) -> None:
 
 
 def check_data(d: mlc.ConfigDict, num_classes: int) -> None:
-    """The data source and its label fields: classes, views, uncertainty policy, labeler."""
-    from cxrjax.data import label_space, mimic_layout, pipeline
+    """The data source (or a mix and its weights) and its label fields: classes, views,
+    uncertainty policy, labeler."""
+    from cxrjax.data import label_space, mimic_layout, mixing, pipeline
     from cxrjax.data import release_rows as rr
     from cxrjax.data.labels import CLASSES as NIH_CLASSES
 
-    if d.source not in pipeline.SOURCES:
+    mix_problem = mixing.check(d.source, tuple(d.get("source_weights") or ()))
+    if mix_problem:
+        raise ConfigError(mix_problem)
+    if not mixing.is_mixed(d.source) and d.source not in pipeline.SOURCES:
         raise ConfigError(f"data.source={d.source!r}: expected one of "
-                          f"{', '.join(pipeline.SOURCES)}")
+                          f"{', '.join(pipeline.SOURCES)}, or several joined by + (a mix)")
     classes = tuple(d.get("classes") or ())
     unknown = [c for c in classes if c not in label_space.CLASS_INDEX]
     if unknown or not classes or len(set(classes)) != len(classes):

@@ -61,3 +61,17 @@ def tiny_data(tmp_path_factory):
     synthetic.generate(str(root / "nih"), n=160, size=48, seed=0)
     builder.build(str(root / "nih"), str(root / "tfds"), resolution=40, workers=1)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_chexpert(tmp_path_factory):
+    """A 64-image synthetic set in CheXpert's layout (JPEGs), prepared at 40 px through its
+    builder: with ``tiny_data``, the second source of a mixed run."""
+    from cxrjax.data import release_builder, synthetic
+
+    root = tmp_path_factory.mktemp("tiny_chexpert")
+    synthetic.generate_format(str(root / "chexpert"), "chexpert", n=64, size=40, seed=0,
+                              workers=0)
+    release_builder.build("chexpert", str(root / "chexpert"), str(root / "tfds"), resolution=40,
+                          workers=1)
+    return root

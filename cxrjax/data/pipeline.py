@@ -11,7 +11,8 @@ number of hosts. Every host gets the same number of steps.
 Eval: centre crop; each host's strided shard is padded to the same number of batches, and
 ``mask``/``index`` say which rows are real and where they go in ``image_ids(split)``. A release
 source (``sources``: CheXpert, MIMIC-CXR, PadChest) adds ``label_mask`` to train and eval
-batches (0 = label missing); the NIH sources add none.
+batches (0 = label missing); the NIH sources add none. Several sources (``nih+chexpert``):
+``mixing`` puts their records end to end and mixes their train splits by weight.
 
 Batches are made by ``data.workers`` grain worker processes (-1, the default: one per core but
 one, at most 8; 0: in this process); ``grain_workers`` hands them over as plain arrays and
@@ -36,7 +37,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from cxrjax.data import grain_workers, nih_layout, source_data, sources
+from cxrjax.data import grain_workers, mixing, nih_layout, source_data, sources
 from cxrjax.data import labels as labels_lib
 from cxrjax.data import splits as splits_lib
 from cxrjax.data.crop import centre_crop
@@ -67,29 +68,39 @@ class TfdsRecords:
 
 # ------------------------------------------------------------------- transforms ---
 
+class _EpochOrder:
+    """Global train position -> record index: the train rows reshuffled every epoch (grain's
+    index shuffle seeded by seed + epoch), each epoch cut to whole global batches."""
+
+    def __init__(self, rows: np.ndarray, epoch_len: int, seed: int):
+        self.rows, self.epoch_len = rows, epoch_len
+        self.shuffled = grain.MapDataset.range(len(rows)).shuffle(seed=seed)
+
+    def __call__(self, g: int) -> int:
+        epoch, j = divmod(g, self.epoch_len)
+        return self.rows[self.shuffled[epoch * len(self.rows) + j]]
+
+
 class _TrainExample:
     """Local position -> cropped example; picklable so grain workers can run it.
 
-    Global batch k is positions [k*G, (k+1)*G) of the epoch's permutation of the whole train
-    split; host i reads only rows [i*b, (i+1)*b) of it. So the global batches, crops and flips
-    are the same for any number of hosts, and each host reads only its share of them.
+    Global batch k is positions [k*G, (k+1)*G) of the train order (``_EpochOrder``, or
+    ``mixing.MixedOrder`` for several sources); host i reads only rows [i*b, (i+1)*b) of it.
+    So the global batches, crops and flips are the same for any number of hosts, and each host
+    reads only its share of them.
     """
 
-    def __init__(self, records: Any, rows: np.ndarray, epoch_len: int, local_batch: int,
-                 process_index: int, process_count: int, seed: int, crop: int, flip: bool):
-        self.records, self.rows, self.epoch_len = records, rows, epoch_len
+    def __init__(self, records: Any, order: Any, local_batch: int, process_index: int,
+                 process_count: int, seed: int, crop: int, flip: bool):
+        self.records, self.order = records, order
         self.local_batch, self.process_index = local_batch, process_index
         self.global_batch = local_batch * process_count
         self.seed, self.crop, self.flip = seed, crop, flip
-        # grain's index shuffle: epoch e of ``shuffled`` is a permutation seeded by seed + e.
-        self.shuffled = grain.MapDataset.range(len(rows)).shuffle(seed=seed)
 
     def __call__(self, position: int, _: Any) -> dict[str, np.ndarray]:
         k, offset = divmod(int(position), self.local_batch)
         g = k * self.global_batch + self.process_index * self.local_batch + offset
-        epoch, j = divmod(g, self.epoch_len)
-        image, labels, *label_mask = self.records[
-            self.rows[self.shuffled[epoch * len(self.rows) + j]]]
+        image, labels, *label_mask = self.records[self.order(g)]
         rng = np.random.default_rng([self.seed, g])
         r = image.shape[0]
         y, x = rng.integers(0, r - self.crop + 1, size=2)
@@ -147,6 +158,7 @@ class Datasets:
     prefetch: int
     process_index: int
     process_count: int
+    mix: mixing.Mix | None = None  # several sources: how training draws from them
 
     def image_ids(self, split: str) -> list[str]:
         return [self.records.image_ids[i] for i in self._rows(split)]
@@ -187,10 +199,10 @@ class Datasets:
     def train_batches(self, start_step: int = 0) -> grain.MapDataset:
         """Batch ``k`` of this host's endless train sequence is element ``k - start_step``."""
         local_epoch = self.steps_per_epoch * self.local_batch_size
-        fn = _TrainExample(self.records, self._rows("train"),
-                           local_epoch * self.process_count,
-                           self.local_batch_size, self.process_index, self.process_count,
-                           self.seed, self.crop, self.flip)
+        order = (self.mix.order(self.seed) if self.mix is not None else
+                 _EpochOrder(self._rows("train"), local_epoch * self.process_count, self.seed))
+        fn = _TrainExample(self.records, order, self.local_batch_size, self.process_index,
+                           self.process_count, self.seed, self.crop, self.flip)
         ds = (grain.MapDataset.range(local_epoch).repeat(None).map_with_index(fn)
               .batch(self.local_batch_size, drop_remainder=True))
         return ds[start_step:]
@@ -234,8 +246,9 @@ class TrainIterator:
     def _identity(self) -> dict[str, int]:
         """What fixes the global sequence (not the host count: a run may resume on more)."""
         d = self._ds
+        mix = d.mix.identity() if d.mix is not None else {}
         return {"seed": d.seed, "global_batch_size": d.local_batch_size * d.process_count,
-                "steps_per_epoch": d.steps_per_epoch}
+                "steps_per_epoch": d.steps_per_epoch, **mix}
 
     def get_state(self) -> dict[str, int]:
         return {"step": self._step, **self._identity()}
@@ -243,8 +256,9 @@ class TrainIterator:
     def set_state(self, state: dict) -> None:
         """Continues after ``state["step"]`` batches; a state of another run is an error."""
         ours = self._identity()
-        other = {k: state.get(k) for k in ours}
-        if other != ours:
+        keys = [*ours, *(k for k in ("sources", "source_weights") if k in state and k not in ours)]
+        other = {k: state.get(k) for k in keys}
+        if other != {k: ours.get(k) for k in keys}:
             raise ValueError(f"train iterator state {other} is from a different input pipeline "
                              f"than this one {ours}; resume with the same seed, global batch "
                              "size and dataset")
@@ -286,6 +300,8 @@ def create_datasets(data_cfg: Any, prepared: PreparedData, *, global_batch_size:
         raise ValueError(f"data.crop={crop} must be in [1, {records.resolution}] (the stored "
                          "resolution)")
     local = _per_host(global_batch_size, process_count, "global_batch_size")
+    mix = (mixing.Mix.of(records, split_rows["train"], mixing.weights_of(data_cfg))
+           if isinstance(records, mixing.MixedRecords) else None)
     steps = len(split_rows["train"]) // global_batch_size
     if steps == 0:
         raise ValueError(f"the train split has {len(split_rows['train'])} images: fewer than "
@@ -296,12 +312,14 @@ def create_datasets(data_cfg: Any, prepared: PreparedData, *, global_batch_size:
         steps_per_epoch=steps, crop=crop, flip=bool(data_cfg.flip), seed=int(seed) % 2**32,
         workers=grain_workers.resolve_count(int(data_cfg.workers)),
         prefetch=int(data_cfg.prefetch),
-        process_index=process_index, process_count=process_count)
+        process_index=process_index, process_count=process_count, mix=mix)
 
 
 def _load(data_cfg: Any, prepared: PreparedData) -> tuple[Any, dict[str, list[str]]]:
     """(records, split -> image names) for the configured source."""
     source = data_cfg.source
+    if mixing.is_mixed(source):
+        return mixing.load(data_cfg, prepared.mixed, _load)
     if source == "chestmnist":
         from cxrjax.data import chestmnist
 
@@ -342,6 +360,7 @@ class PreparedData:
     manual_dir: str = ""  # the NIH-layout download: its label table and lists choose the splits
     chestmnist_path: str = ""  # the MedMNIST npz (chestmnist)
     chestmnist_cache: str = ""  # where its members are extracted once ("" = read the npz)
+    mixed: tuple = ()  # several sources: ((source, PreparedData), ...), in data.source's order
 
 
 def open_datasets(config: Any, workdir: str) -> Datasets:
@@ -359,12 +378,14 @@ def ensure_prepared(data_cfg: Any, workdir: str) -> PreparedData:
     absent) and prepares it through the real builder (if not complete), on process 0 while
     the other processes wait (the workdir must be shared, as for checkpoints). ``nih``: fails
     fast if the dataset is not prepared. ``chestmnist``: checks the npz and extracts it once
-    under ``workdir/chestmnist_cache``.
+    under ``workdir/chestmnist_cache``. ``a+b``: each source as above (``mixing``).
 
     gs://: a bucket workdir gets no data: each host makes it in ``mirror.cache_root()``
     (``source_data``).
     """
     source = data_cfg.source
+    if mixing.is_mixed(source):
+        return PreparedData(mixed=mixing.ensure_prepared(data_cfg, workdir, ensure_prepared))
     if sources.release_of(source):
         return PreparedData(data_dir=sources.ensure_prepared(data_cfg, workdir))
     if source == "synthetic":
