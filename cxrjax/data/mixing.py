@@ -90,12 +90,15 @@ def ensure_prepared(data_cfg: Any, workdir: str, prepare_one: Callable) -> tuple
 
 class MixedRecords:
     """The sources' records end to end: index -> (image, labels, mask), mask of ones where a
-    source has no missing labels. ``parts[i]`` holds records ``[offsets[i], offsets[i+1])``."""
+    source has no missing labels. ``parts[i]`` holds records ``[offsets[i], offsets[i+1])``.
 
-    masked = True
+    ``masked`` (labels may be missing: how the evaluator scores) is the first source's, whose
+    validation and test splits are the run's: a mix led by NIH is scored as an NIH run is.
+    """
 
     def __init__(self, names: Sequence[str], parts: Sequence[Any], classes: Sequence[str]):
         self.names, self.parts, self.classes = tuple(names), list(parts), tuple(classes)
+        self.masked = bool(getattr(parts[0], "masked", False))
         self.offsets = np.cumsum([0, *(len(p) for p in parts)])
         self.image_ids: list[str] = [i for p in parts for i in p.image_ids]
         if len(set(self.image_ids)) != len(self.image_ids):

@@ -124,7 +124,9 @@ class _EvalExample:
 
     def __call__(self, k: int) -> dict[str, np.ndarray]:
         k = int(k)
-        masked = getattr(self.records, "masked", False)
+        # Its rows carry a mask: a release's, or a mix's (whose eval split may have none missing).
+        masked = getattr(self.records, "masked", False) or isinstance(self.records,
+                                                                      mixing.MixedRecords)
         if k >= len(self.rows):
             num_classes = len(getattr(self.records, "classes", labels_lib.CLASSES))
             pad = {"image": np.zeros((self.crop, self.crop, 1), np.uint8),
