@@ -70,7 +70,7 @@ def base_config() -> mlc.ConfigDict:
     c.data.source = "nih"
     # Several sources joined by + ("nih+chexpert"; not chestmnist) train on their mix
     # (cxrjax.data.mixing): drawn in proportion to these weights, one per source in the same
-    # order (() = equal); validation and test are the first source's.
+    # order (() = equal; one source reads none); validation and test are the first source's.
     c.data.source_weights = ()
     # The model's classes, in its output order (names of cxrjax.data.label_space.CLASSES); the
     # NIH sources give exactly the paper's 14, in its order. model.num_classes must match.
@@ -83,7 +83,8 @@ def base_config() -> mlc.ConfigDict:
     c.data.labeler = "chexpert"
     c.data.data_dir = "~/tensorflow_datasets"  # prepared ArrayRecord dataset (cxrjax.data.prepare)
     c.data.manual_dir = "~/data/ChestX-ray14"  # the NIH download, only needed to prepare
-    # A mix's prepared data per release ("" = data_dir; one TFDS data_dir can hold them all).
+    # Each release's prepared data, for a mix or one source ("" = data_dir; one TFDS data_dir
+    # can hold them all).
     c.data.data_dirs = mlc.ConfigDict({"nih": "", "chexpert": "", "mimic_cxr": "",
                                        "padchest": ""})
     c.data.split_scheme = "paper"  # "paper" (patient-level 70/10/20) | "official" | "chexnet"

@@ -10,9 +10,9 @@ the sources' train splits hold together. Validation and test are the first sourc
 run's numbers mean what they mean for a run on that source, and ``evaluate --dataset`` scores
 the others.
 
-Each source reads its prepared data from ``data.data_dirs.<release>`` ("" = ``data.data_dir``);
-NIH's label table and lists come from ``data.manual_dir``; the synthetic sources are made in
-the workdir as for a run on one of them.
+Each source reads its prepared data from ``data.data_dirs.<release>`` ("" = ``data.data_dir``;
+so does a run on one source); NIH's label table and lists come from ``data.manual_dir``; the
+synthetic sources are made in the workdir as for a run on one of them.
 """
 
 from __future__ import annotations
@@ -42,10 +42,13 @@ def source_names(source: str) -> tuple[str, ...]:
 
 
 def check(source: str, weights: Sequence[float]) -> str | None:
-    """Why ``data.source`` / ``data.source_weights`` are not a valid mix (None if they are)."""
+    """Why ``data.source`` / ``data.source_weights`` are not a valid mix (None if they are).
+
+    One source reads no weights (a mixed run's config, pointed at one of its sources by
+    ``evaluate --dataset``, keeps them).
+    """
     if not is_mixed(source):
-        return (f"data.source_weights={list(weights)} is for a mixed data.source (a+b); "
-                f"{source!r} is one source") if len(weights) else None
+        return None
     names = source_names(source)
     bad = [n for n in names if n not in MIXABLE]
     if bad:
@@ -71,14 +74,19 @@ def weights_of(data_cfg: Any) -> tuple[float, ...]:
     return tuple(w / sum(weights) for w in weights)
 
 
-def source_config(data_cfg: Any, name: str) -> Any:
-    """``data_cfg`` as a run on source ``name`` alone reads it: its own data_dir."""
+def data_dir_of(data_cfg: Any, name: str) -> str:
+    """Where source ``name`` is prepared: ``data.data_dirs.<its release>``, else ``data_dir``."""
     from cxrjax.data import sources
 
-    sub = data_cfg.copy_and_resolve_references()
     key = sources.release_of(name) or "nih"
+    return (data_cfg.get("data_dirs") or {}).get(key) or data_cfg.data_dir
+
+
+def source_config(data_cfg: Any, name: str) -> Any:
+    """``data_cfg`` as a run on source ``name`` alone reads it: its own data_dir."""
+    sub = data_cfg.copy_and_resolve_references()
     sub.source, sub.source_weights = name, ()
-    sub.data_dir = (data_cfg.get("data_dirs") or {}).get(key) or data_cfg.data_dir
+    sub.data_dir = data_dir_of(data_cfg, name)
     return sub
 
 

@@ -380,7 +380,8 @@ def ensure_prepared(data_cfg: Any, workdir: str) -> PreparedData:
     absent) and prepares it through the real builder (if not complete), on process 0 while
     the other processes wait (the workdir must be shared, as for checkpoints). ``nih``: fails
     fast if the dataset is not prepared. ``chestmnist``: checks the npz and extracts it once
-    under ``workdir/chestmnist_cache``. ``a+b``: each source as above (``mixing``).
+    under ``workdir/chestmnist_cache``. ``a+b``: each source as above (``mixing``). A
+    release's (or NIH's) ``data.data_dirs`` entry, when set, is its data_dir.
 
     gs://: a bucket workdir gets no data: each host makes it in ``mirror.cache_root()``
     (``source_data``).
@@ -388,6 +389,8 @@ def ensure_prepared(data_cfg: Any, workdir: str) -> PreparedData:
     source = data_cfg.source
     if mixing.is_mixed(source):
         return PreparedData(mixed=mixing.ensure_prepared(data_cfg, workdir, ensure_prepared))
+    if mixing.data_dir_of(data_cfg, source) != data_cfg.data_dir:  # data.data_dirs names it
+        data_cfg = mixing.source_config(data_cfg, source)
     if sources.release_of(source):
         return PreparedData(data_dir=sources.ensure_prepared(data_cfg, workdir))
     if source == "synthetic":

@@ -38,8 +38,8 @@ log = logging.getLogger("cxrjax")
 RESUMABLE_FIELDS: tuple[str, ...] = (
     "train.lr", "train.log_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints",
     "train.eval_batch_size", "eval", "data.workers", "data.prefetch", "data.prepare_workers",
-    "data.data_dir", "data.manual_dir", "data.chestmnist_path", "model.weights_dir",
-    "model.dense_scan_chunk", "compile_cache_dir",
+    "data.data_dir", "data.data_dirs", "data.manual_dir", "data.chestmnist_path",
+    "model.weights_dir", "model.dense_scan_chunk", "compile_cache_dir",
     "row",  # the paper row a config names: a label, not the model
 )
 

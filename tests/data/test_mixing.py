@@ -3,6 +3,7 @@ weights, every source's train split is drawn whole on each pass, resume is exact
 test are the first source's, and a bad mix is one clear config error."""
 
 import collections
+import pickle
 
 import numpy as np
 import pytest
@@ -102,7 +103,6 @@ def test_validation_and_test_are_the_first_sources_and_train_is_both(tiny_data, 
     ("nih+chexpert", (1, 2, 3), "has 3 weights for the 2 sources"),
     ("nih+chexpert", (1, 0), "every weight must be a positive number"),
     ("nih+chexpert", (1, float("nan")), "every weight must be a positive number"),
-    ("nih", (1,), "is for a mixed data.source"),
 ])
 def test_a_bad_mix_is_one_config_error_naming_the_field(source, weights, message):
     config = recipe.row("r18")
@@ -116,3 +116,40 @@ def test_a_mix_with_default_weights_passes_and_weighs_its_sources_equally():
     config.data.source = "synthetic+synthetic_padchest+chexpert"
     check_config(config)
     assert mixing.weights_of(config.data) == (1 / 3, 1 / 3, 1 / 3)
+
+
+def test_a_mixed_runs_config_reads_one_of_its_sources_from_its_data_dirs_entry(
+        tiny_data, tiny_chexpert):
+    """``evaluate --dataset chexpert`` of a mixed run: the run's config, pointed at one source,
+    passes the checks (its weights unread) and finds that source in ``data.data_dirs``."""
+    from cxrjax.evaluation import external
+
+    config = recipe.row("r18")
+    config.data = _cfg(tiny_data, tiny_chexpert)
+    one = external.dataset_config(config, "chexpert").data
+    assert one.data_dir == str(tiny_data / "tfds")  # no chexpert there: data_dirs says where
+    assert pipeline.ensure_prepared(one, "unused").data_dir == str(tiny_chexpert / "tfds")
+    assert _datasets(one).num_examples("test") > 0
+
+
+def test_two_hosts_read_halves_of_the_same_mixed_global_batches(tiny_data, tiny_chexpert,
+                                                                 mixed):
+    d = _cfg(tiny_data, tiny_chexpert)
+    prepared = pipeline.ensure_prepared(d, "unused")
+    hosts = [pipeline.create_datasets(d, prepared, global_batch_size=8, eval_batch_size=16,
+                                      seed=0, process_index=i, process_count=2).train_iter()
+             for i in range(2)]
+    whole = mixed.train_iter()
+    for _ in range(3):
+        halves = [next(h) for h in hosts]
+        batch = next(whole)
+        for key in batch:
+            np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), batch[key])
+    for it in (*hosts, whole):
+        it.close()
+
+
+def test_the_mixed_order_survives_pickling_for_grain_workers(mixed):
+    order = mixed.mix.order(mixed.seed)
+    copy = pickle.loads(pickle.dumps(order))
+    assert [copy(g) for g in range(50)] == [order(g) for g in range(50)]
