@@ -26,6 +26,8 @@ from typing import Any
 import grain
 import numpy as np
 
+# What a mixed train iterator adds to its checkpointed state (``Mix.identity``).
+STATE_KEYS = ("sources", "source_weights")
 # Sources that may be mixed: every source but chestmnist (which has no builder of ours).
 MIXABLE = ("nih", "synthetic", "chexpert", "mimic_cxr", "padchest", "synthetic_chexpert",
            "synthetic_mimic_cxr", "synthetic_padchest")
@@ -164,7 +166,7 @@ class Mix:
 
     def identity(self) -> dict[str, Any]:
         """What fixes the mixture, for the train iterator's state."""
-        return {"sources": "+".join(self.names), "source_weights": list(self.weights)}
+        return dict(zip(STATE_KEYS, ("+".join(self.names), list(self.weights)), strict=True))
 
     def order(self, seed: int) -> MixedOrder:
         return MixedOrder(self.rows, self.weights, seed)

@@ -245,20 +245,21 @@ class TrainIterator:
         self._step += 1
         return batch
 
-    def _identity(self) -> dict[str, int]:
+    def _identity(self) -> dict[str, Any]:
         """What fixes the global sequence (not the host count: a run may resume on more)."""
         d = self._ds
         mix = d.mix.identity() if d.mix is not None else {}
         return {"seed": d.seed, "global_batch_size": d.local_batch_size * d.process_count,
                 "steps_per_epoch": d.steps_per_epoch, **mix}
 
-    def get_state(self) -> dict[str, int]:
+    def get_state(self) -> dict[str, Any]:
         return {"step": self._step, **self._identity()}
 
     def set_state(self, state: dict) -> None:
         """Continues after ``state["step"]`` batches; a state of another run is an error."""
         ours = self._identity()
-        keys = [*ours, *(k for k in ("sources", "source_weights") if k in state and k not in ours)]
+        # A mix's keys count also where only the state has them (a mix resumed on one source).
+        keys = [*ours, *(k for k in mixing.STATE_KEYS if k in state and k not in ours)]
         other = {k: state.get(k) for k in keys}
         if other != {k: ours.get(k) for k in keys}:
             raise ValueError(f"train iterator state {other} is from a different input pipeline "
