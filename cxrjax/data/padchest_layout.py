@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import collections
 import csv
+import functools
 import glob
 import os
 from collections.abc import Sequence
@@ -139,11 +140,5 @@ def decode_image(path: str, resolution: int) -> tuple[np.ndarray, str]:
     return np.asarray(gray, dtype=np.uint8), mode
 
 
-def decode_task(args: tuple[int, str, int]) -> tuple[int, np.ndarray | None, str]:
-    """Pool worker: ``(i, path, res)`` -> ``(i, image or None, mode or error text)``."""
-    i, path, resolution = args
-    try:
-        image, mode = decode_image(path, resolution)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL: bad files
-        return i, None, f"cannot decode {path}: {type(e).__name__}: {e}"
-    return i, image, mode
+decode_task = functools.partial(nih_layout.decode_task, decode=decode_image)
+"""Pool worker: ``(i, path, res)`` -> ``(i, image or None, mode or error text)``."""
