@@ -18,6 +18,8 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -153,41 +155,56 @@ class ChestXray14(PreparedLocally, tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, rows: list[nih_layout.Row],
                            skipped: list[nih_layout.Problem]):
         """Decodes on all cores (in row order) and records what was converted or skipped."""
-        tasks = [(i, row.path, self.resolution) for i, row in enumerate(rows)]
-        converted: collections.Counter[str] = collections.Counter()
-        bad: list[nih_layout.Problem] = []
+        tally = DecodeTally()
         written: list[str] = []
-        results = _imap(tasks, self._workers)
-        for i, image, note in tqdm.tqdm(results, total=len(tasks), desc="decoding PNGs",
-                                        unit="img", smoothing=0.05):
-            row = rows[i]
-            if image is None:
-                bad.append(nih_layout.Problem(row.image_id, note))
-                continue
-            if note != "L":
-                converted[note] += 1
-            if bad and not self._skip_bad:
-                continue  # keep decoding only to list every problem; nothing is kept
+        # nih_layout.decode_task is looked up here, at run time, so that tests can replace it.
+        for i, row, image in decode_rows(rows, self.resolution, nih_layout.decode_task,
+                                         self._workers, self._skip_bad, tally, "decoding PNGs"):
             written.append(row.image_id)
             yield i, {"image": image, "labels": row.labels, "image_id": row.image_id,
                       "patient_id": row.patient_id, "follow_up": row.follow_up,
                       "age": row.age, "sex": row.sex, "view": row.view}
-        if bad and not self._skip_bad:
-            raise nih_layout.PrepareError(
-                f"{len(bad):,} image(s) could not be decoded; no dataset was written (pass "
-                "--skip_bad to write the rest)", bad)
         meta = self.info.metadata
         meta["image_ids"] = written
         meta["num_images"] = len(written)
         meta["resolution"] = self.resolution
-        meta["converted"] = dict(sorted(converted.items()))
-        meta["skipped"] = [dataclasses.asdict(p) for p in [*skipped, *bad]]
+        meta["converted"] = dict(sorted(tally.converted.items()))
+        meta["skipped"] = [dataclasses.asdict(p) for p in [*skipped, *tally.bad]]
 
 
-def _imap(tasks, workers: int):
-    """``decode_task`` over tasks, in order, on ``workers`` processes (0: this process)."""
-    # Looked up at call time so that tests can replace it.
-    return nih_layout.ordered_map(nih_layout.decode_task, tasks, workers)
+@dataclasses.dataclass
+class DecodeTally:
+    """What a decoding pass saw: source modes converted to gray, and the images that failed."""
+
+    converted: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    bad: list[nih_layout.Problem] = dataclasses.field(default_factory=list)
+
+
+def decode_rows(rows: Sequence, resolution: int, decode: Callable, workers: int,
+                skip_bad: bool, tally: DecodeTally, desc: str = "decoding",
+                ) -> Iterator[tuple[int, Any, np.ndarray]]:
+    """``(i, row, image)`` for each row to write, decoded by ``decode`` on ``workers`` processes.
+
+    Rows have ``path`` and ``image_id``. Once an image fails and ``skip_bad`` is off, the rest
+    are decoded only to list every problem, and a ``PrepareError`` ends the pass.
+    """
+    tasks = [(i, row.path, resolution) for i, row in enumerate(rows)]
+    results = nih_layout.ordered_map(decode, tasks, workers)
+    for i, image, note in tqdm.tqdm(results, total=len(tasks), desc=desc, unit="img",
+                                    smoothing=0.05):
+        row = rows[i]
+        if image is None:
+            tally.bad.append(nih_layout.Problem(row.image_id, note))
+            continue
+        if note != "L":
+            tally.converted[note] += 1
+        if tally.bad and not skip_bad:
+            continue  # keep decoding only to list every problem; nothing is kept
+        yield i, row, image
+    if tally.bad and not skip_bad:
+        raise nih_layout.PrepareError(
+            f"{len(tally.bad):,} image(s) could not be decoded; no dataset was written (pass "
+            "--skip_bad to write the rest)", tally.bad)
 
 
 def load(data_dir: str, resolution: int = DEFAULT_RESOLUTION) -> ChestXray14:

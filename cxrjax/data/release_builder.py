@@ -22,7 +22,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
-import tqdm
 
 from cxrjax.data import builder as nih_builder
 from cxrjax.data import chexpert_layout, label_space, mimic_layout, nih_layout, padchest_layout
@@ -138,39 +137,23 @@ class _ReleaseBuilder(nih_builder.PreparedLocally, tfds.core.GeneratorBasedBuild
 
     def _generate_examples(self, found: rr.Scan):
         """Decodes on all cores (in row order) and records what was written or left out."""
-        rows = found.rows
-        tasks = [(i, row.path, self.resolution) for i, row in enumerate(rows)]
-        converted: collections.Counter[str] = collections.Counter()
-        bad: list[nih_layout.Problem] = []
+        tally = nih_builder.DecodeTally()
         written: list[rr.ImageRow] = []
-        results = nih_layout.ordered_map(self.decode(), tasks, self._workers)
-        for i, image, note in tqdm.tqdm(results, total=len(tasks), desc="decoding",
-                                        unit="img", smoothing=0.05):
-            row = rows[i]
-            if image is None:
-                bad.append(nih_layout.Problem(row.image_id, note))
-                continue
-            if note != "L":
-                converted[note] += 1
-            if bad and not self._skip_bad:
-                continue  # keep decoding only to list every problem; nothing is kept
+        for i, row, image in nih_builder.decode_rows(found.rows, self.resolution, self.decode(),
+                                                     self._workers, self._skip_bad, tally):
             written.append(row)
             yield i, {"image": image, "label_states": row.states, "image_id": row.image_id,
                       "patient_id": row.patient_id, "study_id": row.study_id, "age": row.age,
                       "sex": row.sex, "view": row.view, "split": row.split}
-        if bad and not self._skip_bad:
-            raise nih_layout.PrepareError(
-                f"{len(bad):,} image(s) could not be decoded; no dataset was written (pass "
-                "--skip_bad to write the rest)", bad)
         excluded = [*found.excluded, *(rr.Exclusion(p.image, rr.BAD_FILE, p.reason)
-                                       for p in [*found.problems, *bad])]
+                                       for p in [*found.problems, *tally.bad])]
         meta = self.info.metadata
         meta.update(image_ids=[r.image_id for r in written], num_images=len(written),
                     patient_ids=[r.patient_id for r in written],
                     release_splits=[r.split for r in written], resolution=self.resolution,
                     classes=list(label_space.CLASSES), views=list(self.builder_config.views),
-                    converted=dict(sorted(converted.items())),
-                    skipped=[dataclasses.asdict(p) for p in [*found.problems, *bad]],
+                    converted=dict(sorted(tally.converted.items())),
+                    skipped=[dataclasses.asdict(p) for p in [*found.problems, *tally.bad]],
                     excluded=dict(sorted(collections.Counter(e.kind for e in excluded).items())),
                     excluded_list=[dataclasses.asdict(e) for e in excluded],
                     unmapped_terms=found.unmapped_terms)
