@@ -72,6 +72,18 @@ class PreparedLocally:
     its checksum lookup, neither of which applies.
     """
 
+    def __init__(self, *, workers: int | None = None, skip_bad: bool = False, **kwargs):
+        """``workers``: decoding processes (default: every core this process may use);
+        ``skip_bad``: write the rest of the images when some cannot be decoded."""
+        kwargs.setdefault("file_format", "array_record")
+        super().__init__(**kwargs)
+        self._workers = len(os.sched_getaffinity(0)) if workers is None else workers
+        self._skip_bad = skip_bad
+
+    @property
+    def resolution(self) -> int:
+        return self.builder_config.resolution
+
     def is_prepared(self) -> bool:
         """TFDS's check, without its warning about a dataset folder that does not exist yet."""
         return (self.data_path / "dataset_info.json").exists() and super().is_prepared()
@@ -113,17 +125,10 @@ class ChestXray14(PreparedLocally, tfds.core.GeneratorBasedBuilder):
             return config_for(int(match.group(1)))
         return super().get_builder_config(name, version)
 
-    def __init__(self, *, workers: int | None = None, skip_bad: bool = False, **kwargs):
-        kwargs.setdefault("file_format", "array_record")
+    def __init__(self, **kwargs):
         if isinstance(kwargs.get("config"), ChestXray14Config):  # e.g. unpickled in a worker
             kwargs["config"] = config_for(kwargs["config"].resolution)
         super().__init__(**kwargs)
-        self._workers = len(os.sched_getaffinity(0)) if workers is None else workers
-        self._skip_bad = skip_bad
-
-    @property
-    def resolution(self) -> int:
-        return self.builder_config.resolution
 
     def _info(self) -> tfds.core.DatasetInfo:
         r = self.builder_config.resolution
@@ -228,10 +233,22 @@ def build(manual_dir: str, data_dir: str, resolution: int = DEFAULT_RESOLUTION,
     manual_dir = os.fspath(manual_dir)
     b = ChestXray14(data_dir=data_dir, config=config_for(resolution), workers=workers,
                     skip_bad=skip_bad)
+    prepare_once(b, manual_dir, data_dir, lambda: nih_layout.usable_rows(manual_dir, skip_bad))
+    return b
+
+
+def prepare_once(b: tfds.core.GeneratorBasedBuilder, manual_dir: str, data_dir: str,
+                 check: Callable[[], Any]) -> None:
+    """Prepares ``b`` unless a complete build exists, then writes its skip manifest if any.
+
+    ``check`` reads the download first, so that bad input fails before TFDS makes folders. A
+    ``PrepareError`` with problems writes all of them to ``data_dir/PROBLEMS_NAME`` and names
+    that file; a list left by an earlier try is removed once a build succeeds.
+    """
     if not b.is_prepared():
         problems_path = os.path.join(os.fspath(data_dir), PROBLEMS_NAME)
         try:
-            nih_layout.usable_rows(manual_dir, skip_bad)  # fail fast, before TFDS makes folders
+            check()
             tfds.disable_progress_bar()  # TFDS's bars count its own steps; ours counts images
             # Nothing is downloaded: TFDS's empty downloads/extracted goes to a temporary folder.
             with tempfile.TemporaryDirectory(prefix="cxrjax-tfds-") as no_downloads:
@@ -248,7 +265,6 @@ def build(manual_dir: str, data_dir: str, resolution: int = DEFAULT_RESOLUTION,
     if skipped:
         write_manifest(os.path.join(os.fspath(b.data_dir), MANIFEST_NAME),
                        [nih_layout.Problem(**p) for p in skipped])
-    return b
 
 
 def write_manifest(path: str, skipped: list[nih_layout.Problem]) -> None:

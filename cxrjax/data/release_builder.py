@@ -17,7 +17,6 @@ import collections
 import dataclasses
 import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -86,18 +85,11 @@ class _ReleaseBuilder(nih_builder.PreparedLocally, tfds.core.GeneratorBasedBuild
                 return config
         return super().get_builder_config(name, version)
 
-    def __init__(self, *, workers: int | None = None, skip_bad: bool = False, **kwargs):
-        kwargs.setdefault("file_format", "array_record")
+    def __init__(self, **kwargs):
         config = kwargs.get("config")
         if isinstance(config, ReleaseConfig):  # e.g. unpickled in a worker
             kwargs["config"] = config_for(config.resolution, config.views, config.labeler)
         super().__init__(**kwargs)
-        self._workers = len(os.sched_getaffinity(0)) if workers is None else workers
-        self._skip_bad = skip_bad
-
-    @property
-    def resolution(self) -> int:
-        return self.builder_config.resolution
 
     def scan(self, manual_dir: str) -> rr.Scan:
         """The download read by this release's layout module (UNCERTAIN kept)."""
@@ -227,25 +219,9 @@ def build(release: str, manual_dir: str, data_dir: str,
     of excluded images. Bad input raises ``PrepareError`` (all problems in PROBLEMS_NAME)."""
     manual_dir = os.fspath(manual_dir)
     b = _make(release, data_dir, resolution, views, labeler, workers=workers, skip_bad=skip_bad)
-    if not b.is_prepared():
-        problems_path = os.path.join(os.fspath(data_dir), nih_builder.PROBLEMS_NAME)
-        try:
-            rr.fail_on_problems(b.scan(manual_dir), manual_dir, skip_bad)  # before any folder
-            tfds.disable_progress_bar()
-            with tempfile.TemporaryDirectory(prefix="cxrjax-tfds-") as no_downloads:
-                b.download_and_prepare(download_dir=no_downloads, download_config=(
-                    tfds.download.DownloadConfig(manual_dir=manual_dir)))
-        except nih_layout.PrepareError as e:
-            if not e.problems:
-                raise
-            fileio.makedirs(data_dir)
-            nih_layout.write_problems(problems_path, e.problems)
-            raise e.listed(problems_path) from None
-        fileio.remove(problems_path, missing_ok=True)
+    nih_builder.prepare_once(b, manual_dir, data_dir, lambda: rr.fail_on_problems(
+        b.scan(manual_dir), manual_dir, skip_bad))
     meta = b.info.metadata
-    if meta.get("skipped"):
-        nih_builder.write_manifest(os.path.join(os.fspath(b.data_dir), nih_builder.MANIFEST_NAME),
-                                   [nih_layout.Problem(**p) for p in meta["skipped"]])
     if meta.get("excluded_list"):
         fileio.write_text(os.path.join(os.fspath(b.data_dir), EXCLUDED_NAME),
                           "image\tkind\treason\n" + "".join(
