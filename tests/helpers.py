@@ -19,7 +19,7 @@ TINY = {"resnet18": "resnet_tiny", "densenet121": "densenet_tiny", "vgg16": "vgg
 
 _SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
 if _SCRIPTS not in sys.path:
-    sys.path.insert(0, _SCRIPTS)
+    sys.path.append(_SCRIPTS)  # last: a script never shadows a package
 # The fuzz script's tiny run and the tests' models get their variables from one maker.
 from fuzz_runs import random_variables  # noqa: E402, F401
 
