@@ -175,7 +175,9 @@ def override_problem(config, field: str) -> str | None:
 
 
 def _field_names(node, prefix: str = "") -> list[str]:
-    """Every field's dotted name (``train.stages[0].epochs``), branches included."""
+    """Every field's dotted name (``train.stages[0].epochs``), branches included. Not
+    flax.traverse_util's ``flatten_dict``: it takes no ConfigDict, keeps every list whole (the
+    stages are a list of ConfigDicts) and names no branch."""
     out = [prefix] if prefix else []
     if hasattr(node, "keys"):
         for key in node.keys():

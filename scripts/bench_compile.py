@@ -36,6 +36,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
+from typing import Any  # noqa: E402
 
 SCRIPTS = os.path.dirname(os.path.abspath(__file__))
 if SCRIPTS not in sys.path:
@@ -111,13 +112,10 @@ def measure(config, batch: int, size: int, eval_batch: int, predict_batch: int,
             min_compile_s: float, functions: Sequence[str] = FUNCTIONS) -> list[dict]:
     """This process's figures for one config (see the module docstring); ``init`` and
     ``train_step`` always run (the others start from their variables)."""
-    import jax
     import numpy as np
 
-    from cxrjax import models, train_step
-    from cxrjax.evaluation import heatmaps, inference
+    from cxrjax.evaluation import inference
     from cxrjax.io import compilation_cache
-    from cxrjax.runfolder import loading as runs
 
     cache_dir = compilation_cache.enable(compilation_cache.DEFAULT_DIR,
                                          min_compile_time_s=min_compile_s)
@@ -131,7 +129,30 @@ def measure(config, batch: int, size: int, eval_batch: int, predict_batch: int,
     def images(n: int) -> np.ndarray:
         return rng.integers(0, 256, (n, size, size, 1), dtype=np.uint8)
 
-    figures = []
+    model, variables, figures = _init_and_train_step(config, mesh, images, rng, events)
+    first_step_at = time.perf_counter()
+    figures += _inference_figures(model, variables, tuple(config.model.fusion), mesh, images,
+                                  (eval_batch, predict_batch), functions, events)
+    figures.append({"function": "time_to_first_step",
+                    "seconds": round(first_step_at - _PROCESS_START, 2),
+                    "cache_entries": len(compilation_cache.entries(cache_dir))
+                    if cache_dir else 0})
+    events.close()
+    return figures
+
+
+def _init_and_train_step(config, mesh, images, rng, events: CompileEvents
+                         ) -> tuple[Any, dict, list[dict]]:
+    """(model, variables, the ``init`` and ``train_step`` figures): the variables made and
+    the loop's step compiled and run once on a random batch."""
+    import jax
+    import numpy as np
+
+    from cxrjax import models, train_step
+    from cxrjax.evaluation import inference
+    from cxrjax.runfolder import loading as runs
+
+    figures, batch = [], config.train.batch_size
     before = collections.Counter(events.counts)
     t0 = time.perf_counter()
     model, variables = runs.init_model(config, models.compute_dtype(config.dtype))
@@ -141,7 +162,7 @@ def measure(config, batch: int, size: int, eval_batch: int, predict_batch: int,
 
     t0 = time.perf_counter()
     state, step = train_step.create_stage(config, 0, model, variables, steps_per_epoch=1000,
-                                     mesh=mesh)
+                                          mesh=mesh)
     setup_s = time.perf_counter() - t0
     data = inference.batch_sharded(mesh)
     device_batch = {"image": jax.device_put(images(batch), data),
@@ -149,9 +170,20 @@ def measure(config, batch: int, size: int, eval_batch: int, predict_batch: int,
                                              data)}
     _, figure = _ahead_of_time("train_step", step, (state, device_batch), events)
     figures.append({**figure, "setup_s": round(setup_s, 3)})
-    first_step_at = time.perf_counter()
+    return model, variables, figures
 
-    fusion = tuple(config.model.fusion)
+
+def _inference_figures(model, variables: dict, fusion: tuple[str, ...], mesh, images,
+                       batches: tuple[int, int], functions: Sequence[str],
+                       events: CompileEvents) -> list[dict]:
+    """The figures of the scoring and heatmap functions in ``functions``, at the eval and
+    predict ``batches``."""
+    import numpy as np
+
+    from cxrjax.evaluation import heatmaps, inference
+
+    eval_batch, predict_batch = batches
+    figures = []
     if "eval_predict" in functions:
         figures.append(_ahead_of_time("eval_predict", inference.make_predict_fn(
             model, fusion, mesh), (variables, images(eval_batch)), events)[1])
@@ -166,11 +198,6 @@ def measure(config, batch: int, size: int, eval_batch: int, predict_batch: int,
         gradcam = heatmaps.make_heatmap_fn(model, fusion, mesh, ("gradcam",))  # predict's
         figures.append(_ahead_of_time("predict_gradcam", gradcam,
                                       (variables, pred_images, tops), events)[1])
-    figures.append({"function": "time_to_first_step",
-                    "seconds": round(first_step_at - _PROCESS_START, 2),
-                    "cache_entries": len(compilation_cache.entries(cache_dir))
-                    if cache_dir else 0})
-    events.close()
     return figures
 
 

@@ -62,7 +62,7 @@ def _write_images(folder: str, count: int, resolution: int) -> list[str]:
     import numpy as np
     from PIL import Image
 
-    from cxrjax.export import reference_picture
+    from cxrjax.export_reference import reference_picture
 
     side = resolution * 3 // 2
     paths = []

@@ -133,18 +133,11 @@ def _options(extra: Sequence[str]) -> argparse.Namespace:
     return p.parse_args(extra)
 
 
-def run_paper_run(args) -> list[dict]:
-    """One paper run (see the module docstring); returns its figure."""
-    import jax
+def _paper_config(opts: argparse.Namespace, args) -> tuple[Any, int]:
+    """The run's config and its number of images: ``opts.config`` on a synthetic set of the
+    paper's size times ``opts.scale``, with the bench's overrides."""
     from bench_common import load_config
-    from bench_compile import CompileEvents
 
-    from cxrjax import train
-    from cxrjax.data import pipeline
-    from cxrjax.evaluation import evaluator
-    from cxrjax.io import compilation_cache, metric_writers
-
-    opts = _options(args.extra)
     config = load_config(opts.config, args.set)
     n = max(int(round(PAPER_IMAGES * opts.scale)), 1)
     with config.unlocked():
@@ -165,6 +158,21 @@ def run_paper_run(args) -> list[dict]:
         if opts.epochs:
             for stage in config.train.stages:
                 stage.epochs = opts.epochs
+    return config, n
+
+
+def run_paper_run(args) -> list[dict]:
+    """One paper run (see the module docstring); returns its figure."""
+    import jax
+    from bench_compile import CompileEvents
+
+    from cxrjax import train
+    from cxrjax.data import pipeline
+    from cxrjax.evaluation import evaluator
+    from cxrjax.io import compilation_cache, metric_writers
+
+    opts = _options(args.extra)
+    config, n = _paper_config(opts, args)
     cache = compilation_cache.enable(config.get("compile_cache_dir",
                                                 compilation_cache.DEFAULT_DIR))
     workdir = opts.workdir or tempfile.mkdtemp(prefix="cxrjax_paper_run_")

@@ -218,12 +218,30 @@ def tiny_run(workdir: str) -> str:
     return workdir
 
 
-def _make_run(workdir: str) -> None:
-    import importlib
-
+def random_variables(model: Any, crop: int, seed: int = 0) -> dict:
+    """Variables without compiling the model's init (slow on 2 cores): fan-in-scaled normal
+    weights, BatchNorm statistics mean 0 and variance 1 (the tests' helpers serve it too)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
+
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                               jnp.zeros((1, crop, crop, 1), jnp.uint8)))
+    rng = np.random.default_rng(seed)
+
+    def value(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if "batch_stats" in name:
+            return jnp.full(leaf.shape, 1.0 if "var" in name else 0.0, leaf.dtype)
+        fan_in = max(int(np.prod(leaf.shape[:-1])), 1)
+        return jnp.asarray(rng.normal(0, 1 / np.sqrt(fan_in), leaf.shape), leaf.dtype)
+
+    out = jax.tree_util.tree_map_with_path(value, dict(shapes))
+    return {"params": out["params"], "batch_stats": out.get("batch_stats", {})}
+
+
+def _make_run(workdir: str) -> None:
+    import importlib
 
     from cxrjax import models, train_step
     from cxrjax.evaluation import inference
@@ -240,19 +258,7 @@ def _make_run(workdir: str) -> None:
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(c.to_json_best_effort(indent=2))
     model = models.build_model(c.model)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
-                                               jnp.zeros((1, 64, 64, 1), jnp.uint8)))
-    rng = np.random.default_rng(0)
-
-    def value(path, leaf):  # fan-in-scaled normal weights; BatchNorm mean 0, variance 1
-        name = jax.tree_util.keystr(path)
-        if "batch_stats" in name:
-            return jnp.full(leaf.shape, 1.0 if "var" in name else 0.0, leaf.dtype)
-        fan_in = max(int(np.prod(leaf.shape[:-1])), 1)
-        return jnp.asarray(rng.normal(0, 1 / np.sqrt(fan_in), leaf.shape), leaf.dtype)
-
-    out = jax.tree_util.tree_map_with_path(value, dict(shapes))
-    variables = {"params": out["params"], "batch_stats": out.get("batch_stats", {})}
+    variables = random_variables(model, 64)
     manager = checkpoint.open_manager(runs.stage_dir(workdir, 0, c.train.stages[0]), 3)
     state, _ = train_step.create_stage(c, 0, model, variables, 10, inference.create_mesh())
     checkpoint.save(manager, 10, state, {"step": 10}, {"stage": "global"}, None)

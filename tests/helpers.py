@@ -5,11 +5,10 @@ import contextlib
 import importlib
 import os
 import re
+import sys
 from collections.abc import Iterator
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 # Every config under configs/ that is a row of the paper's Tables 1-2 (not base or demo).
 PAPER_CONFIGS = ["r18", "r18_bl", "r18_r18_bl", "r18_msml", "r18_msml_local",
@@ -17,6 +16,12 @@ PAPER_CONFIGS = ["r18", "r18_bl", "r18_r18_bl", "r18_msml", "r18_msml_local",
                  "r18_vgg_msml", "d121_vgg_msml"]
 
 TINY = {"resnet18": "resnet_tiny", "densenet121": "densenet_tiny", "vgg16": "vgg_tiny"}
+
+_SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
+if _SCRIPTS not in sys.path:
+    sys.path.append(_SCRIPTS)  # last: a script never shadows a package
+# The fuzz script's tiny run and the tests' models get their variables from one maker.
+from fuzz_runs import random_variables  # noqa: E402, F401
 
 _BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 
@@ -72,24 +77,6 @@ def run_config(name: str, data_root, epochs: int = 1):
     for stage in c.train.stages:
         stage.epochs = epochs
     return c
-
-
-def random_variables(model, crop: int, seed: int = 0) -> dict:
-    """Variables without compiling the model's init (slow on 2 cores): fan-in-scaled normal
-    weights, BatchNorm statistics mean 0 and variance 1."""
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
-                                               jnp.zeros((1, crop, crop, 1), jnp.uint8)))
-    rng = np.random.default_rng(seed)
-
-    def value(path, leaf):
-        name = jax.tree_util.keystr(path)
-        if "batch_stats" in name:
-            return jnp.full(leaf.shape, 1.0 if "var" in name else 0.0, leaf.dtype)
-        fan_in = max(int(np.prod(leaf.shape[:-1])), 1)
-        return jnp.asarray(rng.normal(0, 1 / np.sqrt(fan_in), leaf.shape), leaf.dtype)
-
-    out = jax.tree_util.tree_map_with_path(value, dict(shapes))
-    return {"params": out["params"], "batch_stats": out.get("batch_stats", {})}
 
 
 def truncate_files(directory: str) -> None:

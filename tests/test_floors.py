@@ -9,7 +9,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "cxrjax"
 # Top to bottom, as the README's floor table has them; a module is on the floor of its longest
 # matching prefix.
 FLOORS: tuple[tuple[str, ...], ...] = (
-    ("cxrjax.main", "cxrjax.evaluate", "cxrjax.predict", "cxrjax.localize", "cxrjax.export"),
+    ("cxrjax.main", "cxrjax.evaluate", "cxrjax.predict", "cxrjax.localize", "cxrjax.export",
+     "cxrjax.export_reference"),
     ("cxrjax.train", "cxrjax.train_step"),
     ("cxrjax.evaluation",),
     ("cxrjax.runfolder",),

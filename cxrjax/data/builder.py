@@ -18,6 +18,8 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -70,6 +72,18 @@ class PreparedLocally:
     its checksum lookup, neither of which applies.
     """
 
+    def __init__(self, *, workers: int | None = None, skip_bad: bool = False, **kwargs):
+        """``workers``: decoding processes (default: every core this process may use);
+        ``skip_bad``: write the rest of the images when some cannot be decoded."""
+        kwargs.setdefault("file_format", "array_record")
+        super().__init__(**kwargs)
+        self._workers = len(os.sched_getaffinity(0)) if workers is None else workers
+        self._skip_bad = skip_bad
+
+    @property
+    def resolution(self) -> int:
+        return self.builder_config.resolution
+
     def is_prepared(self) -> bool:
         """TFDS's check, without its warning about a dataset folder that does not exist yet."""
         return (self.data_path / "dataset_info.json").exists() and super().is_prepared()
@@ -111,17 +125,10 @@ class ChestXray14(PreparedLocally, tfds.core.GeneratorBasedBuilder):
             return config_for(int(match.group(1)))
         return super().get_builder_config(name, version)
 
-    def __init__(self, *, workers: int | None = None, skip_bad: bool = False, **kwargs):
-        kwargs.setdefault("file_format", "array_record")
+    def __init__(self, **kwargs):
         if isinstance(kwargs.get("config"), ChestXray14Config):  # e.g. unpickled in a worker
             kwargs["config"] = config_for(kwargs["config"].resolution)
         super().__init__(**kwargs)
-        self._workers = len(os.sched_getaffinity(0)) if workers is None else workers
-        self._skip_bad = skip_bad
-
-    @property
-    def resolution(self) -> int:
-        return self.builder_config.resolution
 
     def _info(self) -> tfds.core.DatasetInfo:
         r = self.builder_config.resolution
@@ -153,41 +160,56 @@ class ChestXray14(PreparedLocally, tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, rows: list[nih_layout.Row],
                            skipped: list[nih_layout.Problem]):
         """Decodes on all cores (in row order) and records what was converted or skipped."""
-        tasks = [(i, row.path, self.resolution) for i, row in enumerate(rows)]
-        converted: collections.Counter[str] = collections.Counter()
-        bad: list[nih_layout.Problem] = []
+        tally = DecodeTally()
         written: list[str] = []
-        results = _imap(tasks, self._workers)
-        for i, image, note in tqdm.tqdm(results, total=len(tasks), desc="decoding PNGs",
-                                        unit="img", smoothing=0.05):
-            row = rows[i]
-            if image is None:
-                bad.append(nih_layout.Problem(row.image_id, note))
-                continue
-            if note != "L":
-                converted[note] += 1
-            if bad and not self._skip_bad:
-                continue  # keep decoding only to list every problem; nothing is kept
+        # nih_layout.decode_task is looked up here, at run time, so that tests can replace it.
+        for i, row, image in decode_rows(rows, self.resolution, nih_layout.decode_task,
+                                         self._workers, self._skip_bad, tally, "decoding PNGs"):
             written.append(row.image_id)
             yield i, {"image": image, "labels": row.labels, "image_id": row.image_id,
                       "patient_id": row.patient_id, "follow_up": row.follow_up,
                       "age": row.age, "sex": row.sex, "view": row.view}
-        if bad and not self._skip_bad:
-            raise nih_layout.PrepareError(
-                f"{len(bad):,} image(s) could not be decoded; no dataset was written (pass "
-                "--skip_bad to write the rest)", bad)
         meta = self.info.metadata
         meta["image_ids"] = written
         meta["num_images"] = len(written)
         meta["resolution"] = self.resolution
-        meta["converted"] = dict(sorted(converted.items()))
-        meta["skipped"] = [dataclasses.asdict(p) for p in [*skipped, *bad]]
+        meta["converted"] = dict(sorted(tally.converted.items()))
+        meta["skipped"] = [dataclasses.asdict(p) for p in [*skipped, *tally.bad]]
 
 
-def _imap(tasks, workers: int):
-    """``decode_task`` over tasks, in order, on ``workers`` processes (0: this process)."""
-    # Looked up at call time so that tests can replace it.
-    return nih_layout.ordered_map(nih_layout.decode_task, tasks, workers)
+@dataclasses.dataclass
+class DecodeTally:
+    """What a decoding pass saw: source modes converted to gray, and the images that failed."""
+
+    converted: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    bad: list[nih_layout.Problem] = dataclasses.field(default_factory=list)
+
+
+def decode_rows(rows: Sequence, resolution: int, decode: Callable, workers: int,
+                skip_bad: bool, tally: DecodeTally, desc: str = "decoding",
+                ) -> Iterator[tuple[int, Any, np.ndarray]]:
+    """``(i, row, image)`` for each row to write, decoded by ``decode`` on ``workers`` processes.
+
+    Rows have ``path`` and ``image_id``. Once an image fails and ``skip_bad`` is off, the rest
+    are decoded only to list every problem, and a ``PrepareError`` ends the pass.
+    """
+    tasks = [(i, row.path, resolution) for i, row in enumerate(rows)]
+    results = nih_layout.ordered_map(decode, tasks, workers)
+    for i, image, note in tqdm.tqdm(results, total=len(tasks), desc=desc, unit="img",
+                                    smoothing=0.05):
+        row = rows[i]
+        if image is None:
+            tally.bad.append(nih_layout.Problem(row.image_id, note))
+            continue
+        if note != "L":
+            tally.converted[note] += 1
+        if tally.bad and not skip_bad:
+            continue  # keep decoding only to list every problem; nothing is kept
+        yield i, row, image
+    if tally.bad and not skip_bad:
+        raise nih_layout.PrepareError(
+            f"{len(tally.bad):,} image(s) could not be decoded; no dataset was written (pass "
+            "--skip_bad to write the rest)", tally.bad)
 
 
 def load(data_dir: str, resolution: int = DEFAULT_RESOLUTION) -> ChestXray14:
@@ -211,10 +233,22 @@ def build(manual_dir: str, data_dir: str, resolution: int = DEFAULT_RESOLUTION,
     manual_dir = os.fspath(manual_dir)
     b = ChestXray14(data_dir=data_dir, config=config_for(resolution), workers=workers,
                     skip_bad=skip_bad)
+    prepare_once(b, manual_dir, data_dir, lambda: nih_layout.usable_rows(manual_dir, skip_bad))
+    return b
+
+
+def prepare_once(b: tfds.core.GeneratorBasedBuilder, manual_dir: str, data_dir: str,
+                 check: Callable[[], Any]) -> None:
+    """Prepares ``b`` unless a complete build exists, then writes its skip manifest if any.
+
+    ``check`` reads the download first, so that bad input fails before TFDS makes folders. A
+    ``PrepareError`` with problems writes all of them to ``data_dir/PROBLEMS_NAME`` and names
+    that file; a list left by an earlier try is removed once a build succeeds.
+    """
     if not b.is_prepared():
         problems_path = os.path.join(os.fspath(data_dir), PROBLEMS_NAME)
         try:
-            nih_layout.usable_rows(manual_dir, skip_bad)  # fail fast, before TFDS makes folders
+            check()
             tfds.disable_progress_bar()  # TFDS's bars count its own steps; ours counts images
             # Nothing is downloaded: TFDS's empty downloads/extracted goes to a temporary folder.
             with tempfile.TemporaryDirectory(prefix="cxrjax-tfds-") as no_downloads:
@@ -231,7 +265,6 @@ def build(manual_dir: str, data_dir: str, resolution: int = DEFAULT_RESOLUTION,
     if skipped:
         write_manifest(os.path.join(os.fspath(b.data_dir), MANIFEST_NAME),
                        [nih_layout.Problem(**p) for p in skipped])
-    return b
 
 
 def write_manifest(path: str, skipped: list[nih_layout.Problem]) -> None:

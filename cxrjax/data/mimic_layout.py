@@ -10,16 +10,14 @@ and age ``anchor_age + (study year - anchor_year)`` (MIMIC shifts both dates ali
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Sequence
 
 import numpy as np
 
 from cxrjax.data import label_space
-from cxrjax.data import labels as labels_lib
 from cxrjax.data import release_rows as rr
-from cxrjax.data.nih_layout import PrepareError, Problem
+from cxrjax.data.nih_layout import Problem
 
 LABELERS = ("chexpert", "negbio")
 PREFIX = "mimic-cxr-2.0.0-"
@@ -30,25 +28,11 @@ PATIENT_COLUMNS = ("subject_id", "gender", "anchor_age", "anchor_year")
 _LATERAL = {"LATERAL", "LL", "RL"}
 
 
-def _rows(path: str, columns: Sequence[str]):
-    """(line number, {column: cell}) of a CSV with ``columns``, plain or .gz."""
-    source = os.path.basename(path)
-    with labels_lib.open_text(path) as f:
-        reader = csv.reader(f)
-        col = rr.require_columns(next(reader, []), columns, source)
-        for line_no, fields in enumerate(reader, start=2):
-            if not fields:
-                continue
-            if len(fields) <= max(col.values()):
-                raise PrepareError(f"{source} line {line_no}: too few fields ({len(fields)})")
-            yield line_no, {c: fields[col[c]].strip() for c in columns}
-
-
 def read_labels(path: str) -> tuple[dict[str, np.ndarray], list[Problem]]:
     """study_id -> states (UNCERTAIN kept) from one labeler's table, and its bad rows."""
     states, problems = {}, []
     columns = ("subject_id", "study_id", *label_space.CHEXPERT_COLUMNS)
-    for line_no, cells in _rows(path, columns):
+    for line_no, cells in rr.table_cells(path, columns):
         try:
             states[cells["study_id"]] = label_space.chexpert_states(cells)
         except ValueError as e:
@@ -64,7 +48,8 @@ def read_patients(manual_dir: str) -> dict[str, tuple[str, int, int]]:
     except FileNotFoundError:
         return {}
     return {c["subject_id"]: (rr.canonical_sex(c["gender"]), int(c["anchor_age"]),
-                              int(c["anchor_year"])) for _, c in _rows(path, PATIENT_COLUMNS)}
+                              int(c["anchor_year"]))
+            for _, c in rr.table_cells(path, PATIENT_COLUMNS)}
 
 
 def image_path(manual_dir: str, subject_id: str, study_id: str, dicom_id: str) -> str:
@@ -89,13 +74,13 @@ def scan(manual_dir: str, views: Sequence[str] = rr.DEFAULT_VIEWS, labeler: str 
         raise FileNotFoundError(f"manual_dir not found: {manual_dir}")
     states, problems = read_labels(rr.find_file(manual_dir, [f"{PREFIX}{labeler}.csv"],
                                                 f"{labeler} label table"))
-    splits = {c["dicom_id"]: c["split"] for _, c in _rows(
+    splits = {c["dicom_id"]: c["split"] for _, c in rr.table_cells(
         rr.find_file(manual_dir, [f"{PREFIX}split.csv"], "split table"), SPLIT_COLUMNS)}
     patients = read_patients(manual_dir)
     rows, excluded = [], []
     first_line: dict[str, int] = {}
     meta = rr.find_file(manual_dir, [f"{PREFIX}metadata.csv"], "metadata table")
-    for line_no, c in _rows(meta, META_COLUMNS):
+    for line_no, c in rr.table_cells(meta, META_COLUMNS):
         dicom, subject, study = c["dicom_id"], c["subject_id"], c["study_id"]
         if dicom in first_line:
             problems.append(Problem(dicom, f"{os.path.basename(meta)} line {line_no}: "

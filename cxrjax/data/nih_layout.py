@@ -108,11 +108,17 @@ def decode_image(path: str, resolution: int) -> tuple[np.ndarray, str]:
         return np.asarray(img, dtype=np.uint8), mode
 
 
-def decode_task(args: tuple[int, str, int]) -> tuple[int, np.ndarray | None, str]:
-    """Pool worker: ``(i, path, res)`` -> ``(i, image or None, mode or error text)``."""
+def decode_task(args: tuple[int, str, int],
+                decode: Callable[[str, int], tuple[np.ndarray, str]] = decode_image,
+                ) -> tuple[int, np.ndarray | None, str]:
+    """Pool worker: ``(i, path, res)`` -> ``(i, image or None, mode or error text)``.
+
+    ``decode`` is a release's ``decode_image``; bind it with ``functools.partial`` so that
+    spawned workers can still pickle the task function.
+    """
     i, path, resolution = args
     try:
-        image, mode = decode_image(path, resolution)
+        image, mode = decode(path, resolution)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL: bad files
         return i, None, f"cannot decode {path}: {type(e).__name__}: {e}"
     return i, image, mode

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ast
 import collections
-import csv
+import functools
 import glob
 import os
 from collections.abc import Sequence
@@ -21,7 +21,6 @@ import numpy as np
 from PIL import Image
 
 from cxrjax.data import label_space, nih_layout
-from cxrjax.data import labels as labels_lib
 from cxrjax.data import release_rows as rr
 from cxrjax.data.nih_layout import PrepareError, Problem
 
@@ -79,39 +78,30 @@ def scan(manual_dir: str, views: Sequence[str] = rr.DEFAULT_VIEWS,
     rows, excluded, problems = [], [], []
     unmapped: collections.Counter[str] = collections.Counter()
     seen: dict[str, int] = {}
-    with labels_lib.open_text(path) as f:
-        reader = csv.reader(f)
-        col = rr.require_columns(next(reader, []), COLUMNS, source)
-        for line_no, fields in enumerate(reader, start=2):
-            if not fields:
-                continue
-            where = f"{source} line {line_no}"
-            if len(fields) <= max(col.values()):
-                problems.append(Problem(fields[0] or "?", f"{where}: too few fields"))
-                continue
-            cell = {c: fields[col[c]].strip() for c in COLUMNS}
-            image = cell["ImageID"]
-            if image in seen:
-                problems.append(Problem(image, f"{where}: duplicate of line {seen[image]}"))
-                continue
-            seen[image] = line_no
-            try:
-                terms = parse_labels(cell["Labels"])
-                age = age_at_study(cell["StudyDate_DICOM"], cell["PatientBirth"])
-            except ValueError as e:
-                problems.append(Problem(image, f"{where}: {e}"))
-                continue
-            if terms is None:
-                excluded.append(rr.Exclusion(image, rr.MISSING_LABEL, f"{where}: no labels"))
-                continue
-            states, unknown = label_space.padchest_states(terms)
-            unmapped.update(unknown)
-            projection = cell["Projection"].upper()
-            rows.append(rr.ImageRow(
-                image_id=image, path=os.path.join(manual_dir, cell["ImageDir"], image),
-                patient_id=cell["PatientID"], study_id=cell["StudyID"], states=states,
-                sex=rr.canonical_sex(cell["PatientSex_DICOM"]), age=age,
-                view=_VIEWS.get(projection, cell["Projection"])))
+    for line_no, cell in rr.table_cells(path, COLUMNS, problems):
+        where = f"{source} line {line_no}"
+        image = cell["ImageID"]
+        if image in seen:
+            problems.append(Problem(image, f"{where}: duplicate of line {seen[image]}"))
+            continue
+        seen[image] = line_no
+        try:
+            terms = parse_labels(cell["Labels"])
+            age = age_at_study(cell["StudyDate_DICOM"], cell["PatientBirth"])
+        except ValueError as e:
+            problems.append(Problem(image, f"{where}: {e}"))
+            continue
+        if terms is None:
+            excluded.append(rr.Exclusion(image, rr.MISSING_LABEL, f"{where}: no labels"))
+            continue
+        states, unknown = label_space.padchest_states(terms)
+        unmapped.update(unknown)
+        projection = cell["Projection"].upper()
+        rows.append(rr.ImageRow(
+            image_id=image, path=os.path.join(manual_dir, cell["ImageDir"], image),
+            patient_id=cell["PatientID"], study_id=cell["StudyID"], states=states,
+            sex=rr.canonical_sex(cell["PatientSex_DICOM"]), age=age,
+            view=_VIEWS.get(projection, cell["Projection"])))
     rows = rr.select(rows, excluded, views, uncertain)
     if check_files:
         rows = rr.check_files(rows, problems)
@@ -139,11 +129,5 @@ def decode_image(path: str, resolution: int) -> tuple[np.ndarray, str]:
     return np.asarray(gray, dtype=np.uint8), mode
 
 
-def decode_task(args: tuple[int, str, int]) -> tuple[int, np.ndarray | None, str]:
-    """Pool worker: ``(i, path, res)`` -> ``(i, image or None, mode or error text)``."""
-    i, path, resolution = args
-    try:
-        image, mode = decode_image(path, resolution)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL: bad files
-        return i, None, f"cannot decode {path}: {type(e).__name__}: {e}"
-    return i, image, mode
+decode_task = functools.partial(nih_layout.decode_task, decode=decode_image)
+"""Pool worker: ``(i, path, res)`` -> ``(i, image or None, mode or error text)``."""

@@ -17,12 +17,10 @@ import collections
 import dataclasses
 import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
-import tqdm
 
 from cxrjax.data import builder as nih_builder
 from cxrjax.data import chexpert_layout, label_space, mimic_layout, nih_layout, padchest_layout
@@ -87,18 +85,11 @@ class _ReleaseBuilder(nih_builder.PreparedLocally, tfds.core.GeneratorBasedBuild
                 return config
         return super().get_builder_config(name, version)
 
-    def __init__(self, *, workers: int | None = None, skip_bad: bool = False, **kwargs):
-        kwargs.setdefault("file_format", "array_record")
+    def __init__(self, **kwargs):
         config = kwargs.get("config")
         if isinstance(config, ReleaseConfig):  # e.g. unpickled in a worker
             kwargs["config"] = config_for(config.resolution, config.views, config.labeler)
         super().__init__(**kwargs)
-        self._workers = len(os.sched_getaffinity(0)) if workers is None else workers
-        self._skip_bad = skip_bad
-
-    @property
-    def resolution(self) -> int:
-        return self.builder_config.resolution
 
     def scan(self, manual_dir: str) -> rr.Scan:
         """The download read by this release's layout module (UNCERTAIN kept)."""
@@ -138,39 +129,23 @@ class _ReleaseBuilder(nih_builder.PreparedLocally, tfds.core.GeneratorBasedBuild
 
     def _generate_examples(self, found: rr.Scan):
         """Decodes on all cores (in row order) and records what was written or left out."""
-        rows = found.rows
-        tasks = [(i, row.path, self.resolution) for i, row in enumerate(rows)]
-        converted: collections.Counter[str] = collections.Counter()
-        bad: list[nih_layout.Problem] = []
+        tally = nih_builder.DecodeTally()
         written: list[rr.ImageRow] = []
-        results = nih_layout.ordered_map(self.decode(), tasks, self._workers)
-        for i, image, note in tqdm.tqdm(results, total=len(tasks), desc="decoding",
-                                        unit="img", smoothing=0.05):
-            row = rows[i]
-            if image is None:
-                bad.append(nih_layout.Problem(row.image_id, note))
-                continue
-            if note != "L":
-                converted[note] += 1
-            if bad and not self._skip_bad:
-                continue  # keep decoding only to list every problem; nothing is kept
+        for i, row, image in nih_builder.decode_rows(found.rows, self.resolution, self.decode(),
+                                                     self._workers, self._skip_bad, tally):
             written.append(row)
             yield i, {"image": image, "label_states": row.states, "image_id": row.image_id,
                       "patient_id": row.patient_id, "study_id": row.study_id, "age": row.age,
                       "sex": row.sex, "view": row.view, "split": row.split}
-        if bad and not self._skip_bad:
-            raise nih_layout.PrepareError(
-                f"{len(bad):,} image(s) could not be decoded; no dataset was written (pass "
-                "--skip_bad to write the rest)", bad)
         excluded = [*found.excluded, *(rr.Exclusion(p.image, rr.BAD_FILE, p.reason)
-                                       for p in [*found.problems, *bad])]
+                                       for p in [*found.problems, *tally.bad])]
         meta = self.info.metadata
         meta.update(image_ids=[r.image_id for r in written], num_images=len(written),
                     patient_ids=[r.patient_id for r in written],
                     release_splits=[r.split for r in written], resolution=self.resolution,
                     classes=list(label_space.CLASSES), views=list(self.builder_config.views),
-                    converted=dict(sorted(converted.items())),
-                    skipped=[dataclasses.asdict(p) for p in [*found.problems, *bad]],
+                    converted=dict(sorted(tally.converted.items())),
+                    skipped=[dataclasses.asdict(p) for p in [*found.problems, *tally.bad]],
                     excluded=dict(sorted(collections.Counter(e.kind for e in excluded).items())),
                     excluded_list=[dataclasses.asdict(e) for e in excluded],
                     unmapped_terms=found.unmapped_terms)
@@ -244,25 +219,9 @@ def build(release: str, manual_dir: str, data_dir: str,
     of excluded images. Bad input raises ``PrepareError`` (all problems in PROBLEMS_NAME)."""
     manual_dir = os.fspath(manual_dir)
     b = _make(release, data_dir, resolution, views, labeler, workers=workers, skip_bad=skip_bad)
-    if not b.is_prepared():
-        problems_path = os.path.join(os.fspath(data_dir), nih_builder.PROBLEMS_NAME)
-        try:
-            rr.fail_on_problems(b.scan(manual_dir), manual_dir, skip_bad)  # before any folder
-            tfds.disable_progress_bar()
-            with tempfile.TemporaryDirectory(prefix="cxrjax-tfds-") as no_downloads:
-                b.download_and_prepare(download_dir=no_downloads, download_config=(
-                    tfds.download.DownloadConfig(manual_dir=manual_dir)))
-        except nih_layout.PrepareError as e:
-            if not e.problems:
-                raise
-            fileio.makedirs(data_dir)
-            nih_layout.write_problems(problems_path, e.problems)
-            raise e.listed(problems_path) from None
-        fileio.remove(problems_path, missing_ok=True)
+    nih_builder.prepare_once(b, manual_dir, data_dir, lambda: rr.fail_on_problems(
+        b.scan(manual_dir), manual_dir, skip_bad))
     meta = b.info.metadata
-    if meta.get("skipped"):
-        nih_builder.write_manifest(os.path.join(os.fspath(b.data_dir), nih_builder.MANIFEST_NAME),
-                                   [nih_layout.Problem(**p) for p in meta["skipped"]])
     if meta.get("excluded_list"):
         fileio.write_text(os.path.join(os.fspath(b.data_dir), EXCLUDED_NAME),
                           "image\tkind\treason\n" + "".join(

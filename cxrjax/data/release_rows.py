@@ -10,13 +10,15 @@ prepare unless ``--skip_bad``. Nothing is dropped silently. Light on purpose (no
 from __future__ import annotations
 
 import collections
+import csv
 import dataclasses
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from cxrjax.data import label_space
+from cxrjax.data import labels as labels_lib
 from cxrjax.data.nih_layout import PrepareError, Problem
 
 DEFAULT_VIEWS = ("PA", "AP")  # frontal views; the readers name laterals "LATERAL"
@@ -119,6 +121,29 @@ def require_columns(header: Sequence[str], columns: Sequence[str], source: str) 
     if missing:
         raise PrepareError(f"{source}: missing column(s) {missing}")
     return {c: header.index(c) for c in columns}
+
+
+def table_cells(path: str, columns: Sequence[str], problems: list[Problem] | None = None
+                ) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, {column: stripped cell}) of each non-empty row of a CSV, plain or .gz.
+
+    A row too short for ``columns`` is a ``PrepareError``, or, given ``problems``, a
+    ``Problem`` there and the row left out.
+    """
+    source = os.path.basename(path)
+    with labels_lib.open_text(path) as f:
+        reader = csv.reader(f)
+        col = require_columns(next(reader, []), columns, source)
+        for line_no, fields in enumerate(reader, start=2):
+            if not fields:
+                continue
+            if len(fields) <= max(col.values()):
+                short = f"{source} line {line_no}: too few fields ({len(fields)})"
+                if problems is None:
+                    raise PrepareError(short)
+                problems.append(Problem(fields[0] or "?", short))
+                continue
+            yield line_no, {c: fields[col[c]].strip() for c in columns}
 
 
 def find_file(manual_dir: str, names: Sequence[str], what: str) -> str:

@@ -50,7 +50,6 @@ def default_boxes_path(config: Any, workdir: str) -> str:
     return labels_lib.resource_path("BBox_List_2017.csv.gz")
 
 
-
 def boxes_in_split(boxes: loc.Boxes, datasets: Any, split: str
                    ) -> tuple[loc.Boxes, dict[str, int]]:
     """(the boxes on images of ``split`` ("all": the whole dataset), image -> record index);
@@ -161,7 +160,6 @@ def localize(map_fn: MapFn, batch_size: int, datasets: Any, boxes: loc.Boxes, sp
                  "components": "8-connected, one box each"},
         "random_draws": draws, "primary": primary if primary in maps else next(iter(maps)),
         "methods": methods}
-
     return Localized(result, truth, pair_ids, pair_labels, pair_rows, maps, predicted)
 
 
@@ -206,7 +204,6 @@ def markdown_tables(result: Mapping, method: str | None = None) -> str:
             compare.append(f"| {title} | {counts if 'random' not in title else ' | '} | "
                            + " | ".join(_cells(s["acc_iobb"])) + " | "
                            + " | ".join(_cells(s["acc_iou"])) + " |")
-
     counted = ("(image, class) pairs with a ground-truth box hit" if per_image
                else "ground-truth boxes hit")
     return "\n".join([f"Accuracy (share of {counted}), {block['title']}:", "",
@@ -254,7 +251,6 @@ def report_section(result: Mapping | None, picture: str | None = None,
         "", f"At T(IoBB) = {levels}, {primary['title']} finds **{_at(overall, shown)}** of the "
         f"{counted}; the same boxes at random places {_at(chance, shown)}.", "",
         markdown_tables(result), ""]
-
     if picture:
         lines += [f"![Localization examples]({picture})", "",
                   "Green: ground-truth box; red: predicted boxes; the heatmap over the region "
@@ -389,9 +385,8 @@ def _summary(result: Mapping) -> Mapping:
         return result
     best = result["methods"][result["primary"]]
     return {"json": run_layout.eval_link(f"{run_layout.LOCALIZATION}.json"),
-            "primary": result["primary"],
-            "thresholds": result["thresholds"], "boxes": result["boxes"],
-            "overall": best["scores"]["overall"],
+            "primary": result["primary"], "thresholds": result["thresholds"],
+            "boxes": result["boxes"], "overall": best["scores"]["overall"],
             "random_baseline_overall": best["random_baseline"]["overall"]}
 
 

@@ -16,33 +16,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cxrjax.evaluation.metrics import FEW_POSITIVES
+from cxrjax.evaluation.metrics import FEW_POSITIVES, weighted_aucs
 
 _CHUNK = 128  # resamples computed together (memory: chunk x N float64 per class)
 _MAX_DRAW_FACTOR = 20
-
-
-def _tie_layout(score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ascending order of ``score`` and the start of each group of tied scores along it."""
-    order = np.argsort(score, kind="mergesort")
-    s = score[order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    return order, starts
-
-
-def weighted_aucs(score: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """AUC of one class under each row of ``weights`` (B, N) -> (B,), NaN where a row has no
-    weight on positives or on negatives (Mann-Whitney with ties counted half)."""
-    order, starts = _tie_layout(np.asarray(score, np.float64))
-    w = np.asarray(weights, np.float64)[:, order]
-    y = np.asarray(positive, bool)[order]
-    pos = np.add.reduceat(w * y, starts, axis=1)
-    neg = np.add.reduceat(w * ~y, starts, axis=1)
-    neg_below = np.cumsum(neg, axis=1) - neg
-    num = (pos * (neg_below + 0.5 * neg)).sum(axis=1)
-    den = pos.sum(axis=1) * neg.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
 def check_masked(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray | None

@@ -67,13 +67,17 @@ def _tie_groups(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, starts
 
 
-def _weighted_auc(y_sorted: np.ndarray, starts: np.ndarray, w_sorted: np.ndarray) -> np.ndarray:
-    """Weighted Mann-Whitney AUC for (B, N) sample weights already in score order -> (B,).
+def weighted_aucs(score: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUC of one class under each row of sample ``weights`` (B, N) -> (B,): weighted
+    Mann-Whitney with ties counted half.
 
     AUC = sum_g P_g (N_<g + N_g / 2) / (P N): P_g, N_g are the positive and negative weight in
     tie group g, N_<g the negative weight in lower groups. NaN where P or N is 0, or where
     there is no image at all (``reduceat`` cannot sum an empty row).
     """
+    order, starts = _tie_groups(np.asarray(score, np.float64))
+    y_sorted = np.asarray(positive, bool)[order]
+    w_sorted = np.asarray(weights, np.float64)[:, order]
     if not y_sorted.shape[-1]:
         return np.full(w_sorted.shape[0], np.nan)
     w_pos = np.where(y_sorted, w_sorted, 0.0)
@@ -103,8 +107,7 @@ def _auc(scores: np.ndarray, labels: np.ndarray, sample_weight: np.ndarray | Non
     out = np.empty(scores.shape[1])
     w = np.ones(scores.shape[0]) if sample_weight is None else sample_weight
     for c in range(scores.shape[1]):
-        order, starts = _tie_groups(scores[:, c])
-        out[c] = _weighted_auc(labels[order, c], starts, w[None, order])[0]
+        out[c] = weighted_aucs(scores[:, c], labels[:, c], w[None])[0]
     return out
 
 

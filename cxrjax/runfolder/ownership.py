@@ -55,7 +55,8 @@ class WorkdirError(ValueError):
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """{"train.stages[0].epochs": 9, ...}: dicts by dotted name, lists of dicts by index (the
-    list's own key holds its length), other values as they are."""
+    list's own key holds its length), other values as they are. Not flax.traverse_util's
+    ``flatten_dict``: it keeps every list whole, so the stages' fields would be one value."""
     if isinstance(tree, dict):
         out: dict[str, Any] = {}
         for key, value in tree.items():

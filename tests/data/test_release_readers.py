@@ -237,3 +237,19 @@ def test_chexpert_table_whose_every_row_is_bad_names_each_row(tmp_path):
     assert [p.reason.split(":")[0] for p in e.value.problems] == ["train.csv line 2",
                                                                    "train.csv line 3"]
     assert "train.csv line 3: Edema: cell '2.0'" in str(e.value)
+
+
+def test_a_short_row_is_a_padchest_problem_and_a_mimic_error(tmp_path):
+    root = rf.padchest_folder(tmp_path / "padchest", _padchest_rows()[:1])
+    table = root / "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
+    with open(table, "a") as f:
+        f.write("g.png,3\r\n")
+    scan = padchest_layout.scan(str(root))
+    assert [r.image_id for r in scan.rows] == ["a.png"]
+    assert [(p.image, p.reason) for p in scan.problems] == [
+        ("g.png", f"{table.name} line 3: too few fields (2)")]
+    mimic = _mimic(tmp_path / "mimic")
+    with gzip.open(mimic / "mimic-cxr-2.0.0-metadata.csv.gz", "at") as f:
+        f.write("d9,1\n")
+    with pytest.raises(PrepareError, match=r"metadata\.csv\.gz line 7: too few fields \(2\)$"):
+        mimic_layout.scan(str(mimic))
