@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cxrjax.data.labels import load_label_table
-from cxrjax.evaluation import evaluator, metrics, operating_points
+from cxrjax.evaluation import evaluator, metrics, operating_points, operating_points_tables
 from cxrjax.evaluation import external as external_cli
 from cxrjax.evaluation.prediction_files import (
     format_table,
@@ -238,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   if points["n_boot"] else "no bootstrap CI")
             print(f"\nOperating points at the thresholds of {points['thresholds_file']} (rule "
                   f"{points['rule']}; {ci}):")
-            print(operating_points.format_text(points))
+            print(operating_points_tables.format_text(points))
         if "subgroups" in summary:
             from cxrjax.evaluation import subgroups_report
 
