@@ -35,17 +35,20 @@ CALIBRATORS = ("none", *calibration.METHODS)
 
 
 def fit(val: external.Scored, classes: Sequence[str], *, rule: str,
-        target_sensitivity: float | None, method: str
+        target_sensitivity: float | None, method: str, where: str = "validation split"
         ) -> tuple[op.OperatingPoints, calibration.Calibrator | None]:
     """Thresholds by ``rule`` and a ``method`` calibrator (None for "none") fitted on ``val``
-    over its known labels."""
+    over its known labels; their warnings (a class that cannot be set) say ``where``."""
     target = target_sensitivity if rule == "sensitivity" else None
-    points = op.OperatingPoints.fit(val.probs, val.labels, rule, target_sensitivity=target,
-                                    classes=classes, mask=val.mask)
-    if method == "none":
-        return points, None
-    return points, calibration.fit_calibrator(val.probs, val.labels, method, classes=classes,
-                                              mask=val.mask)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        points = op.OperatingPoints.fit(val.probs, val.labels, rule, target_sensitivity=target,
+                                        classes=classes, mask=val.mask)
+        fitted = None if method == "none" else calibration.fit_calibrator(
+            val.probs, val.labels, method, classes=classes, mask=val.mask)
+    for w in caught:
+        warnings.warn(f"{where}: {w.message}", w.category, stacklevel=2)
+    return points, fitted
 
 
 def measure(scored: external.Scored, thresholds: np.ndarray,
@@ -98,8 +101,10 @@ def recalibrate(own_val: external.Scored, own_test: external.Scored,
         if value not in CALIBRATORS:
             raise ValueError(f"{name} {value!r}: expected one of {', '.join(CALIBRATORS)}")
     kw = dict(rule=rule, target_sensitivity=target_sensitivity)
-    own_points, own_cal = fit(own_val, classes, method=own_method, **kw)
-    fitted, new_cal = fit(target_val, classes, method=method, **kw)
+    own_points, own_cal = fit(own_val, classes, method=own_method,
+                              where="the run's validation split", **kw)
+    fitted, new_cal = fit(target_val, classes, method=method,
+                          where="the target's validation split", **kw)
     set_here = ~np.isnan(fitted.thresholds)
     deployed = op.OperatingPoints(tuple(classes), np.where(set_here, fitted.thresholds,
                                                            own_points.thresholds),
@@ -215,6 +220,9 @@ def format_markdown(result: dict) -> str:
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
     mean = [x for k in COLUMNS for x in _cells(result["mean"][k], None)]
     lines.append(f"| **mean of {len(result['classes_compared'])}** | " + " | ".join(mean) + " |")
+    pooled = [predictions.format_value(result[k]["ece_pooled"], 4) for k in COLUMNS]
+    lines += ["", "ECE of all predictions pooled (every class's known labels): before "
+              f"{pooled[0]}, after {pooled[1]}, source {pooled[2]}."]
     if result["thresholds_kept_from_run"]:
         lines += ["", "Kept the run's threshold (the target's validation split has no known "
                   f"positive or negative): {', '.join(result['thresholds_kept_from_run'])}."]

@@ -71,7 +71,7 @@ def test_a_class_the_target_cannot_set_keeps_the_runs_threshold(tmp_path):
     own_val, own_test, target_val, target_test = _site(0, 500), _site(1, 500), \
         _site(2, 500, 1.0), _site(3, 500, 1.0)
     target_val.mask[:, 2] = 0  # the target does not label class c
-    with pytest.warns(UserWarning, match="c: no positive validation image"):
+    with pytest.warns(UserWarning, match="the target's validation split: c: no positive"):
         deployed, result = recalibration.recalibrate(own_val, own_test, target_val,
                                                      target_test, CLASSES, n_boot=0)
     own = op.choose_thresholds(own_val.probs, own_val.labels)
@@ -84,6 +84,7 @@ def test_a_class_the_target_cannot_set_keeps_the_runs_threshold(tmp_path):
     text = recalibration.format_markdown({**result, "label": "x", "train_source": "nih",
                                           "thresholds_file": "t.json"})
     assert "Kept the run's threshold" in text and "| **mean of 4** |" in text
+    assert "ECE of all predictions pooled" in text
 
 
 def test_an_unknown_calibrator_is_refused():
