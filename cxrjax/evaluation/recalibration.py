@@ -106,9 +106,11 @@ def recalibrate(own_val: external.Scored, own_test: external.Scored,
     fitted, new_cal = fit(target_val, classes, method=method,
                           where="the target's validation split", **kw)
     set_here = ~np.isnan(fitted.thresholds)
-    deployed = op.OperatingPoints(tuple(classes), np.where(set_here, fitted.thresholds,
-                                                           own_points.thresholds),
-                                  rule, fitted.target_sensitivity, chosen_on)
+    kept = [c for c, ok in zip(classes, set_here, strict=True) if not ok]
+    deployed = op.OperatingPoints(
+        tuple(classes), np.where(set_here, fitted.thresholds, own_points.thresholds), rule,
+        fitted.target_sensitivity,
+        chosen_on + (f" (the run's own for {', '.join(kept)})" if kept else ""))
     opts = dict(n_bins=n_bins, n_boot=n_boot, seed=seed)
     columns = {"before": measure(target_test, own_points.thresholds, own_cal, classes, **opts),
                "after": measure(target_test, deployed.thresholds, new_cal, classes, **opts),
@@ -119,8 +121,7 @@ def recalibrate(own_val: external.Scored, own_test: external.Scored,
         "rule": rule, "target_sensitivity": fitted.target_sensitivity,
         "calibrator_before": own_method, "calibrator_after": method, "n_bins": n_bins,
         "n_boot": n_boot, "seed": seed, "classes_compared": compared,
-        "thresholds_kept_from_run": [c for c, ok in zip(classes, set_here, strict=True)
-                                     if not ok],
+        "thresholds_kept_from_run": kept,
         "images": {"source_val": len(own_val.image_ids), "source_test": len(own_test.image_ids),
                    "target_val": len(target_val.image_ids),
                    "target_test": len(target_test.image_ids)},

@@ -80,7 +80,8 @@ def test_a_class_the_target_cannot_set_keeps_the_runs_threshold(tmp_path):
     deployed.save(tmp_path / "t.json")
     loaded = op.OperatingPoints.load(tmp_path / "t.json", CLASSES)
     np.testing.assert_array_equal(loaded.thresholds, deployed.thresholds)
-    assert loaded.chosen_on == deployed.chosen_on and loaded.rule == "youden"
+    assert loaded.chosen_on == deployed.chosen_on == (
+        "the target's validation split (the run's own for c)") and loaded.rule == "youden"
     text = recalibration.format_markdown({**result, "label": "x", "train_source": "nih",
                                           "thresholds_file": "t.json"})
     assert "Kept the run's threshold" in text and "| **mean of 4** |" in text
