@@ -14,7 +14,9 @@ adds the operating-point table: per class, sensitivity, specificity, PPV, NPV an
 thresholds, with bootstrap 95% CIs; a file for other classes is refused. ``--subgroups`` adds
 the subgroup report (``cxrjax.evaluation.subgroups``) by the file's ``sex``, ``age`` and ``view``
 columns (else the label table's). ``--dataset NAME`` (external validation) and ``--labels
-google2019[=PATH]`` (NIH's adjudicated labels) are run by ``cxrjax.evaluation.external``.
+google2019[=PATH]`` (NIH's adjudicated labels) are run by ``cxrjax.evaluation.external``;
+``--dataset NAME --recalibrate val [--calibrator temperature|platt]`` (thresholds and calibrator
+refitted for a new site) by ``cxrjax.evaluation.recalibration``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from cxrjax.data.labels import load_label_table
-from cxrjax.evaluation import evaluator, metrics, operating_points
+from cxrjax.evaluation import (
+    evaluator,
+    metrics,
+    operating_points,
+    operating_points_tables,
+    recalibration,
+)
 from cxrjax.evaluation import external as external_cli
 from cxrjax.evaluation.prediction_files import (
     format_table,
@@ -193,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --predictions: AUCs, ECE and calls by sex, age band and "
                              "view (the file's sex/age/view columns, else the label table's)")
     external_cli.add_flags(parser)
+    recalibration.add_flags(parser)
     return parser
 
 
@@ -204,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.n_boot < 0:
             raise ValueError(f"--n_boot must be >= 0, got {args.n_boot}")
+        if args.recalibrate or args.calibrator:  # --dataset NAME --recalibrate val
+            return recalibration.run_cli(args)
         if external_cli.handles(args):  # --dataset, --labels google2019
             return external_cli.run_cli(args)
         if args.workdir and args.labels:
@@ -238,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   if points["n_boot"] else "no bootstrap CI")
             print(f"\nOperating points at the thresholds of {points['thresholds_file']} (rule "
                   f"{points['rule']}; {ci}):")
-            print(operating_points.format_text(points))
+            print(operating_points_tables.format_text(points))
         if "subgroups" in summary:
             from cxrjax.evaluation import subgroups_report
 

@@ -1,24 +1,26 @@
 """Score X-ray images with a trained run: 14 probabilities per image and a class heatmap.
 
-    python -m cxrjax.predict --workdir W [--out DIR] [--batch_size 16] IMAGE_OR_DIR ...
+    python -m cxrjax.predict --workdir W [--out DIR] [--batch_size 16] [--thresholds FILE]
+                             IMAGE_OR_DIR ...
 
-Each image (PNG or JPEG: 8- or 16-bit gray, RGB(A) or palette; or DICOM: see
-``cxrjax.data.dicom``; local or ``gs://``) becomes what training saw: gray uint8, resized to the
-run's ``data.resolution`` by the prepare step's own decoder, centre-cropped to ``data.crop``.
-Prints a table of the fused probabilities, each marked ``+`` where it is a positive call at the
-run's per-class thresholds (``W/eval/thresholds.json``, chosen on the validation split when the
-run was tested; without it, probabilities only), writes ``DIR/predictions.csv`` (fused, calls
-and per-head columns; ``cxrjax.evaluate --predictions`` reads it; a ``warning`` column; a
-DICOM's view, sex and age) and ``DIR/heatmaps/<name>_<method>.png``: the run's own heatmap
-(``eval.localization_heatmap``, the one its localization led with) of the fused top class over
-the image at its own size (under 256 px, enlarged by a whole factor so the caption fits), with
-a colour bar; a map that points nowhere (zero or constant) is not drawn, and the caption and a
-warning on stderr say so. A run whose recorded config implies a limitation (trained on
-synthetic images, ...: ``cxrjax.evaluation.limitations``) says so on stderr, in the CSV's
-``warning`` column and in every caption; so does an image with a DICOM warning (a lateral view, a
-child, a modality other than CR/DX). A directory argument means its files. A file that is not an
-image, is empty, truncated or too large (checked from its header, before decoding), or a DICOM that
-is multi-frame or in colour gets a one-line error; the others still run, and the exit code is 1.
+Each image (PNG or JPEG: 8- or 16-bit gray, RGB(A) or palette; or DICOM: see ``cxrjax.data.dicom``;
+local or ``gs://``) becomes what training saw: gray uint8, resized to the run's ``data.resolution``
+by the prepare step's own decoder, centre-cropped to ``data.crop``. Prints a table of the fused
+probabilities, each marked ``+`` where it is a positive call at the run's per-class thresholds
+(``W/eval/thresholds.json``, chosen on the validation split when the run was tested; without it,
+probabilities only; ``--thresholds FILE``, a file of the same format and classes such as ``evaluate
+--recalibrate``'s for a new site, replaces them), writes ``DIR/predictions.csv`` (fused, calls and
+per-head columns; ``cxrjax.evaluate --predictions`` reads it; a ``warning`` column; a DICOM's view,
+sex and age) and ``DIR/heatmaps/<name>_<method>.png``: the run's own heatmap
+(``eval.localization_heatmap``, the one its localization led with) of the fused top class over the
+image at its own size (under 256 px, enlarged by a whole factor so the caption fits), with a colour
+bar; a map that points nowhere (zero or constant) is not drawn, and the caption and a warning on
+stderr say so. A run whose recorded config implies a limitation (trained on synthetic images, ...:
+``cxrjax.evaluation.limitations``) says so on stderr, in the CSV's ``warning`` column and in every
+caption; so does an image with a DICOM warning (a lateral view, a child, a modality other than
+CR/DX). A directory argument means its files. A file that is not an image, is empty, truncated or
+too large (checked from its header, before decoding), or a DICOM that is multi-frame or in colour
+gets a one-line error; the others still run, and the exit code is 1.
 Nothing is written, not even a folder, when no image could be scored.
 
 ``--model DIR`` scores with an exported model (``cxrjax.export``) through ``cxrjax.serving``
@@ -247,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output folder (default: WORKDIR/predict or DIR/predict)")
     parser.add_argument("--batch_size", type=int, default=16,
                         help="images per jitted batch (rounded up to a multiple of the devices)")
+    parser.add_argument("--thresholds", metavar="FILE", default=None,
+                        help="per-class thresholds for the calls instead of the run's (a "
+                             "thresholds.json, e.g. evaluate --recalibrate's for a new site)")
     parser.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
     return parser
 
@@ -269,8 +274,9 @@ def _print_results(args: argparse.Namespace, rows: list[dict], limits, points,
               "is tested): probabilities only, no positive/negative calls", file=sys.stderr)
     else:
         target = (f" {points.target_sensitivity:g}" if points.rule == "sensitivity" else "")
-        print(f"+ = positive at the run's per-class thresholds ({points.rule}{target}, "
-              f"chosen on validation: {thresholds})")
+        whose = "the" if args.thresholds else "the run's"
+        print(f"+ = positive at {whose} per-class thresholds ({points.rule}{target}, "
+              f"chosen on {points.chosen_on}: {thresholds})")
     csv_path = fileio.join(out_dir, "predictions.csv")
     print(f"wrote {csv_path} (no heatmaps: an export holds the forward pass only)"
           if args.model else f"wrote {csv_path} and {len(rows)} heatmap(s) in "
@@ -289,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.batch_size < 1:
             raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
         out_dir = fileio.expand(args.out or fileio.join(args.workdir or args.model, "predict"))
+        given = operating_points.OperatingPoints.load(args.thresholds) if args.thresholds \
+            else None  # a bad file: one line, before any image is scored
         if args.model:
             rows, bad, model = predict_files_exported(args.model, files, args.batch_size) \
                 if files else ([], [], None)
@@ -297,8 +305,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows, bad = predict_files(args.workdir, files, out_dir, args.batch_size) if files \
                 else ([], [])
             thresholds = fileio.join(args.workdir, operating_points.RUN_FILE)
-        points = (operating_points.OperatingPoints.load(thresholds)
-                  if rows and fileio.exists(thresholds) else None)
+        if given is not None:
+            points, thresholds = given, args.thresholds
+        else:
+            points = (operating_points.OperatingPoints.load(thresholds)
+                      if rows and fileio.exists(thresholds) else None)
         mark_calls(rows, points)
         if rows:
             if args.model:

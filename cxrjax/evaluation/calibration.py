@@ -4,15 +4,17 @@
 ``calibration_curve(strategy="uniform")``: bin k holds (k/B, (k+1)/B], and bin 0 also holds 0.
 **ECE** of a class = sum over bins of (share of its images in the bin) x |fraction positive -
 mean predicted probability|. ``overall`` pools every (image, class) prediction into one set of
-bins; ``mean_over_classes`` averages the per-class values. Only probabilities are calibrated:
-a ranking score such as the MSML head's has no probability scale, and is not input here.
+bins; ``mean_over_classes`` averages the per-class values. With a ``mask`` (0 = label missing)
+a class is binned, scored and fitted over its known images only (none known: no ECE). Only
+probabilities are calibrated: a ranking score (the MSML head's) is not input here.
 
 **Rescaling** (only when asked): per class, on validation, either a temperature
 (``p' = sigmoid(logit(p) / T)``) or Platt scaling (``p' = sigmoid(a logit(p) + b)``), fitted by
 maximum likelihood with a tiny ridge on the slope (``l2``) so a separable class stays finite.
 Both are fitted for all classes at once by damped Newton steps. The slope is kept at or above
 ``MIN_SLOPE`` > 0, so a rescaling never reorders a class's images and its AUC is unchanged
-(see ``fit_calibrator``). ``rescaling_report`` returns the test ECE before and after.
+(``fit_calibrator``). ``rescaling_report``: the test ECE before and after. Diagrams: ``draw``
+of ``reliability_plot``.
 """
 
 from __future__ import annotations
@@ -22,13 +24,12 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import matplotlib as mpl
 import numpy as np
-from matplotlib.figure import Figure
 from scipy.special import expit
 
 from cxrjax.data.labels import CLASSES
 from cxrjax.evaluation import metrics
+from cxrjax.evaluation.operating_points import known_labels
 from cxrjax.evaluation.prediction_files import HEAD_TITLES
 from cxrjax.evaluation.section import Section, caveats_logged_once
 from cxrjax.io import fileio, run_layout
@@ -55,100 +56,79 @@ def _bin_index(probs: np.ndarray, n_bins: int) -> np.ndarray:
     return np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1)[1:-1], probs)
 
 
-def reliability_curve(probs, labels, n_bins: int = 15) -> dict[str, np.ndarray]:
+def reliability_curve(probs, labels, n_bins: int = 15, *, mask=None) -> dict[str, np.ndarray]:
     """Per class and bin: ``count``, ``mean_predicted``, ``fraction_positive`` (C, B; NaN
-    for an empty bin), and the bin ``edges`` (B + 1,)."""
+    for an empty bin), and the bin ``edges`` (B + 1,); over the known labels of ``mask``."""
     probs, labels = _check(probs, labels)
+    known = known_labels(mask, probs.shape)
     num_classes = probs.shape[1]
     flat = (_bin_index(probs, n_bins) + n_bins * np.arange(num_classes)).ravel()
     size = n_bins * num_classes
-    count = np.bincount(flat, minlength=size).reshape(num_classes, n_bins)
+    if known is not None:  # a missing label goes to one extra slot, dropped below
+        flat = np.where(known.ravel(), flat, size)
+    count = np.bincount(flat, minlength=size)[:size].reshape(num_classes, n_bins)
     with np.errstate(invalid="ignore"):
-        mean = np.bincount(flat, probs.ravel(), size).reshape(num_classes, n_bins) / count
-        frac = np.bincount(flat, labels.ravel(), size).reshape(num_classes, n_bins) / count
+        mean, frac = (np.bincount(flat, v.ravel(), size + 1)[:size].reshape(num_classes, n_bins)
+                      / count for v in (probs, labels))
     return {"count": count, "mean_predicted": mean, "fraction_positive": frac,
             "edges": np.linspace(0.0, 1.0, n_bins + 1)}
 
 
 def _ece(curve: dict[str, np.ndarray]) -> np.ndarray:
     gap = np.nan_to_num(np.abs(curve["fraction_positive"] - curve["mean_predicted"]))
-    return (curve["count"] * gap).sum(axis=1) / curve["count"].sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):  # no known label: NaN
+        return (curve["count"] * gap).sum(axis=1) / curve["count"].sum(axis=1)
 
 
-def expected_calibration_error(probs, labels, n_bins: int = 15) -> tuple[np.ndarray, float]:
-    """(per-class ECE (C,), ECE of all predictions pooled)."""
+def expected_calibration_error(probs, labels, n_bins: int = 15, *,
+                               mask=None) -> tuple[np.ndarray, float]:
+    """(per-class ECE (C,), ECE of all predictions pooled), over the known labels of ``mask``
+    (a class without a known label: NaN)."""
     probs, labels = _check(probs, labels)
-    per_class = _ece(reliability_curve(probs, labels, n_bins))
-    pooled = _ece(reliability_curve(probs.reshape(-1, 1), labels.reshape(-1, 1), n_bins))
+    known = known_labels(mask, probs.shape)
+    per_class = _ece(reliability_curve(probs, labels, n_bins, mask=known))
+    pooled = _ece(reliability_curve(probs.reshape(-1, 1), labels.reshape(-1, 1), n_bins,
+                                    mask=None if known is None else known.reshape(-1, 1)))
     return per_class, float(pooled[0])
 
 
 def calibration_summary(probs, labels, *, n_bins: int = 15,
-                        classes: Sequence[str] = CLASSES) -> dict:
-    """JSON-ready ECE per class, ``overall`` (pooled) and ``mean_over_classes``."""
-    per_class, pooled = expected_calibration_error(probs, labels, n_bins)
+                        classes: Sequence[str] = CLASSES, mask=None) -> dict:
+    """JSON-ready ECE per class, ``overall`` (pooled) and ``mean_over_classes`` (over the
+    classes with a known label, where ``mask`` marks missing ones)."""
+    per_class, pooled = expected_calibration_error(probs, labels, n_bins, mask=mask)
     if len(classes) != len(per_class):
         raise ValueError(f"{len(classes)} class names for {len(per_class)} columns")
+    scored = per_class[~np.isnan(per_class)]
+    mean = float(per_class.mean()) if len(scored) == len(per_class) else \
+        float(scored.mean()) if len(scored) else float("nan")
     return {"n_bins": n_bins, "per_class": dict(zip(classes, per_class.tolist(), strict=True)),
-            "overall": pooled, "mean_over_classes": float(per_class.mean())}
+            "overall": pooled, "mean_over_classes": mean}
 
 
-# ---------------------------------------------------------------------------------------------
-# Reliability diagrams.
-# ---------------------------------------------------------------------------------------------
-
-
-def plot_reliability(heads: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str, *,
-                     n_bins: int = 15, classes: Sequence[str] = CLASSES,
+def plot_reliability(heads: Mapping[str, tuple], path: str, *, n_bins: int = 15,
+                     classes: Sequence[str] = CLASSES,
                      title: str = "Reliability diagrams") -> str:
-    """One PNG: a panel for all classes pooled, then one per class; a line per head
-    (``{head: (probs (N, C), labels (N, C))}``) with its ECE in the legend; the diagonal is
-    perfect calibration, and marker area grows with the bin's image count."""
+    """One PNG of reliability diagrams (``reliability_plot.draw``), a line per head of
+    ``{head: (probs (N, C), labels (N, C)[, mask (N, C), 0 = label missing])}``."""
+    from cxrjax.evaluation import reliability_plot  # matplotlib: only when drawn
+
     if not heads:
         raise ValueError("plot_reliability needs at least one head")
-    panels = ["all classes (pooled)", *classes]
-    cols = 4
-    rows = -(-len(panels) // cols)
-    fig = Figure(figsize=(3.2 * cols, 3.2 * rows))  # no pyplot: no global backend state
-    axes = fig.subplots(rows, cols, squeeze=False)
-    colors = mpl.rcParams["axes.prop_cycle"].by_key()["color"]
-    for h, (head, (probs, labels)) in enumerate(heads.items()):
+    curves = {}
+    for head, (probs, labels, *mask) in heads.items():
         probs, labels = _check(probs, labels)
         if probs.shape[1] != len(classes):
             raise ValueError(f"head {head!r}: {probs.shape[1]} columns for {len(classes)} classes")
-        per_class, pooled = expected_calibration_error(probs, labels, n_bins)
-        pooled_curve = reliability_curve(probs.reshape(-1, 1), labels.reshape(-1, 1), n_bins)
-        curve = reliability_curve(probs, labels, n_bins)
-        for p, ax in enumerate(axes.flat[:len(panels)]):
-            src, c = (pooled_curve, 0) if p == 0 else (curve, p - 1)
-            ece = pooled if p == 0 else per_class[p - 1]
-            keep = src["count"][c] > 0
-            size = 8 + 60 * np.sqrt(src["count"][c][keep] / src["count"][c].max())
-            ax.plot(src["mean_predicted"][c][keep], src["fraction_positive"][c][keep], "-",
-                    color=colors[h % len(colors)], lw=1.2, label=f"{head} ECE {ece:.3f}")
-            ax.scatter(src["mean_predicted"][c][keep], src["fraction_positive"][c][keep],
-                       s=size, color=colors[h % len(colors)], zorder=3)
-    positives = np.asarray(next(iter(heads.values()))[1]).sum(axis=0)
-    for p, ax in enumerate(axes.flat):
-        if p >= len(panels):
-            ax.axis("off")
-            continue
-        ax.plot([0, 1], [0, 1], "--", color="0.6", lw=0.8)
-        count = positives.sum() if p == 0 else positives[p - 1]
-        ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), title=f"{panels[p]} ({count:g} pos.)")
-        ax.title.set_fontsize(9)
-        ax.tick_params(labelsize=7)
-        ax.legend(fontsize=6, loc="upper left", frameon=False)
-        if p % cols == 0:
-            ax.set_ylabel("fraction positive", fontsize=8)
-        if p >= len(panels) - cols:
-            ax.set_xlabel("mean predicted probability", fontsize=8)
-    fig.suptitle(f"{title}: {n_bins} equal-width bins, marker area ~ images in the bin; "
-                 "the dashed diagonal is perfect calibration", fontsize=11)
-    fig.tight_layout()
-    with fileio.open(path, "wb") as f:  # local or gs://; Figure renders with Agg
-        fig.savefig(f, format="png", dpi=110)
-    return path
+        known = known_labels(mask[0] if mask else None, probs.shape)
+        pooled = reliability_curve(probs.reshape(-1, 1), labels.reshape(-1, 1), n_bins,
+                                   mask=None if known is None else known.reshape(-1, 1))
+        per_class = reliability_curve(probs, labels, n_bins, mask=known)
+        if not curves:  # the panels' titles count the first head's known positives
+            positives = (labels * (1 if known is None else known)).sum(axis=0)
+        curves[head] = (pooled, per_class, float(_ece(pooled)[0]), _ece(per_class))
+    return reliability_plot.draw(curves, positives, path, n_bins=n_bins, classes=classes,
+                                 title=title)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,13 +143,19 @@ def _logit(probs: np.ndarray, eps: float = _EPS) -> np.ndarray:
         return np.log(p) - np.log1p(-p)
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return expit(z)  # accurate in both tails, so distinct small values stay distinct
+def _sigmoid(z: np.ndarray) -> np.ndarray:  # accurate in both tails: small values stay apart
+    return expit(z)
 
 
-def _objective(a, b, z, y, l2):
+def _mean(x: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """Per class, the mean over the images; with ``weights`` (N, C: 1 / known count on a known
+    label, 0 on a missing one), over each class's known images."""
+    return x.mean(axis=0) if weights is None else (x * weights).sum(axis=0)
+
+
+def _objective(a, b, z, y, l2, weights=None):
     t = a * z + b
-    return (np.logaddexp(0, t) - y * t).mean(axis=0) + 0.5 * l2 * a * a
+    return _mean(np.logaddexp(0, t) - y * t, weights) + 0.5 * l2 * a * a
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,13 +185,13 @@ class Calibrator:
             for c, a, b in zip(self.classes, self.slope, self.intercept, strict=True)}}
 
 
-def _newton_direction(a, b, z, y, l2, fit_intercept):
+def _newton_direction(a, b, z, y, l2, fit_intercept, weights=None):
     """Per class, the Newton step (da, db) to subtract; a class whose slope sits on
     ``MIN_SLOPE`` with the gradient pushing it lower moves its intercept alone."""
     p = _sigmoid(a * z + b)
     w = p * (1 - p)
-    ga, gb = ((p - y) * z).mean(axis=0) + l2 * a, (p - y).mean(axis=0)
-    haa, hab, hbb = (w * z * z).mean(axis=0) + l2, (w * z).mean(axis=0), w.mean(axis=0)
+    ga, gb = _mean((p - y) * z, weights) + l2 * a, _mean(p - y, weights)
+    haa, hab, hbb = _mean(w * z * z, weights) + l2, _mean(w * z, weights), _mean(w, weights)
     pinned = (a <= MIN_SLOPE) & (ga > 0)
     if fit_intercept:
         det = np.maximum(haa * hbb - hab * hab, 1e-300)
@@ -217,9 +203,11 @@ def _newton_direction(a, b, z, y, l2, fit_intercept):
 
 
 def fit_calibrator(probs, labels, method: str = "temperature", *, l2: float = 1e-4,
-                   classes: Sequence[str] = CLASSES, steps: int = 100) -> Calibrator:
-    """Fits the per-class rescaling on validation probabilities by maximum likelihood, the
-    slope constrained to ``>= MIN_SLOPE`` (projected Newton steps).
+                   classes: Sequence[str] = CLASSES, steps: int = 100,
+                   mask=None) -> Calibrator:
+    """Fits the per-class rescaling on validation probabilities by maximum likelihood (over
+    each class's known labels where ``mask`` marks missing ones), the slope constrained to
+    ``>= MIN_SLOPE`` (projected Newton steps).
 
     Why constrained rather than free: a rescaling exists to change what a probability means,
     never the order of the images, so the AUC, the operating points' ranking and every
@@ -231,6 +219,8 @@ def fit_calibrator(probs, labels, method: str = "temperature", *, l2: float = 1e
     identity (slope 1, intercept 0), with a warning.
     """
     probs, labels = _check(probs, labels)
+    known = known_labels(mask, probs.shape)
+    weights = None if known is None else known / np.maximum(known.sum(axis=0), 1)
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}; expected one of "
                          f"{', '.join(METHODS)}")
@@ -239,12 +229,12 @@ def fit_calibrator(probs, labels, method: str = "temperature", *, l2: float = 1e
     z, y = _logit(probs), labels
     a, b = np.ones(z.shape[1]), np.zeros(z.shape[1])
     for _ in range(steps):
-        da, db = _newton_direction(a, b, z, y, l2, method == "platt")
+        da, db = _newton_direction(a, b, z, y, l2, method == "platt", weights)
         step = np.ones_like(a)
-        before = _objective(a, b, z, y, l2)
+        before = _objective(a, b, z, y, l2, weights)
         for _ in range(30):  # halve each class's step until its objective does not rise
             new_a, new_b = np.maximum(a - step * da, MIN_SLOPE), b - step * db
-            worse = _objective(new_a, new_b, z, y, l2) > before + 1e-15
+            worse = _objective(new_a, new_b, z, y, l2, weights) > before + 1e-15
             if not worse.any():
                 break
             step = np.where(worse, step / 2, step)
@@ -252,7 +242,9 @@ def fit_calibrator(probs, labels, method: str = "temperature", *, l2: float = 1e
         a, b = np.where(worse, a, new_a), np.where(worse, b, new_b)
         if np.max(np.where(worse, 0.0, moved)) < 1e-10:
             break
-    degenerate = (labels.min(axis=0) == labels.max(axis=0))
+    counted = np.ones(labels.shape) if known is None else known
+    degenerate = ((labels * counted).sum(axis=0) == 0) | (((1 - labels) * counted).sum(axis=0)
+                                                          == 0)
     if degenerate.any():
         warnings.warn(f"{', '.join(np.asarray(classes)[degenerate])}: one label value on "
                       "validation; left uncalibrated", stacklevel=2)
@@ -267,12 +259,14 @@ def fit_calibrator(probs, labels, method: str = "temperature", *, l2: float = 1e
 
 def rescaling_report(val_probs, val_labels, test_probs, test_labels, *,
                      method: str = "temperature", n_bins: int = 15,
-                     classes: Sequence[str] = CLASSES) -> dict:
-    """Fits ``method`` on validation; the test ECE before and after, and the parameters."""
-    calibrator = fit_calibrator(val_probs, val_labels, method, classes=classes)
-    before = calibration_summary(test_probs, test_labels, n_bins=n_bins, classes=classes)
+                     classes: Sequence[str] = CLASSES, val_mask=None, test_mask=None) -> dict:
+    """Fits ``method`` on validation; the test ECE before and after, and the parameters (each
+    split over its known labels where a mask is given)."""
+    calibrator = fit_calibrator(val_probs, val_labels, method, classes=classes, mask=val_mask)
+    before = calibration_summary(test_probs, test_labels, n_bins=n_bins, classes=classes,
+                                 mask=test_mask)
     after = calibration_summary(calibrator.apply(test_probs), test_labels, n_bins=n_bins,
-                                classes=classes)
+                                classes=classes, mask=test_mask)
     return {"method": method, "fitted_on": "validation", "test_ece_before": before,
             "test_ece_after": after, "parameters": calibrator.to_dict()}
 
@@ -288,26 +282,31 @@ RANKING_HEADS = ("msml",)  # trained with a ranking loss: a score, not a probabi
 def evaluate_calibration(val_probs: Mapping[str, np.ndarray], val_labels,
                          test_probs: Mapping[str, np.ndarray], test_labels, *,
                          method: str = "none", n_bins: int = 15,
-                         plot_path: str | None = None, classes: Sequence[str] = CLASSES) -> dict:
+                         plot_path: str | None = None, classes: Sequence[str] = CLASSES,
+                         val_mask=None, test_mask=None) -> dict:
     """Test ECE of every probability head; with ``method`` "temperature" or "platt", the
     fused prediction rescaled per class (fitted on validation) and its test ECE before and
-    after. ``plot_path``: the reliability diagrams of those heads (and the rescaled fused)."""
+    after. ``plot_path``: the reliability diagrams of those heads (and the rescaled fused).
+    Each split counts its known labels only where a mask (N, C, 0 = missing) is given."""
     if method not in ("none", *METHODS):
         raise ValueError(f"unknown calibration {method!r}; expected none, {', '.join(METHODS)}")
     heads = [h for h in PROBABILITY_HEADS if h in test_probs]
     out = {"n_bins": n_bins, "heads": {h: calibration_summary(test_probs[h], test_labels,
-                                                              n_bins=n_bins, classes=classes)
+                                                              n_bins=n_bins, classes=classes,
+                                                              mask=test_mask)
                                        for h in heads},
            "ranking_heads": [h for h in test_probs if h in RANKING_HEADS], "rescaling": None}
-    curves = {HEAD_TITLES.get(h, h): (test_probs[h], test_labels) for h in heads}
+    curves = {HEAD_TITLES.get(h, h): (test_probs[h], test_labels, test_mask) for h in heads}
     if method != "none":
         out["rescaling"] = rescaling_report(val_probs["fused"], val_labels, test_probs["fused"],
                                             test_labels, method=method, n_bins=n_bins,
-                                            classes=classes)
+                                            classes=classes, val_mask=val_mask,
+                                            test_mask=test_mask)
         p = out["rescaling"]["parameters"]["per_class"]
         rescaled = Calibrator(method, tuple(classes), np.array([p[c]["slope"] for c in classes]),
                               np.array([p[c]["intercept"] for c in classes]))
-        curves[f"Fused, {method} scaled"] = (rescaled.apply(test_probs["fused"]), test_labels)
+        curves[f"Fused, {method} scaled"] = (rescaled.apply(test_probs["fused"]), test_labels,
+                                             test_mask)
     if plot_path:
         plot_reliability(curves, plot_path, n_bins=n_bins, classes=classes,
                          title="Reliability diagrams, test split")
@@ -357,7 +356,6 @@ def report_section(result: Mapping | None, picture: str | None = None,
             lines[-1] += (" Here the rescaling made the pooled test ECE worse (it was fitted on "
                           "the validation split alone): keep `eval.calibration = \"none\"` for "
                           "this model.")
-
     else:
         lines += ["", "No rescaling (`eval.calibration = \"none\"`; \"temperature\" or "
                   "\"platt\" fits one per class on validation and reports the test ECE before "
@@ -370,7 +368,6 @@ def report_section(result: Mapping | None, picture: str | None = None,
 # ---------------------------------------------------------------------------------------------
 # The evaluation section: eval.calibration, eval.calibration_bins -> eval/reliability.png.
 # ---------------------------------------------------------------------------------------------
-
 
 
 def _check_fields(e: Any, model: Any) -> None:
@@ -392,7 +389,8 @@ def _compute(inputs: Any) -> dict:
         return evaluate_calibration(
             val.probs if val else {}, val.labels if val else None, test.probs, test.labels,
             method=e.calibration if val else "none", n_bins=int(e.calibration_bins),
-            plot_path=plot)
+            plot_path=plot, val_mask=val.label_mask if val else None,
+            test_mask=test.label_mask)
 
 
 SECTION = Section("calibration", ("calibration", "calibration_bins"), check=_check_fields,

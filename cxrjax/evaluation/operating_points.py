@@ -34,12 +34,12 @@ import numpy as np
 
 from cxrjax.data.labels import CLASSES
 from cxrjax.evaluation import metrics
+from cxrjax.evaluation.operating_points_tables import MEASURES, report_section
 from cxrjax.evaluation.section import Section, caveats_logged_once
 from cxrjax.io import fileio, run_layout
 
 RULES = ("youden", "max_f1", "sensitivity")
 RUN_FILE = run_layout.eval_link(run_layout.THRESHOLDS)  # a run's thresholds, under W
-MEASURES = ("sensitivity", "specificity", "ppv", "npv", "f1")
 _BOOT_CHUNK = 100  # resamples per matrix product: (chunk, N) float32 counts
 
 
@@ -55,11 +55,28 @@ def _curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return s[last], np.cumsum(y)[last], np.cumsum(~y)[last]
 
 
+def known_labels(mask, shape: tuple[int, ...]) -> np.ndarray | None:
+    """(N, C) bool of the known labels (``mask`` 1), or None when every label is known (no mask
+    or all ones), so that the computation is then exactly the unmasked one."""
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    mask = mask.reshape(-1, 1) if mask.ndim == 1 else mask
+    if mask.shape != tuple(shape):
+        raise ValueError(f"label mask {mask.shape} must have the labels' shape {tuple(shape)}")
+    if not np.isin(mask, (0, 1)).all():
+        raise ValueError("the label mask must be 0/1 (0: label missing)")
+    mask = mask.astype(bool)
+    return None if mask.all() else mask
+
+
 def choose_thresholds(scores, labels, rule: str = "youden", *,
                       target_sensitivity: float | None = None,
-                      classes: Sequence[str] | None = None) -> np.ndarray:
-    """(C,) thresholds for (N, C) validation scores and 0/1 labels, chosen by ``rule``."""
+                      classes: Sequence[str] | None = None, mask=None) -> np.ndarray:
+    """(C,) thresholds for (N, C) validation scores and 0/1 labels, chosen by ``rule``; with
+    ``mask`` (N, C, 0 = missing), each class over its known images only."""
     scores, labels = metrics.check_scores(scores, labels)
+    known = known_labels(mask, scores.shape)
     if rule not in RULES:
         raise ThresholdsError(f"unknown rule {rule!r}; expected one of {', '.join(RULES)}")
     if (rule == "sensitivity") != (target_sensitivity is not None):
@@ -70,11 +87,13 @@ def choose_thresholds(scores, labels, rule: str = "youden", *,
     out = np.full(scores.shape[1], np.nan)
     lacking: dict[str, list[str]] = {"positive": [], "negative": []}
     for c in range(scores.shape[1]):
-        thresholds, tp, fp = _curve(scores[:, c], labels[:, c])
-        positives, negatives = tp[-1], fp[-1]
+        rows = slice(None) if known is None else known[:, c]
+        positives = int(labels[rows, c].sum())
+        negatives = len(labels[rows, c]) - positives
         if positives == 0 or negatives == 0:
             lacking["positive" if positives == 0 else "negative"].append(names[c])
             continue
+        thresholds, tp, fp = _curve(scores[rows, c], labels[rows, c])
         out[c] = thresholds[_best_point(rule, tp, fp, positives, negatives, target_sensitivity)]
     for kind, which in lacking.items():  # one warning per kind, naming every class
         if which:
@@ -82,7 +101,6 @@ def choose_thresholds(scores, labels, rule: str = "youden", *,
                           f"{'its threshold is' if len(which) == 1 else 'their thresholds are'}"
                           " NaN", stacklevel=2)
     return out
-
 
 
 def _best_point(rule: str, tp: np.ndarray, fp: np.ndarray, positives: int, negatives: int,
@@ -131,13 +149,14 @@ class OperatingPoints:
     thresholds: np.ndarray  # (C,) float64, NaN where a class could not be set
     rule: str
     target_sensitivity: float | None = None
+    chosen_on: str = "validation"  # the split (and dataset) the thresholds were chosen on
 
     @classmethod
     def fit(cls, scores, labels, rule: str = "youden", *, target_sensitivity: float | None = None,
-            classes: Sequence[str] | None = None) -> OperatingPoints:
+            classes: Sequence[str] | None = None, mask=None) -> OperatingPoints:
         """``choose_thresholds`` wrapped with its class names and rule."""
         values = choose_thresholds(scores, labels, rule, target_sensitivity=target_sensitivity,
-                                   classes=classes)
+                                   classes=classes, mask=mask)
         return cls(_names(classes, len(values)), values, rule, target_sensitivity)
 
     def save(self, path: str | os.PathLike) -> None:
@@ -145,7 +164,7 @@ class OperatingPoints:
         path = os.fspath(path)
         fileio.makedirs(os.path.dirname(path) or ".")
         body = {"rule": self.rule, "target_sensitivity": self.target_sensitivity,
-                "chosen_on": "validation", "classes": list(self.classes),
+                "chosen_on": self.chosen_on, "classes": list(self.classes),
                 "thresholds": {c: None if math.isnan(v) else float(v)
                                for c, v in zip(self.classes, self.thresholds, strict=True)}}
         fileio.write_text(path, json.dumps(body, indent=2, allow_nan=False) + "\n")
@@ -179,7 +198,8 @@ class OperatingPoints:
                                   "'thresholds'") from None
         if body["rule"] not in RULES:
             raise ThresholdsError(f"{path}: unknown rule {body['rule']!r}")
-        return cls(tuple(saved), values, body["rule"], body.get("target_sensitivity"))
+        return cls(tuple(saved), values, body["rule"], body.get("target_sensitivity"),
+                   str(body.get("chosen_on") or "validation"))
 
     @classmethod
     def of_run(cls, workdir: str) -> OperatingPoints | None:
@@ -207,9 +227,12 @@ def _rates(tp, fp, fn, tn) -> dict[str, np.ndarray]:
 
 
 def _confusion(calls: np.ndarray, labels: np.ndarray, valid: np.ndarray,
-               weights: np.ndarray) -> list[np.ndarray]:
-    """[TP, FP, FN, TN], each (B, C), for (B, N) image weights; NaN for invalid classes."""
+               weights: np.ndarray, known: np.ndarray | None = None) -> list[np.ndarray]:
+    """[TP, FP, FN, TN], each (B, C), for (B, N) image weights, over the ``known`` labels only
+    when given; NaN for invalid classes."""
     parts = [calls & labels, calls & ~labels, ~calls & labels, ~calls & ~labels]
+    if known is not None:
+        parts = [p & known for p in parts]
     stacked = np.concatenate(parts, axis=1).astype(np.float32)  # (N, 4C)
     counts = (weights.astype(np.float32) @ stacked).astype(np.float64)
     counts[:, np.tile(~valid, 4)] = np.nan
@@ -217,11 +240,13 @@ def _confusion(calls: np.ndarray, labels: np.ndarray, valid: np.ndarray,
 
 
 def operating_point_metrics(scores, labels, thresholds, *, n_boot: int = 1000, seed: int = 0,
-                            classes: Sequence[str] | None = None) -> dict:
+                            classes: Sequence[str] | None = None, mask=None) -> dict:
     """Per class at ``thresholds``: confusion counts and each of ``MEASURES`` as
     {value, low, high} (a 95% percentile bootstrap CI over ``n_boot`` image resamples; a
-    resample where a measure is undefined is left out of its interval)."""
+    resample where a measure is undefined is left out of its interval). With ``mask`` (N, C,
+    0 = missing), a class counts its known images only."""
     scores, labels = metrics.check_scores(scores, labels)
+    known = known_labels(mask, scores.shape)
     thresholds = np.asarray(thresholds, np.float64)
     calls = positive_calls(scores, thresholds)
     names = _names(classes, scores.shape[1])
@@ -229,14 +254,14 @@ def operating_point_metrics(scores, labels, thresholds, *, n_boot: int = 1000, s
         raise ValueError(f"n_boot must be >= 0 (0: no intervals), got {n_boot}")
     valid = ~np.isnan(thresholds)
     n = len(scores)
-    point = _confusion(calls, labels, valid, np.ones((1, n)))
+    point = _confusion(calls, labels, valid, np.ones((1, n)), known)
     rng = np.random.default_rng(seed)
     boot = {m: [] for m in MEASURES}
     for lo in range(0, n_boot, _BOOT_CHUNK):
         b = min(_BOOT_CHUNK, n_boot - lo)
         draws = rng.integers(0, n, size=(b, n)) + n * np.arange(b)[:, None]
         weights = np.bincount(draws.ravel(), minlength=b * n).reshape(b, n)
-        for m, v in _rates(*_confusion(calls, labels, valid, weights)).items():
+        for m, v in _rates(*_confusion(calls, labels, valid, weights, known)).items():
             boot[m].append(v)
     values = _rates(*point)
     per_class = {}
@@ -256,99 +281,27 @@ def operating_point_metrics(scores, labels, thresholds, *, n_boot: int = 1000, s
 
 
 # ---------------------------------------------------------------------------------------------
-# A run's operating points: chosen on validation, measured on test, as tables.
+# A run's operating points: chosen on validation, measured on test (tables: its own module).
 # ---------------------------------------------------------------------------------------------
-
-_RULE_TEXT = {
-    "youden": "the threshold maximising Youden's J (sensitivity + specificity - 1)",
-    "max_f1": "the threshold maximising F1",
-    "sensitivity": "the highest threshold reaching a sensitivity of {target:g}",
-}
-
 
 def evaluate_operating_points(val_scores, val_labels, test_scores, test_labels, *,
                               rule: str = "youden", target_sensitivity: float | None = None,
                               n_boot: int = 1000, seed: int = 0,
-                              classes: Sequence[str] = CLASSES) -> tuple[OperatingPoints, dict]:
-    """(thresholds chosen on validation by ``rule``, JSON-ready measures at them on test).
+                              classes: Sequence[str] = CLASSES, val_mask=None,
+                              test_mask=None) -> tuple[OperatingPoints, dict]:
+    """(thresholds chosen on validation by ``rule``, JSON-ready measures at them on test),
+    each split over its known labels where a mask (N, C, 0 = missing) is given.
 
     ``target_sensitivity`` is used by ``rule="sensitivity"`` only (ignored otherwise)."""
     target = target_sensitivity if rule == "sensitivity" else None
     points = OperatingPoints.fit(val_scores, val_labels, rule, target_sensitivity=target,
-                                 classes=classes)
+                                 classes=classes, mask=val_mask)
     measured = operating_point_metrics(test_scores, test_labels, points.thresholds,
-                                       n_boot=n_boot, seed=seed, classes=classes)
+                                       n_boot=n_boot, seed=seed, classes=classes,
+                                       mask=test_mask)
     return points, {"rule": rule, "target_sensitivity": target, "chosen_on": "validation",
                     "validation_images": int(len(val_scores)),
                     "test_images": int(len(test_scores)), **measured}
-
-
-def _interval(m: dict, digits: int = 3) -> str:
-    value, low, high = (m.get(k) for k in ("value", "low", "high"))
-    if value is None or not np.isfinite(value):
-        return "n/a"
-    if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
-        return f"{value:.{digits}f}"
-    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-
-
-def _rows(result: dict) -> list[list[str]]:
-    rows = []
-    for name, r in result["per_class"].items():
-        threshold = r.get("threshold")
-        has = threshold is not None and np.isfinite(threshold)
-        positives = (r.get("tp") or 0) + (r.get("fn") or 0) if has else None
-        rows.append([name, f"{threshold:.4f}" if has else "n/a",
-                     f"{positives:.0f}" if positives is not None else "n/a",
-                     *(_interval(r[m]) if has else "n/a" for m in MEASURES)])
-    return rows
-
-
-_COLUMNS = ("Finding", "threshold", "test positives", "sensitivity", "specificity", "PPV",
-            "NPV", "F1")
-
-
-def markdown_table(result: dict) -> str:
-    """Per class: threshold, test positives and each measure with its 95% CI, as markdown."""
-    lines = ["| " + " | ".join(_COLUMNS) + " |", "|---|" + "---:|" * (len(_COLUMNS) - 1)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in _rows(result)])
-
-
-def format_text(result: dict) -> str:
-    """The same table as plain text, for a terminal."""
-    rows = [list(_COLUMNS), *_rows(result)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
-    lines = [("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                        for i, (c, w) in enumerate(zip(r, widths, strict=True)))) for r in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
-
-
-def describe(result: dict) -> str:
-    """One sentence: how the thresholds were chosen and what the intervals are."""
-    rule = _RULE_TEXT.get(result.get("rule"), f"rule {result.get('rule')!r}").format(
-        target=result.get("target_sensitivity") or 0)
-    chosen = result.get("chosen_on", "validation")
-    where = (f" ({result['validation_images']} images)" if result.get("validation_images")
-             else "")
-    boot = result.get("n_boot") or 0
-    ci = (f"95% CIs in brackets: percentile bootstrap over {boot} resamples of the "
-          f"{result.get('test_images', '')} scored images" if boot else "no bootstrap CI")
-    return (f"A finding is called positive when its probability is >= its class's threshold, "
-            f"{rule} on the {chosen} split{where}; {ci}. A class with no positive or no "
-            "negative image where the thresholds were chosen has none (n/a).")
-
-
-def report_section(result: dict | None, heading: str = "##") -> str:
-    """The report's operating-point section (markdown); says why when there is no result."""
-    lines = [f"{heading} Operating points: when to call a finding positive", ""]
-    if not result or "per_class" not in result:
-        why = (result or {}).get("skipped", "not computed")
-        return "\n".join(lines + [f"Not computed: {why}.", ""])
-    return "\n".join(lines + [
-        describe(result) + " Thresholds: `eval/thresholds.json` (`cxrjax.predict` marks its "
-        "calls with them; `cxrjax.evaluate --predictions F --thresholds` applies them).", "",
-        markdown_table(result), ""])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,7 +331,7 @@ def _compute(inputs: Any) -> dict:
         chosen, points = evaluate_operating_points(
             val.probs["fused"], val.labels, test.probs["fused"], test.labels,
             rule=e.threshold_rule, target_sensitivity=e.target_sensitivity,
-            n_boot=int(e.n_boot))
+            n_boot=int(e.n_boot), val_mask=val.label_mask, test_mask=test.label_mask)
     if inputs.write_files:
         chosen.save(fileio.join(inputs.workdir, RUN_FILE))
     return points

@@ -5,6 +5,7 @@
     W/eval/test_predictions.csv  test_predictions_<head>.csv  test_metrics.json
     W/eval/thresholds.json  roc_curves.png  reliability.png  localization.{json,md,png}
     W/eval/subgroups.{json,md,png}
+    W/eval/recalibration_<dataset label>.{json,md}  recalibration_<dataset label>_thresholds.json
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ ROC_CURVES = "roc_curves.png"
 RELIABILITY = "reliability.png"
 LOCALIZATION = "localization"  # .json, .md and .png
 SUBGROUPS = "subgroups"  # .json, .md and .png
+RECALIBRATION = "recalibration"  # per external set: recalibration_file(label, kind)
 
 # What a run writes at the top of its folder (a folder holding any of them holds a run).
 RUN_FILES = (CONFIG, COMMAND, CHECKPOINTS, METRICS_LOG, TENSORBOARD, EVAL, REPORT,
@@ -53,6 +55,13 @@ def eval_link(name: str) -> str:
 def head_predictions(head: str) -> str:
     """The test predictions file of one head (``test_predictions_msml.csv``)."""
     return TEST_PREDICTIONS.replace(".csv", f"_{head}.csv")
+
+
+def recalibration_file(label: str, kind: str) -> str:
+    """A file of the recalibration on external set ``label`` (kind ``json``, ``md`` or
+    ``thresholds``): ``recalibration_<label>.json``, ``.md``, ``_thresholds.json``."""
+    suffix = {"json": ".json", "md": ".md", "thresholds": "_thresholds.json"}[kind]
+    return f"{RECALIBRATION}_{label}{suffix}"
 
 
 def stage_dir(workdir: str, index: int, stage_name: str) -> str:

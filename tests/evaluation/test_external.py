@@ -182,6 +182,84 @@ def test_the_matrix_script_writes_markdown_heat_map_and_json_of_every_cell(tiny_
     assert script.main(["--runs", tiny_workdir, "--datasets", ":x=1"]) == 2
 
 
+def test_recalibrate_fits_the_targets_val_reports_its_test_and_feeds_predict(
+        tiny_workdir, tmp_path, capsys):
+    """--recalibrate val on another site's synthetic PadChest (the matrix test's set): the
+    thresholds are the target val's, both columns count the same test images, and the file
+    drives predict's calls."""
+    from PIL import Image
+
+    from cxrjax import predict
+    from cxrjax.data import pipeline, release_splits
+    from cxrjax.evaluation import evaluator, operating_points
+
+    data = ["synthetic_seed=5", "synthetic_n=120", "synthetic_site=other"]
+    argv = ["--workdir", tiny_workdir, "--dataset", "synthetic_padchest", "--recalibrate", "val",
+            "--calibrator", "temperature", "--n_boot", "0", "--json", str(tmp_path / "r.json")]
+    assert evaluate.main(argv + [x for d in data for x in ("--data", d)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((tmp_path / "r.json").read_text())
+    label = "synthetic_padchest_synthetic_seed-5_synthetic_n-120_synthetic_site-other"
+    eval_dir = pathlib.Path(tiny_workdir) / "eval"
+    assert json.loads((eval_dir / f"recalibration_{label}.json").read_text()) == result
+    assert printed == (eval_dir / f"recalibration_{label}.md").read_text()
+    assert printed.startswith(f"## Recalibration for {label}")
+    # Independently: the target's splits scored again, one class's threshold refitted.
+    run = evaluator.open_run(tiny_workdir)
+    cfg = external.dataset_config(run.config, "synthetic_padchest", data)
+    target = evaluator.Evaluator(run.evaluator.model, run.config.model.fusion,
+                                 pipeline.open_datasets(cfg, tiny_workdir), run.evaluator.mesh)
+    val = external.predict_masked(target, run.variables, "val")
+    test_ids = target.datasets.image_ids("test")
+    assert result["target_test_split_hash"] == release_splits.split_hash(test_ids)
+    assert result["images"]["target_test"] == len(test_ids)
+    points = operating_points.OperatingPoints.load(result["thresholds_file"])
+    fitted = [c for c in CLASSES if c not in result["thresholds_kept_from_run"]]
+    assert fitted, result["thresholds_kept_from_run"]
+    k = CLASSES.index(fitted[0])
+    known = val.mask[:, k] == 1
+    expected = operating_points.choose_thresholds(val.probs[known, k], val.labels[known, k])
+    assert points.thresholds[k] == expected[0] == \
+        result["after"]["per_class"][fitted[0]]["threshold"]
+    for c in CLASSES:
+        before, after = result["before"]["per_class"][c], result["after"]["per_class"][c]
+        if before["threshold"] is not None and after["threshold"] is not None:  # JSON: NaN
+            assert sum(before[x] for x in ("tp", "fp", "fn", "tn")) == \
+                sum(after[x] for x in ("tp", "fp", "fn", "tn"))
+    # The file round-trips through predict --thresholds; another class list is one line.
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 40), np.uint8)).save(image)
+    out = tmp_path / "pred"
+    assert predict.main(["--workdir", tiny_workdir, "--thresholds", result["thresholds_file"],
+                         "--out", str(out), str(image)]) == 0
+    assert f"chosen on the validation split of {label}" in capsys.readouterr().out
+    with open(out / "predictions.csv", newline="") as f:
+        row = next(csv.DictReader(f))
+    for c, t in zip(CLASSES, points.thresholds, strict=True):
+        p = float(row[f"prob_{c}"])
+        assert row[f"call_{c}"] == ("" if np.isnan(t) else
+                                    "positive" if p >= t else "negative")
+    other = tmp_path / "other.json"
+    operating_points.OperatingPoints(("Mass",), np.array([0.5]), "youden").save(other)
+    for bad, message in ((other, "other classes"), (tmp_path / "none.json", "not found")):
+        assert predict.main(["--workdir", tiny_workdir, "--thresholds", str(bad),
+                             str(image)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_recalibrate_flag_errors_are_one_line(capsys):
+    for argv, message in (
+            (["--workdir", "w", "--recalibrate", "val"], "needs one --workdir and --dataset"),
+            (["--workdir", "w", "--dataset", "x", "--calibrator", "platt"],
+             "--calibrator applies to --recalibrate only"),
+            (["--workdir", "w", "--dataset", "x", "--recalibrate", "val", "--split", "val"],
+             "--split does not apply to --recalibrate")):
+        assert evaluate.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+
+
 def test_the_report_gets_one_block_per_external_set_replaced_on_a_rerun(tmp_path):
     (tmp_path / "report.md").write_text("# Run\n\nbody\n")
     external.put_in_report(str(tmp_path), "a", "## A 1\n")

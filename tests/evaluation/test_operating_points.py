@@ -10,6 +10,7 @@ from sklearn.metrics import f1_score, precision_score, recall_score, roc_curve
 
 from cxrjax.data.labels import CLASSES
 from cxrjax.evaluation import operating_points as op
+from cxrjax.evaluation import operating_points_tables as tables
 
 
 def _validation(n=400, classes=3, seed=0, decimals=2):
@@ -228,11 +229,11 @@ def test_run_operating_points_are_chosen_on_validation_and_measured_on_test():
         called = test[:, c] >= points.thresholds[c]
         assert result["per_class"][name]["f1"]["value"] == pytest.approx(
             f1_score(test_labels[:, c], called))
-    table = op.markdown_table(result)
+    table = tables.markdown_table(result)
     assert table.count("\n") == 4 and "| Atelectasis | " in table and " [" in table
-    text = op.format_text(result)
+    text = tables.format_text(result)
     assert text.splitlines()[0].split()[:3] == ["Finding", "threshold", "test"]
-    section = op.report_section(result)
+    section = tables.report_section(result)
     assert "the threshold maximising F1 on the validation split (400 images)" in section
 
 
@@ -241,6 +242,6 @@ def test_zero_resamples_give_values_without_intervals_and_no_result_says_why():
     result = op.operating_point_metrics(scores, labels, [0.5] * 3, n_boot=0)
     row = result["per_class"]["class_0"]
     assert np.isfinite(row["sensitivity"]["value"]) and np.isnan(row["sensitivity"]["low"])
-    assert "no bootstrap CI" in op.describe({**result, "rule": "youden"})
-    assert "Not computed: the validation split is empty." in op.report_section(
+    assert "no bootstrap CI" in tables.describe({**result, "rule": "youden"})
+    assert "Not computed: the validation split is empty." in tables.report_section(
         {"skipped": "the validation split is empty"})
