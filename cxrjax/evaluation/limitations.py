@@ -37,11 +37,15 @@ def run_limitations(config: Any) -> tuple[Limitation, ...]:
     chest X-rays (NIH, or any other release's images)."""
     source = _get(config, "data.source") or "nih"
     resolution = _get(config, "data.resolution")
-    if source == "synthetic":
-        return (Limitation(
-            "trained on synthetic images, not X-rays",
-            "this model was trained on synthetic images (drawn shapes, cxrjax.data.synthetic), "
-            "not on chest X-rays: its probabilities for real X-rays mean nothing"),)
+    sources = source.split("+")  # a mix (cxrjax.data.mixing) names its sources a+b
+    synthetic = [s for s in sources if s.startswith("synthetic")]
+    if synthetic:
+        trained = ("this model was trained on synthetic images (drawn shapes, "
+                   "cxrjax.data.synthetic), not on chest X-rays" if len(sources) == 1 else
+                   f"this model was trained on a mix ({source}) that draws from synthetic "
+                   f"images ({', '.join(synthetic)}: drawn shapes, cxrjax.data.synthetic)")
+        return (Limitation("trained on synthetic images, not X-rays",
+                           f"{trained}: its probabilities for real X-rays mean nothing"),)
     if source == "chestmnist":
         size = f" ({resolution} px)" if resolution else ""
         return (Limitation(

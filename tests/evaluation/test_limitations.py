@@ -27,3 +27,14 @@ def test_chestmnist_is_flagged_with_its_size_and_a_json_config_reads_the_same():
     recorded = json.loads(c.to_json_best_effort())  # what config.json holds
     assert limitations.run_limitations(recorded) == found
     assert limitations.run_limitations({}) == ()  # no data section: NIH, the default
+
+
+def test_a_mix_with_a_synthetic_source_is_flagged_and_a_real_mix_is_not():
+    c = _config("r18")
+    c.data.source = "nih+synthetic_chexpert"
+    found = limitations.run_limitations(c)
+    assert len(found) == 1 and "synthetic" in found[0].short
+    assert "nih+synthetic_chexpert" in found[0].text and "synthetic_chexpert" in found[0].text
+    assert "real X-rays mean nothing" in found[0].text
+    assert limitations.run_limitations({"data": {"source": "synthetic_padchest"}}) != ()
+    assert limitations.run_limitations({"data": {"source": "nih+chexpert"}}) == ()
