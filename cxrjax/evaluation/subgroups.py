@@ -6,6 +6,15 @@ Seyyed-Kalantari et al. (Nature Medicine 2021): the share of images with a findi
 model calls "no finding" (no class at or above its threshold; a class without a threshold is
 never called). Counted per image: the test split holds images, not patients.
 
+**Missing labels.** With a label mask (a release's missing or uncertain-under-``ignore``
+labels), every measure uses each class's present labels only: its AUC, sensitivity and
+specificity over the images whose label is known, ECE over the known (image, class) pairs,
+positives counted where known. "With a finding" means at least one present positive; an image
+whose labels are all missing (or present and negative with the rest missing) is never "with a
+finding", so it counts in the underdiagnosis rate of no group, though it stays in ``n``
+(``images_without_known_label`` counts those with no present label at all). No mask, or all
+ones (NIH), is exactly the unmasked computation.
+
 **Intervals.** Every group is resampled on its own (its size fixed), ``n_boot`` times, 95%
 percentile intervals. AUCs: per class, the group's positives and negatives are resampled
 separately (``metrics``' stratified bootstrap, computed here in NumPy from the negatives'
@@ -57,15 +66,25 @@ def auc_of_counts(positive_counts: np.ndarray, negative_counts: np.ndarray,
     return (positive_counts * wins).sum(1) / (positive_counts.sum(1) * negative_counts.sum(1))
 
 
+def _class_aucs(scores: np.ndarray, labels: np.ndarray, known: np.ndarray | None) -> np.ndarray:
+    """(C,) AUCs from ``metrics``, each class over its ``known`` images (all when None)."""
+    if known is None:
+        return metrics._auc(scores, labels)
+    return np.array([metrics._auc(scores[known[:, c], c:c + 1], labels[known[:, c], c:c + 1])[0]
+                     for c in range(scores.shape[1])])
+
+
 def _stratified_auc(scores: np.ndarray, labels: np.ndarray, n_boot: int,
-                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(point AUC (C,) from ``metrics``, resampled AUCs (n_boot, C)): per class, positives
-    and negatives drawn separately; NaN for a class with one label value."""
-    point = metrics._auc(scores, labels)
+                    rng: np.random.Generator, known: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(point AUC (C,) from ``metrics``, resampled AUCs (n_boot, C)): per class, its known
+    positives and negatives drawn separately; NaN for a class with one label value."""
+    point = _class_aucs(scores, labels, known)
     boot = np.full((n_boot, scores.shape[1]), np.nan)
     for c in np.flatnonzero(~np.isnan(point)):
-        y = labels[:, c]
-        positives, negatives = scores[y, c], np.sort(scores[~y, c])
+        rows = slice(None) if known is None else known[:, c]
+        y, column = labels[rows, c], scores[rows, c]
+        positives, negatives = column[y], np.sort(column[~y])
         below = np.searchsorted(negatives, positives, "left")
         up_to = np.searchsorted(negatives, positives, "right")
         for lo in range(0, n_boot, _CHUNK):
@@ -75,14 +94,16 @@ def _stratified_auc(scores: np.ndarray, labels: np.ndarray, n_boot: int,
     return point, boot
 
 
-def _per_image_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int
-                    ) -> tuple[np.ndarray, np.ndarray, int]:
+def _per_image_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int,
+                    known: np.ndarray | None = None) -> tuple[np.ndarray, int | np.ndarray]:
     """Per image and probability bin (as ``calibration``): (sum of labels - sum of
-    probabilities) (N, B), and the predictions per image; pooled ECE = |w @ d|.sum() / total."""
+    probabilities) (N, B) over the ``known`` labels, and the predictions per image (an int when
+    every label is known, else (N,)); pooled ECE = |w @ d|.sum() / (w @ per-image count)."""
     n, num_classes = probs.shape
     flat = (calibration._bin_index(probs, n_bins) + n_bins * np.arange(n)[:, None]).ravel()
-    diff = np.bincount(flat, (labels - probs).ravel(), n * n_bins).reshape(n, n_bins)
-    return diff, num_classes
+    gap = labels - probs if known is None else (labels - probs) * known
+    diff = np.bincount(flat, gap.ravel(), n * n_bins).reshape(n, n_bins)
+    return diff, num_classes if known is None else known.sum(axis=1).astype(np.float64)
 
 
 def _interval(value: float, samples: np.ndarray | None) -> dict[str, float]:
@@ -93,12 +114,13 @@ def _interval(value: float, samples: np.ndarray | None) -> dict[str, float]:
     return {"value": float(value), "low": float(low), "high": float(high)}
 
 
-def _rates(weights: np.ndarray, diff: np.ndarray, per_image: int, has: np.ndarray,
-           missed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def _rates(weights: np.ndarray, diff: np.ndarray, per_image: int | np.ndarray,
+           has: np.ndarray, missed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """(pooled ECE, underdiagnosis rate), each (B,), for (B, N) image weights."""
-    total = weights.sum(axis=1)
-    ece = np.abs(weights @ diff).sum(axis=1) / (per_image * total)
     with np.errstate(invalid="ignore", divide="ignore"):
+        total = (per_image * weights.sum(axis=1) if np.isscalar(per_image)
+                 else weights @ per_image)
+        ece = np.abs(weights @ diff).sum(axis=1) / total
         under = (weights @ missed) / (weights @ has) if missed is not None else \
             np.full(len(weights), np.nan)
     return ece, under
@@ -106,25 +128,32 @@ def _rates(weights: np.ndarray, diff: np.ndarray, per_image: int, has: np.ndarra
 
 def group_cell(scores: np.ndarray, labels: np.ndarray, thresholds: np.ndarray | None, *,
                n_boot: int, rng: np.random.Generator, seed: int, n_bins: int,
-               classes: Sequence[str]) -> tuple[dict, dict[str, np.ndarray]]:
+               classes: Sequence[str], known: np.ndarray | None = None
+               ) -> tuple[dict, dict[str, np.ndarray]]:
     """One group's JSON-ready numbers, and its resampled AUCs (n_boot, C) and
-    underdiagnosis rates (n_boot,) for the mean and the gaps."""
-    n, has = len(scores), labels.any(axis=1)
+    underdiagnosis rates (n_boot,) for the mean and the gaps; ``known`` (N, C): the present
+    labels (None: all)."""
+    present = labels if known is None else labels & known
+    n, has = len(scores), present.any(axis=1)
     cell: dict[str, Any] = {"n": n, "images_with_finding": int(has.sum()),
-                            "positives": dict(zip(classes, map(int, labels.sum(0)), strict=True))}
+                            "positives": dict(zip(classes, map(int, present.sum(0)),
+                                                  strict=True))}
+    if known is not None:
+        cell["images_without_known_label"] = int((~known.any(axis=1)).sum())
     if n < MIN_GROUP_IMAGES:
         return {**cell, "too_small": True}, {}
-    point, boot = _stratified_auc(scores, labels, n_boot, rng)
+    point, boot = _stratified_auc(scores, labels, n_boot, rng, known)
     cell["auc"] = {c: _interval(point[i], boot[:, i]) for i, c in enumerate(classes)}
     missed = None
     if thresholds is not None:
         missed = (has & ~operating_points.positive_calls(scores, thresholds).any(axis=1))
         measured = operating_points.operating_point_metrics(
-            scores, labels, thresholds, n_boot=n_boot, seed=seed, classes=classes)["per_class"]
+            scores, labels, thresholds, n_boot=n_boot, seed=seed, classes=classes,
+            mask=known)["per_class"]
         for m in ("sensitivity", "specificity"):
             cell[m] = {c: measured[c][m] for c in classes}
     probabilities = bool(scores.min() >= 0 and scores.max() <= 1)
-    diff, per_image = _per_image_bins(np.clip(scores, 0, 1), labels, n_bins)
+    diff, per_image = _per_image_bins(np.clip(scores, 0, 1), labels, n_bins, known)
     ece, under = _rates(np.ones((1, n)), diff, per_image, has, missed)
     boot_ece, boot_under = [], []
     for lo in range(0, n_boot, _CHUNK):
@@ -156,7 +185,7 @@ def _gap(cells: Mapping[str, dict], resampled: Mapping[str, dict], key: str) -> 
 
 def _attribute(scores, labels, masks: Mapping[str, np.ndarray], thresholds, *, n_boot: int,
                seed: int, index: int, n_bins: int, classes: Sequence[str],
-               whole_auc: np.ndarray) -> dict:
+               whole_auc: np.ndarray, known: np.ndarray | None = None) -> dict:
     """Every group of one attribute, each group's mean AUC over the shared classes (and the
     whole split's over the same classes: ``whole_auc`` (C,)), gaps."""
     cells, resampled = {}, {}
@@ -164,7 +193,7 @@ def _attribute(scores, labels, masks: Mapping[str, np.ndarray], thresholds, *, n
         rng = np.random.default_rng([seed, index, g])
         cells[name], resampled[name] = group_cell(
             scores[mask], labels[mask], thresholds, n_boot=n_boot, rng=rng, seed=seed,
-            n_bins=n_bins, classes=classes)
+            n_bins=n_bins, classes=classes, known=None if known is None else known[mask])
     scored = [g for g, c in cells.items() if "auc" in c]
     shared = [c for c in classes if scored and all(
         np.isfinite(cells[g]["auc"][c]["value"]) for g in scored)]
@@ -183,13 +212,15 @@ def _attribute(scores, labels, masks: Mapping[str, np.ndarray], thresholds, *, n
 
 def subgroup_report(scores, labels, meta: metadata.Metadata, thresholds=None, *,
                     n_boot: int = 1000, seed: int = 0, n_bins: int = 15,
-                    classes: Sequence[str] | None = None) -> dict:
+                    classes: Sequence[str] | None = None, mask=None) -> dict:
     """The JSON-ready subgroup report of (N, C) scores and 0/1 labels of one test split.
 
     ``meta``: the images' metadata (an attribute it lacks is under ``not_broken_down`` with why);
     ``thresholds`` (C,): the run's operating points (None: no sensitivity, specificity or
-    underdiagnosis rate)."""
+    underdiagnosis rate); ``mask`` (N, C, 0 = label missing): each class over its present
+    labels only."""
     scores, labels = metrics.check_scores(scores, labels)
+    known = operating_points.known_labels(mask, scores.shape)
     classes = list(classes or metrics.class_names(scores.shape[1]))
     if thresholds is not None:
         thresholds = np.asarray(thresholds, np.float64)
@@ -203,17 +234,21 @@ def subgroup_report(scores, labels, meta: metadata.Metadata, thresholds=None, *,
     attributes = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a group's one-valued class: NaN
-        whole_auc = metrics._auc(scores, labels)
+        whole_auc = _class_aucs(scores, labels, known)
         for index, attribute in enumerate(metadata.ATTRIBUTES):
             if attribute in masks:
                 attributes[attribute] = _attribute(
                     scores, labels, masks[attribute], thresholds, n_boot=n_boot, seed=seed,
-                    index=index, n_bins=n_bins, classes=classes, whole_auc=whole_auc)
+                    index=index, n_bins=n_bins, classes=classes, whole_auc=whole_auc,
+                    known=known)
         overall = {"mean_auc": float(np.nanmean(whole_auc))}
-    has = labels.any(axis=1)
+    has = (labels if known is None else labels & known).any(axis=1)
     overall["images_with_finding"] = int(has.sum())
+    if known is not None:
+        overall["images_without_known_label"] = int((~known.any(axis=1)).sum())
     if scores.min() >= 0 and scores.max() <= 1:
-        overall["ece"] = calibration.expected_calibration_error(scores, labels, n_bins)[1]
+        overall["ece"] = calibration.expected_calibration_error(scores, labels, n_bins,
+                                                                mask=known)[1]
     if thresholds is not None:
         called = operating_points.positive_calls(scores, thresholds).any(axis=1)
         overall["underdiagnosis_rate"] = (float((has & ~called).sum() / has.sum())
@@ -258,7 +293,8 @@ def _compute(inputs: Any) -> dict:
     with caveats_logged_once("subgroups: "):
         result = subgroup_report(test.probs["fused"], test.labels, meta,
                                  run_thresholds(inputs.earlier), n_boot=int(e.n_boot),
-                                 n_bins=int(e.calibration_bins))
+                                 n_bins=int(e.calibration_bins),
+                                 mask=getattr(test, "label_mask", None))
     if inputs.write_files:
         subgroups_report.write_outputs(result, inputs.eval_dir)
     return result

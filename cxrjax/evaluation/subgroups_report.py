@@ -85,6 +85,11 @@ def describe(result: Mapping) -> str:
     whole = result["overall"]
     rate = whole.get("underdiagnosis_rate")
     rate = f", underdiagnosis rate {rate:.3f}" if rate is not None else ""
+    if "images_without_known_label" in whole:
+        calls += (" Missing labels are left out: each class is scored over its present labels, "
+                  "an image has a finding when one present label is positive (so an image "
+                  f"with every label missing, {whole['images_without_known_label']} here, never "
+                  "has one).")
     return (f"{result['n_images']} test images (mean AUC of every class "
             f"{whole['mean_auc']:.3f}{rate}). {ci}. A group's mean AUC is over the classes "
             "every group of its attribute can score; ECE pools every (image, class) "

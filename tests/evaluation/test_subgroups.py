@@ -231,3 +231,38 @@ def test_evaluate_predictions_subgroups_in_process(tmp_path, capsys):
     assert again["attributes"]["sex"]["groups"]["female"]["n"] == female["n"]
     assert evaluate.main(["--workdir", str(tmp_path), "--subgroups"]) == 2
     assert "--subgroups applies to --predictions only" in capsys.readouterr().err
+
+
+def test_a_missing_label_is_left_out_not_read_as_negative():
+    scores, labels, meta = _data(n=400, seed=5)
+    rng = np.random.default_rng(7)
+    known = rng.random(labels.shape) < 0.7
+    known[:, 2] = True
+    known[:20] = False  # images with every label missing
+    labels = labels * known  # what a release writes where a label is missing: 0
+    thresholds = np.linspace(0.3, 0.5, 14)
+    result = subgroups.subgroup_report(scores, labels, meta, thresholds, n_boot=50, seed=1,
+                                       mask=known.astype(np.uint8))
+    cell = result["attributes"]["sex"]["groups"]["female"]
+    f = meta.sex == "F"
+    s, y, k = scores[f], labels[f], known[f]
+    c = CLASSES.index("Mass")
+    assert cell["auc"]["Mass"]["value"] == pytest.approx(
+        roc_auc_score(y[k[:, c], c], s[k[:, c], c]), abs=1e-12)
+    called = s[:, c] >= thresholds[c]
+    negatives = k[:, c] & (y[:, c] == 0)
+    assert cell["specificity"]["Mass"]["value"] == pytest.approx(
+        (~called & negatives).sum() / negatives.sum())
+    has = (y.astype(bool) & k).any(1)
+    assert cell["images_with_finding"] == has.sum()
+    assert cell["images_without_known_label"] == (~k.any(1)).sum() > 0
+    assert cell["underdiagnosis_rate"]["value"] == pytest.approx(
+        (has & ~(s >= thresholds).any(1)).sum() / has.sum())
+    _, pooled = calibration.expected_calibration_error(s, y, 15, mask=k)
+    assert cell["ece"]["value"] == pytest.approx(pooled, abs=1e-12)
+    assert "every label missing, 20 here" in markdown(result)
+    # NIH: an all-ones mask is the unmasked report exactly.
+    plain = subgroups.subgroup_report(scores, labels, meta, thresholds, n_boot=50, seed=1)
+    ones = subgroups.subgroup_report(scores, labels, meta, thresholds, n_boot=50, seed=1,
+                                     mask=np.ones_like(labels))
+    assert json.dumps(plain) == json.dumps(ones)
