@@ -71,6 +71,7 @@ def check_data(d: mlc.ConfigDict, num_classes: int) -> None:
     from cxrjax.data import label_space, mimic_layout, mixing, pipeline
     from cxrjax.data import release_rows as rr
     from cxrjax.data.labels import CLASSES as NIH_CLASSES
+    from cxrjax.data.sources import RELEASES, SYNTHETIC, release_of
 
     mix_problem = mixing.check(d.source, tuple(d.get("source_weights") or ()))
     if mix_problem:
@@ -86,10 +87,11 @@ def check_data(d: mlc.ConfigDict, num_classes: int) -> None:
     if len(classes) != num_classes:
         raise ConfigError(f"data.classes has {len(classes)} classes but model.num_classes="
                           f"{num_classes}")
-    if classes != NIH_CLASSES:
-        raise ConfigError("data.classes: a run's evaluation, predictions files and report score "
-                          "the NIH 14 classes in the paper's order; other class lists are not "
-                          "supported yet")
+    nih_sourced = [s for s in mixing.source_names(d.source) if release_of(s) is None]
+    if classes != NIH_CLASSES and nih_sourced:
+        raise ConfigError(f"data.classes={list(classes)}: the source(s) {', '.join(nih_sourced)} "
+                          "label the NIH 14 in the paper's order only; other class lists need a "
+                          f"release source ({', '.join(RELEASES + SYNTHETIC)})")
     if d.uncertain not in label_space.POLICIES:
         raise ConfigError(f"data.uncertain={d.uncertain!r}: expected one of "
                           f"{', '.join(label_space.POLICIES)}")

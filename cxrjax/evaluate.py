@@ -148,13 +148,19 @@ def evaluate_workdirs(workdirs: Sequence[str], split: str = "test", *, n_boot: i
         out.update(workdirs=[os.fspath(workdirs[0])], split=split, steps=[step])
         return out
     opened = [evaluator.open_run(w) for w in workdirs]
+    classes = [tuple(r.config.data.classes) for r in opened]
+    other = next((w for w, c in zip(workdirs, classes, strict=True) if c != classes[0]), None)
+    if other is not None:
+        raise ValueError(f"refusing to ensemble {workdirs[0]} and {other}: they predict other "
+                         "classes (data.classes)")
     check_same_images(workdirs, [r.evaluator.datasets.image_ids(split) for r in opened], split)
     results = [r.evaluator.predict(r.variables, split) for r in opened]
     ids, labels = [r.image_ids for r in results], [r.labels for r in results]
     orders = align_runs(workdirs, ids, labels, split)
     fused = [r.probs["fused"][order] for r, order in zip(results, orders, strict=True)]
-    out = metrics.summary(np.mean(fused, axis=0), labels[0], n_boot=n_boot, seed=seed)
-    out["members"] = {os.fspath(w): metrics.summary(f, labels[0], n_boot=0)["mean_auc"]
+    # The first run's labels, mask and class names (masked data: known labels only).
+    out = evaluator.summarize(np.mean(fused, axis=0), results[0], n_boot=n_boot, seed=seed)
+    out["members"] = {os.fspath(w): evaluator.summarize(f, results[0], n_boot=0)["mean_auc"]
                       for w, f in zip(workdirs, fused, strict=True)}
     out.update(workdirs=[os.fspath(w) for w in workdirs], split=split,
                steps=[r.step for r in opened])

@@ -34,8 +34,8 @@ import PIL
 from jax import export as jax_export
 
 from cxrjax import export_reference, models
-from cxrjax.data.labels import CLASSES
 from cxrjax.evaluation import inference, limitations, model_card, operating_points
+from cxrjax.evaluation.section import run_classes
 from cxrjax.io import checkpoint, compilation_cache, fileio, logs, run_layout
 from cxrjax.models.common import IMAGENET_MEAN, IMAGENET_STD
 from cxrjax.runfolder import loading as runs
@@ -271,7 +271,7 @@ def _write_folder(tmp: str, workdir: str, run: tuple, leaves: list,
     np.savez(os.path.join(tmp, files.EXPECTED), crops=crops, **expected)
     _write_json(os.path.join(tmp, files.PREPROCESSING),
                 preprocessing_contract(config, model.dtype))
-    points = operating_points.OperatingPoints.of_run(workdir)
+    points = operating_points.OperatingPoints.of_run(workdir, run_classes(config))
     if points is not None:
         points.save(os.path.join(tmp, files.THRESHOLDS))
     here = jax_export.default_export_platform()  # "cuda", not jax's backend name "gpu"
@@ -281,7 +281,7 @@ def _write_folder(tmp: str, workdir: str, run: tuple, leaves: list,
         _write_json(os.path.join(tmp, files.CALIBRATION), rescaling)
     fileio.write_text(os.path.join(tmp, files.MODEL_CARD), model_card.render(workdir))
     manifest = {
-        "format": files.FORMAT, "version": files.VERSION, "classes": list(CLASSES),
+        "format": files.FORMAT, "version": files.VERSION, "classes": list(run_classes(config)),
         "heads": ["fused", *sorted(h for h in expected if h != "fused")],
         "fusion": list(config.model.fusion), "resolution": int(config.data.resolution),
         "crop": int(config.data.crop), "entries": files.ENTRIES, "platforms": lowered,

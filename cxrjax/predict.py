@@ -46,6 +46,7 @@ from cxrjax.data.labels import CLASSES
 from cxrjax.evaluation import heatmaps, inference, limitations, operating_points
 from cxrjax.evaluation.overlay import cam_problem, overlay, scaled
 from cxrjax.evaluation.prediction_files import IMAGE_COLUMN, SCORE_PREFIX
+from cxrjax.evaluation.section import run_classes
 from cxrjax.io import compilation_cache, fileio, logs, storage_checks
 from cxrjax.runfolder import loading as runs
 from cxrjax.serving import files as export_files
@@ -135,6 +136,7 @@ def predict_files(workdir: str, files: Sequence[str], out_dir: str, batch_size: 
     method = heatmap_method(config, model)
     run_warnings = tuple(x.short for x in limitations.run_limitations(config))
     resolution, crop = int(config.data.resolution), int(config.data.crop)
+    classes = run_classes(config)
     size = min(batch_size, 1 << max(len(files) - 1, 0).bit_length())  # one shape, one compile
     size = -(-size // mesh.size) * mesh.size  # a batch splits evenly over the devices
     predict_fn = inference.make_predict_fn(model, tuple(config.model.fusion), mesh)
@@ -148,13 +150,13 @@ def predict_files(workdir: str, files: Sequence[str], out_dir: str, batch_size: 
         maps = jax.device_get(heatmap_fn(variables, images, tops))
         for i, (path, loaded) in enumerate(chunk):
             top, notes = int(tops[i]), (*run_warnings, *loaded.warnings)
-            caption = f"{heatmaps.TITLES[method]}: {CLASSES[top]} {probs['fused'][i, top]:.3f}"
+            caption = f"{heatmaps.TITLES[method]}: {classes[top]} {probs['fused'][i, top]:.3f}"
             heatmap = _heatmap_path(out_dir, path, method, used)
-            _write_heatmap(heatmap, path, loaded, maps[i], method, CLASSES[top], caption,
+            _write_heatmap(heatmap, path, loaded, maps[i], method, classes[top], caption,
                            (resolution, crop), "; ".join(notes))
             rows.append({"path": path, "probs": {h: p[i] for h, p in probs.items()},
-                         "top": CLASSES[top], "heatmap": heatmap, "tags": loaded.tags,
-                         "warnings": notes})
+                         "top": classes[top], "heatmap": heatmap, "tags": loaded.tags,
+                         "warnings": notes, "classes": classes})
     return rows, errors
 
 
@@ -173,8 +175,9 @@ def predict_files_exported(model_dir: str, files: Sequence[str], batch_size: int
         for i, (path, loaded) in enumerate(chunk):
             top = int(np.argmax(scores.probs["fused"][i]))
             rows.append({"path": path, "probs": {h: p[i] for h, p in scores.probs.items()},
-                         "top": CLASSES[top], "heatmap": "", "tags": loaded.tags,
-                         "warnings": (*run_warnings, *loaded.warnings)})
+                         "top": model.classes[top], "heatmap": "", "tags": loaded.tags,
+                         "warnings": (*run_warnings, *loaded.warnings),
+                         "classes": model.classes})
     return rows, errors, model
 
 
@@ -192,6 +195,11 @@ def _call_text(call: bool | None) -> str:
     return "" if call is None else ("positive" if call else "negative")
 
 
+def row_classes(rows: Sequence[dict]) -> tuple[str, ...]:
+    """The scored model's classes, in its output order (NIH's 14 for rows that name none)."""
+    return tuple(rows[0].get("classes") or CLASSES)
+
+
 def write_csv(path: str, rows: Sequence[dict]) -> None:
     """``Image Index`` (file name), path, ``warning`` (the run's limitations and the image's
     warnings, ``; ``-joined; empty when none), top finding, ``prob_<Class>`` (fused); with the
@@ -200,17 +208,17 @@ def write_csv(path: str, rows: Sequence[dict]) -> None:
     path and a DICOM's view, sex and age (empty for PNG/JPEG). Scores as round-trip float32
     text."""
     heads = [h for h in rows[0]["probs"] if h != "fused"]
-    calls = rows[0].get("calls") is not None
+    calls, classes = rows[0].get("calls") is not None, row_classes(rows)
     header = [IMAGE_COLUMN, "path", "warning", "top_finding",
-              *(f"{SCORE_PREFIX}{c}" for c in CLASSES),
-              *(["positive_findings", *(f"call_{c}" for c in CLASSES)] if calls else []),
-              *(f"{h}_{c}" for h in heads for c in CLASSES), "heatmap", *TAGS]
+              *(f"{SCORE_PREFIX}{c}" for c in classes),
+              *(["positive_findings", *(f"call_{c}" for c in classes)] if calls else []),
+              *(f"{h}_{c}" for h in heads for c in classes), "heatmap", *TAGS]
     with fileio.open(path, "w") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for r in rows:
             fused = np.asarray(r["probs"]["fused"], np.float32).astype(str)
-            marks = ["|".join(c for c, k in zip(CLASSES, r["calls"], strict=True) if k),
+            marks = ["|".join(c for c, k in zip(classes, r["calls"], strict=True) if k),
                      *map(_call_text, r["calls"])] if calls else []
             others = np.concatenate([np.zeros(0), *(r["probs"][h] for h in heads)])
             writer.writerow([os.path.basename(r["path"]), r["path"],
@@ -224,16 +232,17 @@ def format_rows(rows: Sequence[dict]) -> str:
     thresholds each positive call is marked ``+`` and listed at the end of its line."""
     names = [os.path.basename(r["path"]) for r in rows]
     width = min(max(len("image"), *(len(n) for n in names)), 32)
-    calls = rows[0].get("calls") is not None
+    calls, classes = rows[0].get("calls") is not None, row_classes(rows)
     last = "positive calls" if calls else "top finding"
-    lines = [f"{'image':<{width}} " + " ".join(f"{s:>5}" + " " * calls for s in SHORT)
+    short = SHORT if classes == tuple(CLASSES) else tuple(c[:5] for c in classes)
+    lines = [f"{'image':<{width}} " + " ".join(f"{s:>5}" + " " * calls for s in short)
              + f"  {last}"]
     for name, r in zip(names, rows, strict=True):
         name = name if len(name) <= width else "..." + name[-(width - 3):]
-        marks = [("+" if k else " ") for k in r["calls"]] if calls else [""] * len(CLASSES)
+        marks = [("+" if k else " ") for k in r["calls"]] if calls else [""] * len(classes)
         values = " ".join(f"{v:5.3f}{m}" for v, m in zip(r["probs"]["fused"], marks,
                                                           strict=True))
-        end = (", ".join(c for c, k in zip(CLASSES, r["calls"], strict=True) if k) or "none"
+        end = (", ".join(c for c, k in zip(classes, r["calls"], strict=True) if k) or "none"
                if calls else r["top"])
         lines.append(f"{name:<{width}} {values}  {end}")
     return "\n".join(lines)
@@ -308,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if given is not None:
             points, thresholds = given, args.thresholds
         else:
-            points = (operating_points.OperatingPoints.load(thresholds)
+            points = (operating_points.OperatingPoints.load(thresholds, row_classes(rows))
                       if rows and fileio.exists(thresholds) else None)
         mark_calls(rows, points)
         if rows:

@@ -31,7 +31,7 @@ from cxrjax.data.labels import CLASSES
 from cxrjax.evaluation import metrics
 from cxrjax.evaluation.operating_points import known_labels
 from cxrjax.evaluation.prediction_files import HEAD_TITLES
-from cxrjax.evaluation.section import Section, caveats_logged_once
+from cxrjax.evaluation.section import Section, caveats_logged_once, run_classes
 from cxrjax.io import fileio, run_layout
 
 METHODS = ("temperature", "platt")
@@ -390,7 +390,7 @@ def _compute(inputs: Any) -> dict:
             val.probs if val else {}, val.labels if val else None, test.probs, test.labels,
             method=e.calibration if val else "none", n_bins=int(e.calibration_bins),
             plot_path=plot, val_mask=val.label_mask if val else None,
-            test_mask=test.label_mask)
+            test_mask=test.label_mask, classes=run_classes(inputs.config))
 
 
 SECTION = Section("calibration", ("calibration", "calibration_bins"), check=_check_fields,

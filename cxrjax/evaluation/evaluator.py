@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 from cxrjax.config_checks import check_config
 from cxrjax.evaluation import inference, metrics, sections
 from cxrjax.evaluation import prediction_files as predictions
-from cxrjax.evaluation.section import caveats_logged_once
+from cxrjax.evaluation.section import caveats_logged_once, run_classes
 from cxrjax.io import fileio, run_layout
 from cxrjax.runfolder import loading as runs
 
@@ -42,10 +42,11 @@ class SplitScores:
 
     split: str
     image_ids: list[str]
-    probs: dict[str, np.ndarray]  # head -> (N, 14) probabilities, with "fused"
-    labels: np.ndarray  # (N, 14) 0/1
+    probs: dict[str, np.ndarray]  # head -> (N, C) probabilities, with "fused"
+    labels: np.ndarray  # (N, C) 0/1, C: the run's classes (data.classes)
     results: dict[str, dict] = dataclasses.field(default_factory=dict)  # head -> summary
-    label_mask: np.ndarray | None = None  # (N, 14) 0/1, 0 = label missing; None: all known
+    label_mask: np.ndarray | None = None  # (N, C) 0/1, 0 = label missing; None: all known
+    classes: tuple[str, ...] = ()  # the columns' names; () for NIH's 14 (data without a list)
 
 
 class Evaluator:
@@ -63,7 +64,8 @@ class Evaluator:
         if getattr(self.datasets.records, "masked", False):  # a release with missing labels
             ids, probs, labels, label_mask = inference.predict_split_masked(
                 self.predict_fn, variables, self.datasets, split, self.mesh)
-            return SplitScores(split, ids, probs, labels, label_mask=label_mask)
+            return SplitScores(split, ids, probs, labels, label_mask=label_mask,
+                               classes=tuple(getattr(self.datasets.records, "classes", ())))
         ids, probs, labels = inference.predict_split(self.predict_fn, variables, self.datasets,
                                                      split, self.mesh)
         return SplitScores(split, ids, probs, labels)
@@ -71,7 +73,7 @@ class Evaluator:
     def score(self, variables: dict, split: str, *, n_boot: int, seed: int = 0) -> SplitScores:
         """``predict`` plus a ``metrics.summary`` per head (the data's caveats are warnings)."""
         scores = self.predict(variables, split)
-        results = {head: _summary(p, scores, n_boot=n_boot, seed=seed)
+        results = {head: summarize(p, scores, n_boot=n_boot, seed=seed)
                    for head, p in scores.probs.items()}
         return dataclasses.replace(scores, results=results)
 
@@ -79,7 +81,7 @@ class Evaluator:
         """The fused summary on the validation split, without bootstrap: the epoch's score."""
         with caveats_logged_once("validation split: "):
             scores = self.predict(variables, "val")
-            return _summary(scores.probs["fused"], scores, n_boot=0)
+            return summarize(scores.probs["fused"], scores, n_boot=0)
 
     def test_and_report(self, variables: dict, workdir: str, config: mlc.ConfigDict
                         ) -> SplitScores:
@@ -120,15 +122,15 @@ class Evaluator:
                                   boxes_file=boxes_file, seed=seed, primary=primary, per=per)
 
 
-def _summary(probs: np.ndarray, scores: SplitScores, *, n_boot: int, seed: int = 0) -> dict:
+def summarize(probs: np.ndarray, scores: SplitScores, *, n_boot: int, seed: int = 0) -> dict:
     """``metrics.summary``, or over known labels only where the data has missing ones."""
     if scores.label_mask is None:
         return metrics.summary(probs, scores.labels, n_boot=n_boot, seed=seed)
     from cxrjax.evaluation import masked_metrics
 
     return masked_metrics.as_summary(probs, scores.labels, scores.label_mask,
-                                     metrics.class_names(probs.shape[1]), n_boot=n_boot,
-                                     seed=seed)
+                                     scores.classes or metrics.class_names(probs.shape[1]),
+                                     n_boot=n_boot, seed=seed)
 
 
 def write_test_outputs(workdir: str, config: mlc.ConfigDict, scores: SplitScores,
@@ -152,7 +154,7 @@ def write_test_outputs(workdir: str, config: mlc.ConfigDict, scores: SplitScores
         name = run_layout.TEST_PREDICTIONS if head == "fused" else \
             run_layout.head_predictions(head)
         predictions.write_predictions(fileio.join(eval_dir, name), scores.image_ids, p,
-                                      metadata=patients)
+                                      metadata=patients, classes=run_classes(config))
     results = scores.results
     out = {**results["fused"], "heads": {h: r for h, r in results.items() if h != "fused"}}
     out.update(sections.summaries(section_results or {}))

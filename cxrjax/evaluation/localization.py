@@ -28,7 +28,7 @@ from cxrjax.data import labels as labels_lib
 from cxrjax.data.crop import centre_crop, centre_crop_offset
 from cxrjax.evaluation import boxes as loc
 from cxrjax.evaluation import heatmaps
-from cxrjax.evaluation.section import Section
+from cxrjax.evaluation.section import Section, nih_classes, run_classes
 from cxrjax.io import fileio, run_layout
 
 SPLITS = ("test", "val", "train", "all")
@@ -363,6 +363,9 @@ def _check_fields(e: Any, model: Any) -> None:
 def _compute(inputs: Any) -> dict:
     """The test split's boxes scored with every heatmap the model offers (files on process
     0), or why not: the run's data has no boxes file, or none of its boxes is in the split."""
+    if not nih_classes(inputs.config):
+        return {"skipped": "the boxes are NIH's, scored on NIH's 14 classes in the paper's "
+                           f"order; this run's classes are {', '.join(run_classes(inputs.config))}"}
     path = default_boxes_path(inputs.config, inputs.workdir)
     if not fileio.exists(path):
         return {"skipped": f"the run's data has no boxes file ({path})"}

@@ -80,7 +80,7 @@ def _metrics_table(metrics: Mapping) -> list[str]:
     head = "| Finding | test positives | AUC [95% CI] |"
     lines = [head + (" threshold | sensitivity | specificity |" if points else ""),
              "|---|---:|---:|" + ("---:|---:|---:|" if points else "")]
-    for name in CLASSES:
+    for name in per or CLASSES:  # the run's classes, in its order
         row = f"| {name} | {pos.get(name, 'n/a')} | {format_value(per.get(name), 3)}" \
               f"{_ci(ci.get(name))} |"
         if points:

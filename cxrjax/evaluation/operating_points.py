@@ -35,7 +35,7 @@ import numpy as np
 from cxrjax.data.labels import CLASSES
 from cxrjax.evaluation import metrics
 from cxrjax.evaluation.operating_points_tables import MEASURES, report_section
-from cxrjax.evaluation.section import Section, caveats_logged_once
+from cxrjax.evaluation.section import Section, caveats_logged_once, run_classes
 from cxrjax.io import fileio, run_layout
 
 RULES = ("youden", "max_f1", "sensitivity")
@@ -202,10 +202,11 @@ class OperatingPoints:
                    str(body.get("chosen_on") or "validation"))
 
     @classmethod
-    def of_run(cls, workdir: str) -> OperatingPoints | None:
-        """A run's ``W/eval/thresholds.json`` (written when it is tested), None if absent."""
+    def of_run(cls, workdir: str, classes: Sequence[str] = CLASSES) -> OperatingPoints | None:
+        """A run's ``W/eval/thresholds.json`` (written when it is tested) for its ``classes``,
+        None if absent."""
         path = fileio.join(workdir, RUN_FILE)
-        return cls.load(path) if fileio.exists(path) else None
+        return cls.load(path, classes) if fileio.exists(path) else None
 
     def calls(self, scores) -> list[bool | None]:
         """One image's (C,) scores -> per class True (positive), False, or None (no threshold)."""
@@ -331,7 +332,8 @@ def _compute(inputs: Any) -> dict:
         chosen, points = evaluate_operating_points(
             val.probs["fused"], val.labels, test.probs["fused"], test.labels,
             rule=e.threshold_rule, target_sensitivity=e.target_sensitivity,
-            n_boot=int(e.n_boot), val_mask=val.label_mask, test_mask=test.label_mask)
+            n_boot=int(e.n_boot), val_mask=val.label_mask, test_mask=test.label_mask,
+            classes=run_classes(inputs.config))
     if inputs.write_files:
         chosen.save(fileio.join(inputs.workdir, RUN_FILE))
     return points

@@ -134,10 +134,12 @@ def load_predictions(path: str | os.PathLike) -> tuple[tuple[str, ...], np.ndarr
 
 def write_predictions(path: str | os.PathLike, image_ids: Sequence[str],
                       scores: np.ndarray,
-                      metadata: Mapping[str, Sequence[str]] | None = None) -> None:
-    """Writes ``Image Index,prob_<Class>...`` (``.csv`` or ``.csv.gz``) that ``load_predictions``
-    reads back; each score is the shortest text that round-trips its float32/float64 value, so
-    ranks (and AUCs) computed from the file equal those computed from ``scores``.
+                      metadata: Mapping[str, Sequence[str]] | None = None,
+                      classes: Sequence[str] = CLASSES) -> None:
+    """Writes ``Image Index,prob_<Class>...`` (``.csv`` or ``.csv.gz``), one column per class of
+    ``classes`` (the run's, in its order; NIH's 14 are what ``load_predictions`` reads back);
+    each score is the shortest text that round-trips its float32/float64 value, so ranks (and
+    AUCs) computed from the file equal those computed from ``scores``.
     ``metadata``: text columns among ``METADATA_COLUMNS`` (``metadata.columns`` makes them),
     one value per image, written after the scores in that order.
     """
@@ -145,8 +147,8 @@ def write_predictions(path: str | os.PathLike, image_ids: Sequence[str],
     scores = np.asarray(scores)
     if scores.dtype != np.float64:
         scores = scores.astype(np.float32)  # bfloat16/float16 are exact in float32
-    if scores.ndim != 2 or scores.shape != (len(image_ids), len(CLASSES)):
-        raise ValueError(f"scores must be ({len(image_ids)}, {len(CLASSES)}) for "
+    if scores.ndim != 2 or scores.shape != (len(image_ids), len(classes)):
+        raise ValueError(f"scores must be ({len(image_ids)}, {len(classes)}) for "
                          f"{len(image_ids)} image ids, got {scores.shape}")
     if not np.isfinite(scores).all():
         raise ValueError(f"refusing to write non-finite scores to {path}")
@@ -155,7 +157,7 @@ def write_predictions(path: str | os.PathLike, image_ids: Sequence[str],
     text = scores.astype(str)  # numpy's shortest round-trip repr for the dtype
     f = io.StringIO(newline="")
     writer = csv.writer(f)
-    writer.writerow([IMAGE_COLUMN, *(f"{SCORE_PREFIX}{c}" for c in CLASSES), *extra])
+    writer.writerow([IMAGE_COLUMN, *(f"{SCORE_PREFIX}{c}" for c in classes), *extra])
     writer.writerows([name, *row, *(values[i] for values in extra.values())]
                      for i, (name, row) in enumerate(zip(image_ids, text, strict=True)))
     data = f.getvalue().encode("utf-8")

@@ -23,6 +23,7 @@ from cxrjax.evaluation import recipe_comparison as paper_recipe
 from cxrjax.evaluation.metrics import FEW_POSITIVES
 from cxrjax.evaluation.prediction_files import HEAD_TITLES, format_value
 from cxrjax.evaluation.report_plots import plot_roc_curves, plot_training_curves
+from cxrjax.evaluation.section import run_classes
 from cxrjax.io import fileio, run_layout
 from cxrjax.io.metric_writers import read_metrics
 from cxrjax.runfolder.ownership import read_command
@@ -124,6 +125,14 @@ def per_class_table(columns: Mapping[str, Mapping], class_names: Sequence[str] =
     return "\n".join(lines)
 
 
+def _undefined_means_text(fused: Mapping) -> str:
+    """Why W-AUC, D-AUC and N-AUC are n/a for data with missing labels."""
+    return ("Each class is scored over the test images whose label is known "
+            f"({', '.join(f'{k} {v}' for k, v in (fused.get('n_known') or {}).items())}). "
+            "W-AUC, D-AUC and N-AUC are n/a: they need every label known and NIH's 'No "
+            "Finding' semantics (an image with no positive is normal), which this data lacks.")
+
+
 def ci_text(summary: Mapping) -> str:
     """``[lo, hi]`` of a summary's 95% CI of the mean AUC, or ``n/a``."""
     lo, hi = (list(summary.get("mean_auc_ci95") or []) + [None, None])[:2]
@@ -196,15 +205,16 @@ def render_markdown(workdir: str, config: Any, results: Mapping[str, Mapping],
         *_header(workdir, c, fused, split_sizes, command),
         "## At a glance", "", headline.headline(sections or {}, fused),
         "## Test split: AUC per class", "",
-        per_class_table(columns, detail=fused), "",
+        per_class_table(columns, run_classes(c), detail=fused), "",
         f"Fused mean AUC **{fmt(fused.get('mean_auc'))}**, 95% bootstrap CI {ci_text(fused)}: "
         f"{fused.get('n_boot', '?')} resamples of the test images, each scoring the same "
         f"classes as the point estimate (resamples in which a scored class had no positive or "
         f"no negative were drawn again: {fused.get('n_boot_drawn', '?')} draws in all). A "
         f"class's CI resamples its positives and its negatives separately. "
-        f"W-AUC weights each class by its share of all NIH images (the paper's definition); "
-        f"weighted by this test set's positives instead it is "
-        f"{fmt(fused.get('w_auc_normalized'))}.",
+        + (_undefined_means_text(fused) if fused.get("masked") else
+           f"W-AUC weights each class by its share of all NIH images (the paper's definition); "
+           f"weighted by this test set's positives instead it is "
+           f"{fmt(fused.get('w_auc_normalized'))}."),
     ]
     few = fused.get("few_positive_classes") or []
     if few:
@@ -270,7 +280,7 @@ def write_report(workdir: str, config: Any, results: dict[str, dict],
         warnings.simplefilter("ignore")
         plot_roc_curves(run_layout.eval_path(workdir, run_layout.ROC_CURVES), probs["fused"],
                         labels,
-                        results["fused"].get("per_class"),
+                        results["fused"].get("per_class"), class_names=run_classes(c),
                         title=f"ROC curves, fused prediction, test split: {title}")
     try:
         with warnings.catch_warnings(record=True) as cut:  # lines cut short by a kill

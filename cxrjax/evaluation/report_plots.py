@@ -30,14 +30,19 @@ def fmt(value: Any, digits: int = 4) -> str:
 def plot_roc_curves(path: str, scores: np.ndarray, labels: np.ndarray,
                     aucs: Mapping[str, float] | None = None,
                     class_names: Sequence[str] = CLASSES, title: str = "") -> None:
-    """A 4x4 grid: one ROC curve per class (AUC in the legend), then all of them together."""
+    """A grid four wide (4x4 for NIH's 14): one ROC curve per class (AUC in the legend), then
+    all of them together and their legend."""
     scores, labels = np.asarray(scores), np.asarray(labels)
     if scores.shape != labels.shape or scores.ndim != 2 or scores.shape[1] != len(class_names):
         raise ValueError(f"ROC curves need (N, {len(class_names)}) scores and labels, got "
                          f"{scores.shape} and {labels.shape}")
-    fig, axes = plt.subplots(4, 4, figsize=(14, 14), sharex=True, sharey=True)
+    rows = -(-(len(class_names) + 2) // 4)
+    fig, axes = plt.subplots(rows, 4, figsize=(14, 3.5 * rows), sharex=True, sharey=True)
     axes = axes.ravel()
-    axes[14].set_prop_cycle(color=plt.get_cmap("tab20").colors[:len(class_names)])
+    together, key = axes[-2], axes[-1]
+    for ax in axes[len(class_names):-2]:
+        ax.axis("off")
+    together.set_prop_cycle(color=plt.get_cmap("tab20").colors[:len(class_names)])
     for c, name in enumerate(class_names):
         ax = axes[c]
         ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
@@ -49,18 +54,18 @@ def plot_roc_curves(path: str, scores: np.ndarray, labels: np.ndarray,
             auc = (aucs or {}).get(name)
             label = f"AUC {fmt(auc)}" if auc is not None else None
             ax.plot(fpr, tpr, lw=1.5, label=label)
-            axes[14].plot(fpr, tpr, lw=0.8, label=name)
+            together.plot(fpr, tpr, lw=0.8, label=name)
             if label:
                 ax.legend(loc="lower right", fontsize=9)
         ax.set_title(f"{name} ({int(y.sum())} pos.)", fontsize=10)
-    axes[14].plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
-    axes[14].set_title("all classes (legend at right)", fontsize=10)
-    axes[15].axis("off")  # the "all classes" legend gets this panel to itself, readable
-    handles, names = axes[14].get_legend_handles_labels()
+    together.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
+    together.set_title("all classes (legend at right)", fontsize=10)
+    key.axis("off")  # the "all classes" legend gets this panel to itself, readable
+    handles, names = together.get_legend_handles_labels()
     if handles:
-        axes[15].legend(handles, names, loc="center left", fontsize=10, frameon=False,
+        key.legend(handles, names, loc="center left", fontsize=10, frameon=False,
                         title="all classes", title_fontsize=10)
-    for ax in axes[12:16]:
+    for ax in axes[-4:]:
         ax.set_xlabel("false positive rate")
     for ax in axes[::4]:
         ax.set_ylabel("true positive rate")

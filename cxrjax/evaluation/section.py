@@ -21,6 +21,24 @@ import ml_collections as mlc
 log = logging.getLogger("cxrjax")
 
 
+def run_classes(config: Any) -> tuple[str, ...]:
+    """A run's classes, in its model's output order: its config's ``data.classes`` (NIH's 14,
+    the paper's order, when a config has none)."""
+    from cxrjax.data.labels import CLASSES
+
+    data = config.get("data") if hasattr(config, "get") else None
+    classes = data.get("classes") if data is not None and hasattr(data, "get") else None
+    return tuple(classes) if classes else tuple(CLASSES)
+
+
+def nih_classes(config: Any) -> bool:
+    """Whether a run scores NIH's 14 classes in the paper's order (what the paper's rows, NIH's
+    boxes and W-AUC/D-AUC/N-AUC assume)."""
+    from cxrjax.data.labels import CLASSES
+
+    return run_classes(config) == tuple(CLASSES)
+
+
 @dataclasses.dataclass(frozen=True)
 class SectionInputs:
     """What a section may read: the run's config, both splits' scores, and the model.

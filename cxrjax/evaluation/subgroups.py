@@ -40,7 +40,7 @@ import numpy as np
 
 from cxrjax.data import patient_metadata as metadata
 from cxrjax.evaluation import calibration, metrics, operating_points, subgroups_report
-from cxrjax.evaluation.section import Section, caveats_logged_once
+from cxrjax.evaluation.section import Section, caveats_logged_once, run_classes
 from cxrjax.io import run_layout
 
 MIN_GROUP_IMAGES = 30
@@ -294,7 +294,8 @@ def _compute(inputs: Any) -> dict:
         result = subgroup_report(test.probs["fused"], test.labels, meta,
                                  run_thresholds(inputs.earlier), n_boot=int(e.n_boot),
                                  n_bins=int(e.calibration_bins),
-                                 mask=getattr(test, "label_mask", None))
+                                 mask=getattr(test, "label_mask", None),
+                                 classes=run_classes(inputs.config))
     if inputs.write_files:
         subgroups_report.write_outputs(result, inputs.eval_dir)
     return result

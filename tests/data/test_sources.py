@@ -114,7 +114,8 @@ def test_release_of_names_the_release_a_source_reads():
     ("views", (), "data.views"),
     ("classes", ("Effusion", "Nothing"), "data.classes"),
     ("classes", label_space.CLASSES[:13], "data.classes has 13 classes"),
-    ("classes", label_space.CLASSES[1:15], "not supported yet"),
+    ("classes", ("Effusion", "Effusion"), "expected distinct names"),
+    ("classes", label_space.CLASSES[1:15], "label the NIH 14 in the paper's order only"),
     ("synthetic_site", "elsewhere", "data.synthetic_site"),
 ])
 def test_data_config_errors_name_the_field(field, value, message):

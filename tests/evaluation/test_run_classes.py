@@ -1,0 +1,87 @@
+"""A model's classes come from its config: a run on another class list than NIH's 14 trains,
+is scored, and writes its predictions, report and calls under its own class names."""
+
+import csv
+import glob
+import json
+
+import pytest
+from helpers import tiny_config
+
+from cxrjax import predict, recipe, train
+from cxrjax.config_checks import ConfigError, check_config
+from cxrjax.evaluation import report_plots
+from cxrjax.io import run_layout
+
+# The CheXpert competition's five, in the label space's names.
+FIVE = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion")
+
+
+def five_class_config(tiny_chexpert):
+    c = tiny_config("r18", crop=32, batch=8)
+    c.data.update({"source": "chexpert", "data_dir": str(tiny_chexpert / "tfds"),
+                   "resolution": 40, "workers": 0, "classes": FIVE})
+    c.model.num_classes = len(FIVE)
+    c.train.eval_batch_size = 16
+    c.eval.n_boot = 20
+    for stage in c.train.stages:
+        stage.epochs = 1
+    return c
+
+
+def test_a_five_class_run_trains_scores_and_writes_its_own_class_columns(
+        tiny_chexpert, tmp_path, capsys):
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(five_class_config(tiny_chexpert), workdir)
+    with open(run_layout.eval_path(workdir, run_layout.TEST_PREDICTIONS)) as f:
+        header = next(csv.reader(f))
+    assert header == ["Image Index", *(f"prob_{c}" for c in FIVE)]
+    with open(run_layout.eval_path(workdir, run_layout.TEST_METRICS)) as f:
+        metrics = json.load(f)
+    assert list(metrics["per_class"]) == list(FIVE)
+    assert metrics["w_auc"] is None and metrics["d_auc"] is None  # need NIH's No Finding
+    assert list(metrics["operating_points"]["per_class"]) == list(FIVE)
+    assert "boxes are NIH's" in metrics["localization"]["skipped"]
+    with open(run_layout.eval_path(workdir, run_layout.THRESHOLDS)) as f:
+        assert json.load(f)["classes"] == list(FIVE)
+    with open(run_layout.path(workdir, run_layout.REPORT)) as f:
+        report = f.read()
+    assert "| Edema |" in report and "| Infiltration |" not in report
+    assert "W-AUC, D-AUC and N-AUC are n/a" in report
+    # predict: the run's classes in its CSV, its thresholds read for those classes.
+    image = sorted(glob.glob(str(tiny_chexpert / "chexpert" / "**" / "*.jpg"),
+                             recursive=True))[0]
+    out = tmp_path / "predict"
+    assert predict.main(["--workdir", workdir, "--out", str(out), image]) == 0
+    with open(out / "predictions.csv") as f:
+        row = next(csv.DictReader(f))
+    assert [k for k in row if k.startswith("prob_")] == [f"prob_{c}" for c in FIVE]
+    assert row["top_finding"] in FIVE
+    assert "Cardi" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("source, classes, message", [
+    ("chexpert", ("Edema", "Edema"), "expected distinct names"),
+    ("chexpert", ("Edema", "Oedema"), "expected distinct names"),
+    ("nih", FIVE, "label the NIH 14 in the paper's order only"),
+    ("nih+chexpert", FIVE, "the source.s. nih label"),
+])
+def test_a_bad_class_list_is_one_config_error(source, classes, message):
+    config = recipe.row("r18")
+    config.data.source, config.data.classes = source, classes
+    config.model.num_classes = len(classes)
+    with pytest.raises(ConfigError, match=message):
+        check_config(config)
+    config.data.source = "synthetic_padchest+chexpert"
+    if len(set(classes)) == len(classes) and "Oedema" not in classes:
+        check_config(config)  # release sources give any class list of the label space
+
+
+def test_the_roc_grid_fits_any_number_of_classes(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random((40, len(FIVE))) < 0.4).astype(int)
+    path = tmp_path / "roc.png"
+    report_plots.plot_roc_curves(str(path), rng.random(labels.shape), labels, None, FIVE)
+    assert path.stat().st_size > 0
