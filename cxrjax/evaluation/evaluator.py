@@ -111,9 +111,15 @@ class Evaluator:
         """``localizer.localize`` of ``split``'s boxed images with this model's heatmaps (all
         it offers by default), in jitted batches of the training batch size (Grad-CAM runs a
         backward pass: a batch that trains fits)."""
+        from cxrjax.data.labels import CLASSES
         from cxrjax.evaluation import heatmaps
         from cxrjax.evaluation import localization as localizer
 
+        classes = tuple(getattr(self.datasets.records, "classes", None) or CLASSES)
+        if classes != tuple(CLASSES):
+            raise localizer.loc.BoxError(
+                "the boxes are NIH's, scored on NIH's 14 classes in the paper's order; this "
+                f"model's classes are {', '.join(classes)}")
         fn, size = localizer.model_map_fn(
             self.model, self.fusion, variables, self.mesh,
             methods or heatmaps.available_methods(self.model),
