@@ -168,7 +168,8 @@ def write_test_outputs(workdir: str, config: mlc.ConfigDict, scores: SplitScores
         out["split_hashes"] = split_hashes
     predictions.write_json(out, fileio.join(eval_dir, run_layout.TEST_METRICS))
     report.write_report(workdir, config, results, scores.probs, scores.labels,
-                        sections=section_results, split_sizes=split_sizes)
+                        sections=section_results, split_sizes=split_sizes,
+                        mask=scores.label_mask)
     model_card.write_model_card(workdir)
 
 

@@ -249,19 +249,22 @@ def render_markdown(workdir: str, config: Any, results: Mapping[str, Mapping],
 def write_report(workdir: str, config: Any, results: dict[str, dict],
                  probs: dict[str, np.ndarray], labels: np.ndarray,
                  sections: Mapping | None = None,
-                 split_sizes: Mapping[str, int] | None = None) -> str:
+                 split_sizes: Mapping[str, int] | None = None,
+                 mask: np.ndarray | None = None) -> str:
     """Writes WORKDIR/report.md, WORKDIR/eval/roc_curves.png and WORKDIR/training_curves.png.
 
     Args:
       workdir: the run's directory (its metrics.jsonl gives the training curves).
       config: the run's ConfigDict (or its JSON dict).
       results: ``metrics.summary`` per head ("ce", "ce_b", "msml", "fce") and "fused".
-      probs: (N, 14) test-split probabilities per head, NIH class order; needs "fused".
-      labels: (N, 14) 0/1 test labels.
+      probs: (N, C) test-split probabilities per head, the run's classes (``data.classes``) in
+        order; needs "fused".
+      labels: (N, C) 0/1 test labels.
       sections: each evaluation section's result (``cxrjax.evaluation.sections.compute``), or None
       to
         leave them out.
       split_sizes: images per split of the run's data (the recipe section counts them).
+      mask: (N, C) 0/1 test label mask (0 = missing; None: every label known).
     The command that started the run (``workdir.read_command``) names the config file.
     Returns the path of report.md.
     """
@@ -271,7 +274,7 @@ def write_report(workdir: str, config: Any, results: dict[str, dict],
     labels = np.asarray(labels)
     if np.shape(probs["fused"]) != labels.shape:
         raise ValueError(f"fused probabilities {np.shape(probs['fused'])} and labels "
-                         f"{labels.shape} must have the same (N, 14) shape")
+                         f"{labels.shape} must have the same (N, C) shape")
     fileio.makedirs(run_layout.path(workdir, run_layout.EVAL))
     c = _as_dict(config)
     command = read_command(workdir)
@@ -281,6 +284,7 @@ def write_report(workdir: str, config: Any, results: dict[str, dict],
         plot_roc_curves(run_layout.eval_path(workdir, run_layout.ROC_CURVES), probs["fused"],
                         labels,
                         results["fused"].get("per_class"), class_names=run_classes(c),
+                        mask=mask,
                         title=f"ROC curves, fused prediction, test split: {title}")
     try:
         with warnings.catch_warnings(record=True) as cut:  # lines cut short by a kill

@@ -29,9 +29,11 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 def plot_roc_curves(path: str, scores: np.ndarray, labels: np.ndarray,
                     aucs: Mapping[str, float] | None = None,
-                    class_names: Sequence[str] = CLASSES, title: str = "") -> None:
+                    class_names: Sequence[str] = CLASSES, title: str = "",
+                    mask: np.ndarray | None = None) -> None:
     """A grid four wide (4x4 for NIH's 14): one ROC curve per class (AUC in the legend), then
-    all of them together and their legend."""
+    all of them together and their legend; with ``mask`` (N, C, 0 = label missing) each class
+    over its known images."""
     scores, labels = np.asarray(scores), np.asarray(labels)
     if scores.shape != labels.shape or scores.ndim != 2 or scores.shape[1] != len(class_names):
         raise ValueError(f"ROC curves need (N, {len(class_names)}) scores and labels, got "
@@ -46,11 +48,12 @@ def plot_roc_curves(path: str, scores: np.ndarray, labels: np.ndarray,
     for c, name in enumerate(class_names):
         ax = axes[c]
         ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
-        y = labels[:, c].astype(bool)
+        rows = slice(None) if mask is None else np.asarray(mask)[:, c].astype(bool)
+        y = labels[rows, c].astype(bool)
         if y.all() or not y.any():
             ax.text(0.5, 0.5, "one label value:\nno curve", ha="center", va="center")
         else:
-            fpr, tpr, _ = roc_curve(y, scores[:, c])
+            fpr, tpr, _ = roc_curve(y, scores[rows, c])
             auc = (aucs or {}).get(name)
             label = f"AUC {fmt(auc)}" if auc is not None else None
             ax.plot(fpr, tpr, lw=1.5, label=label)

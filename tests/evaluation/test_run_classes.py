@@ -77,11 +77,18 @@ def test_a_bad_class_list_is_one_config_error(source, classes, message):
         check_config(config)  # release sources give any class list of the label space
 
 
-def test_the_roc_grid_fits_any_number_of_classes(tmp_path):
+def test_the_roc_grid_fits_any_number_of_classes_and_draws_known_labels_only(
+        tmp_path, monkeypatch):
     import numpy as np
 
     rng = np.random.default_rng(0)
     labels = (rng.random((40, len(FIVE))) < 0.4).astype(int)
+    mask = np.ones_like(labels)
+    mask[:10, 1] = 0  # Cardiomegaly unknown on 10 images
+    drawn = []
+    curve = report_plots.roc_curve
+    monkeypatch.setattr(report_plots, "roc_curve", lambda y, s: drawn.append(len(y)) or curve(y, s))
     path = tmp_path / "roc.png"
-    report_plots.plot_roc_curves(str(path), rng.random(labels.shape), labels, None, FIVE)
-    assert path.stat().st_size > 0
+    report_plots.plot_roc_curves(str(path), rng.random(labels.shape), labels, None, FIVE,
+                                 mask=mask)
+    assert path.stat().st_size > 0 and drawn == [40, 30, 40, 40, 40]
