@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 from cxrjax.data import label_space, release_splits, sources
+from cxrjax.data.labels import CLASSES as NIH_CLASSES
 from cxrjax.evaluation import inference, masked_metrics
 from cxrjax.evaluation import prediction_files as predictions
 from cxrjax.io import fileio, run_layout
@@ -83,8 +84,29 @@ def dataset_config(config: Any, dataset: str, overrides: Sequence[str] = ()) -> 
             out.data[field] = _typed(out.data[field], value.strip())
         except ValueError as e:
             raise ValueError(f"--data {item!r}: {e}") from None
+    if sources.release_of(dataset) is None and tuple(out.data.classes) != NIH_CLASSES:
+        out.data.classes = NIH_CLASSES  # the NIH sources label the 14: read those, then
+        check_data(out.data, len(NIH_CLASSES))  # in_run_classes picks the model's
+        return out
     check_data(out.data, out.model.num_classes)
     return out
+
+
+def in_run_classes(scored: Scored, data_classes: Sequence[str],
+                   run_classes: Sequence[str]) -> Scored:
+    """``scored`` with its labels and mask in the model's class order: a class the data does
+    not label is missing (mask 0)."""
+    data_classes = list(data_classes)
+    if list(run_classes) == data_classes:
+        return scored
+    n = len(scored.image_ids)
+    labels = np.zeros((n, len(run_classes)), scored.labels.dtype)
+    mask = np.zeros((n, len(run_classes)), scored.mask.dtype)
+    for i, c in enumerate(run_classes):
+        if c in data_classes:
+            labels[:, i] = scored.labels[:, data_classes.index(c)]
+            mask[:, i] = scored.mask[:, data_classes.index(c)]
+    return Scored(scored.image_ids, scored.probs, labels, mask)
 
 
 def dataset_label(dataset: str, overrides: Sequence[str] = ()) -> str:
@@ -144,9 +166,10 @@ def score_run(workdir: str, dataset: str, *, split: str = "test",
     ds = pipeline.open_datasets(cfg, run.workdir)
     other = evaluator_lib.Evaluator(run.evaluator.model, run.config.model.fusion, ds,
                                     run.evaluator.mesh)
-    external = predict_masked(other, run.variables, split)
-    own = predict_masked(run.evaluator, run.variables, "test")
     classes = tuple(run.config.data.classes)
+    external = in_run_classes(predict_masked(other, run.variables, split), cfg.data.classes,
+                              classes)
+    own = predict_masked(run.evaluator, run.variables, "test")
     out = compare(external, own, classes, dataset, n_boot=n_boot, seed=seed)
     label = dataset_label(dataset, overrides)
     out.update(workdir=run.workdir, step=run.step, train_source=run.config.data.source,
@@ -156,7 +179,7 @@ def score_run(workdir: str, dataset: str, *, split: str = "test",
     if write and jax.process_index() == 0:
         eval_dir = run_layout.path(run.workdir, run_layout.EVAL)
         predictions.write_predictions(fileio.join(eval_dir, f"{PREFIX}{label}_predictions.csv"),
-                                      external.image_ids, external.probs)
+                                      external.image_ids, external.probs, classes=classes)
         predictions.write_json(out, fileio.join(eval_dir, f"{PREFIX}{label}_metrics.json"))
         section = format_markdown(out)
         fileio.write_text(fileio.join(eval_dir, f"{PREFIX}{label}.md"), section)

@@ -92,3 +92,22 @@ def test_the_roc_grid_fits_any_number_of_classes_and_draws_known_labels_only(
     report_plots.plot_roc_curves(str(path), rng.random(labels.shape), labels, None, FIVE,
                                  mask=mask)
     assert path.stat().st_size > 0 and drawn == [40, 30, 40, 40, 40]
+
+
+def test_an_nih_target_is_read_as_its_14_and_put_in_the_models_class_order():
+    import numpy as np
+
+    from cxrjax.data.labels import CLASSES
+    from cxrjax.evaluation import external
+
+    config = recipe.row("r18")
+    config.data.update({"source": "chexpert", "classes": FIVE})
+    config.model.num_classes = len(FIVE)
+    target = external.dataset_config(config, "nih")
+    assert tuple(target.data.classes) == CLASSES  # what the NIH records label
+    assert tuple(external.dataset_config(config, "padchest").data.classes) == FIVE
+    labels = np.arange(2 * 14).reshape(2, 14) % 2
+    scored = external.Scored(["a", "b"], np.zeros((2, 5)), labels, np.ones_like(labels))
+    mine = external.in_run_classes(scored, CLASSES, ("Edema", "Lung Opacity"))
+    np.testing.assert_array_equal(mine.labels[:, 0], labels[:, CLASSES.index("Edema")])
+    np.testing.assert_array_equal(mine.mask, [[1, 0], [1, 0]])  # NIH has no Lung Opacity
