@@ -74,7 +74,8 @@ def _class_columns(header: list[str], path: str) -> list[int]:
     missing = [c for i, c in enumerate(CLASSES) if i not in found]
     if missing:
         raise ValueError(f"{path}: missing class column(s) {', '.join(missing)}; expected "
-                         f"'<Class>' or '{SCORE_PREFIX}<Class>' for each of the 14 classes")
+                         f"'<Class>' or '{SCORE_PREFIX}<Class>' for each of the 14 classes "
+                         "(a predictions file is scored against NIH's label table)")
     return [header.index(found[c][0]) for c in range(len(CLASSES))]
 
 
@@ -239,10 +240,15 @@ def format_table(summary: dict) -> str:
     label_width = max(len(r[0]) for r in rows)
     lines += [f"{name:<{label_width}}  {fmt(v)}  {note}".rstrip() for name, v, note in rows]
     lines.append(f"{'images':<{label_width}}  {summary['n_images']}")
-    for key, what in (("excluded_classes", "AUC, W-AUC"), ("d_auc_excluded_classes", "D-AUC"),
-                      ("n_auc_excluded_classes", "N-AUC")):
+    masked = bool(summary.get("masked"))  # labels may be missing: no W-, D- or N-AUC
+    for key, what in (("excluded_classes", "AUC" if masked else "AUC, W-AUC"),
+                      *(() if masked else (("d_auc_excluded_classes", "D-AUC"),
+                                           ("n_auc_excluded_classes", "N-AUC")))):
         if summary.get(key):
             lines.append(f"left out of {what} (one label value): {', '.join(summary[key])}")
+    if masked:
+        lines.append("W-AUC, D-AUC, N-AUC: n/a, they need every label known and NIH's 'No "
+                     "Finding' (each class's AUC is over its known labels)")
     return "\n".join(lines)
 
 

@@ -111,3 +111,20 @@ def test_an_nih_target_is_read_as_its_14_and_put_in_the_models_class_order():
     mine = external.in_run_classes(scored, CLASSES, ("Edema", "Lung Opacity"))
     np.testing.assert_array_equal(mine.labels[:, 0], labels[:, CLASSES.index("Edema")])
     np.testing.assert_array_equal(mine.mask, [[1, 0], [1, 0]])  # NIH has no Lung Opacity
+
+
+def test_the_printed_table_of_data_with_missing_labels_says_why_w_d_n_auc_are_na():
+    import numpy as np
+
+    from cxrjax.evaluation import masked_metrics
+    from cxrjax.evaluation import prediction_files as predictions
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random((30, 3)) < 0.4).astype(int)
+    labels[:, 2] = 0
+    summary = masked_metrics.as_summary(rng.random(labels.shape), labels, np.ones_like(labels),
+                                        FIVE[:3], n_boot=0)
+    text = predictions.format_table(summary)
+    assert "left out of AUC (one label value): Consolidation" in text
+    assert "W-AUC, D-AUC, N-AUC: n/a, they need every label known" in text
+    assert "left out of D-AUC" not in text
