@@ -100,7 +100,9 @@ def _metrics_lines(metrics: Mapping | None, fusion: list[str]) -> list[str]:
              f"{metrics.get('n_images', '?')} test images: mean AUC "
              f"**{format_value(metrics.get('mean_auc'), 3)}**{_ci(metrics.get('mean_auc_ci95'))} "
              f"(95% bootstrap CI, {metrics.get('n_boot', '?')} resamples); W-AUC "
-             f"{format_value(metrics.get('w_auc'), 3)}."]
+             f"{format_value(metrics.get('w_auc'), 3)}"
+             + (" (it needs every label known; these data have missing labels, and each "
+                "class's AUC is over its known labels)." if metrics.get("masked") else ".")]
     few = metrics.get("few_positive_classes") or []
     if few:
         lines.append(f"Too few test positives for a reliable AUC: {', '.join(few)}.")
