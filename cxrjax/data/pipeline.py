@@ -37,13 +37,13 @@ import jax
 import numpy as np
 from absl import flags
 
-from cxrjax.data import grain_workers, mixing, nih_layout, source_data, sources
+from cxrjax.data import grain_workers, mixing, nih_layout, sources
 from cxrjax.data import labels as labels_lib
 from cxrjax.data import splits as splits_lib
 from cxrjax.data.crop import centre_crop
 
-SOURCES = ("nih", "synthetic", "chestmnist", *sources.RELEASES, *sources.SYNTHETIC)
-
+# Where the data lies, made sure of (re-exported: the evaluators and tests call them here).
+from cxrjax.data.source_data import SOURCES, PreparedData, ensure_prepared  # noqa: F401
 
 # ---------------------------------------------------------------------- sources ---
 
@@ -350,58 +350,9 @@ def _data_entry_in(manual_dir: str) -> str | None:
         return None
 
 
-# ------------------------------------------------------------------ preparation ---
-
-@dataclasses.dataclass(frozen=True)
-class PreparedData:
-    """Where the configured data lies, resolved: what ``create_datasets`` reads.
-
-    Paths are absolute or ``~``-expanded; a field a source does not use is "".
-    """
-
-    data_dir: str = ""  # the prepared chest_xray14 TFDS dataset (nih, synthetic)
-    manual_dir: str = ""  # the NIH-layout download: its label table and lists choose the splits
-    chestmnist_path: str = ""  # the MedMNIST npz (chestmnist)
-    chestmnist_cache: str = ""  # where its members are extracted once ("" = read the npz)
-    mixed: tuple = ()  # several sources: ((source, PreparedData), ...), in data.source's order
-
-
 def open_datasets(config: Any, workdir: str) -> Datasets:
     """THE way to the data of a run: ``ensure_prepared``, then ``create_datasets`` with the
     run's batch sizes (``config.train``) and seed."""
     prepared = ensure_prepared(config.data, workdir)
     return create_datasets(config.data, prepared, global_batch_size=config.train.batch_size,
                            eval_batch_size=config.train.eval_batch_size, seed=config.seed)
-
-
-def ensure_prepared(data_cfg: Any, workdir: str) -> PreparedData:
-    """Makes sure the configured data exists; returns where it lies.
-
-    ``synthetic``: generates the NIH-layout set under ``workdir/synthetic/n*_s*_seed*_v*`` (if
-    absent) and prepares it through the real builder (if not complete), on process 0 while
-    the other processes wait (the workdir must be shared, as for checkpoints). ``nih``: fails
-    fast if the dataset is not prepared. ``chestmnist``: checks the npz and extracts it once
-    under ``workdir/chestmnist_cache``. ``a+b``: each source as above (``mixing``). A
-    release's (or NIH's) ``data.data_dirs`` entry, when set, is its data_dir.
-
-    gs://: a bucket workdir gets no data: each host makes it in ``mirror.cache_root()``
-    (``source_data``).
-    """
-    source = data_cfg.source
-    if mixing.is_mixed(source):
-        return PreparedData(mixed=mixing.ensure_prepared(data_cfg, workdir, ensure_prepared))
-    if mixing.data_dir_of(data_cfg, source) != data_cfg.data_dir:  # data.data_dirs names it
-        data_cfg = mixing.source_config(data_cfg, source)
-    if sources.release_of(source):
-        return PreparedData(data_dir=sources.ensure_prepared(data_cfg, workdir))
-    if source == "synthetic":
-        data_dir, manual = source_data.prepare_synthetic_nih(data_cfg, workdir)
-        return PreparedData(data_dir=data_dir, manual_dir=manual)
-    if source == "nih":
-        data_dir, manual = source_data.check_nih(data_cfg)
-        return PreparedData(data_dir=data_dir, manual_dir=manual)
-    if source == "chestmnist":
-        path, cache = source_data.prepare_chestmnist(data_cfg, workdir)
-        return PreparedData(chestmnist_path=path, chestmnist_cache=cache)
-    raise ValueError(f"unknown data.source {source!r}; expected one of {SOURCES}")
-

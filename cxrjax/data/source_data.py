@@ -1,6 +1,6 @@
-"""Making sure the data of the NIH-family sources exists: a synthetic NIH-layout set made and
-prepared once, a prepared NIH download checked, a ChestMNIST npz extracted once. (The releases:
-``sources``.)
+"""Making sure the configured data exists (``ensure_prepared``, every source and mix). For the
+NIH-family sources: a synthetic NIH-layout set made and prepared once, a prepared NIH download
+checked, a ChestMNIST npz extracted once. (The releases: ``sources``; mixes: ``mixing``.)
 
 gs://: a bucket workdir gets no data (ArrayRecord cannot be written there): each host makes it
 in ``mirror.cache_root()``. A data_dir is read in place; of a manual_dir only the label table
@@ -9,12 +9,16 @@ and split lists, of a chestmnist_path the file, are fetched into that cache.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
 import jax
 
+from cxrjax.data import mixing, sources
 from cxrjax.io import fileio, mirror, storage_checks
+
+SOURCES = ("nih", "synthetic", "chestmnist", *sources.RELEASES, *sources.SYNTHETIC)
 
 
 def prepare_synthetic_nih(data_cfg: Any, workdir: str) -> tuple[str, str]:
@@ -82,3 +86,49 @@ def prepare_chestmnist(data_cfg: Any, workdir: str) -> tuple[str, str]:
     with mirror.host_lock(cache):
         chestmnist.NpzRecords(path, cache)  # extract once; fail fast if wrong
     return path, cache
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedData:
+    """Where the configured data lies, resolved: what ``create_datasets`` reads.
+
+    Paths are absolute or ``~``-expanded; a field a source does not use is "".
+    """
+
+    data_dir: str = ""  # the prepared chest_xray14 TFDS dataset (nih, synthetic)
+    manual_dir: str = ""  # the NIH-layout download: its label table and lists choose the splits
+    chestmnist_path: str = ""  # the MedMNIST npz (chestmnist)
+    chestmnist_cache: str = ""  # where its members are extracted once ("" = read the npz)
+    mixed: tuple = ()  # several sources: ((source, PreparedData), ...), in data.source's order
+
+
+def ensure_prepared(data_cfg: Any, workdir: str) -> PreparedData:
+    """Makes sure the configured data exists; returns where it lies.
+
+    ``synthetic``: generates the NIH-layout set under ``workdir/synthetic/n*_s*_seed*_v*`` (if
+    absent) and prepares it through the real builder (if not complete), on process 0 while
+    the other processes wait (the workdir must be shared, as for checkpoints). ``nih``: fails
+    fast if the dataset is not prepared. ``chestmnist``: checks the npz and extracts it once
+    under ``workdir/chestmnist_cache``. ``a+b``: each source as above (``mixing``). A
+    release's (or NIH's) ``data.data_dirs`` entry, when set, is its data_dir.
+
+    gs://: a bucket workdir gets no data: each host makes it in ``mirror.cache_root()``
+    (``source_data``).
+    """
+    source = data_cfg.source
+    if mixing.is_mixed(source):
+        return PreparedData(mixed=mixing.ensure_prepared(data_cfg, workdir, ensure_prepared))
+    if mixing.data_dir_of(data_cfg, source) != data_cfg.data_dir:  # data.data_dirs names it
+        data_cfg = mixing.source_config(data_cfg, source)
+    if sources.release_of(source):
+        return PreparedData(data_dir=sources.ensure_prepared(data_cfg, workdir))
+    if source == "synthetic":
+        data_dir, manual = prepare_synthetic_nih(data_cfg, workdir)
+        return PreparedData(data_dir=data_dir, manual_dir=manual)
+    if source == "nih":
+        data_dir, manual = check_nih(data_cfg)
+        return PreparedData(data_dir=data_dir, manual_dir=manual)
+    if source == "chestmnist":
+        path, cache = prepare_chestmnist(data_cfg, workdir)
+        return PreparedData(chestmnist_path=path, chestmnist_cache=cache)
+    raise ValueError(f"unknown data.source {source!r}; expected one of {SOURCES}")
