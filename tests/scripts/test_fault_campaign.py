@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from cxrjax.io import checkpoint
 
@@ -37,8 +36,6 @@ def test_a_small_campaign_handles_every_fault_and_ends_byte_equal(tmp_path):
     assert summary["bytes_compared"] > 10_000  # the predictions and every array, each round
 
 
-@pytest.mark.xfail(strict=True, reason="orbax/tensorstore keep no checksum of the array "
-                   "files: a flipped bit is restored as a wrong value, not set aside")
 def test_a_flipped_bit_in_a_checkpoints_array_file_is_not_restored_silently(tmp_path):
     directory = str(tmp_path / "ckpt")
     manager = checkpoint.open_manager(directory, keep=3)
