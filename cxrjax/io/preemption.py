@@ -207,7 +207,7 @@ class Sigterm:
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         self.received += 1
-        if self.received > 1 or self.stopping:
+        if self.received > 1 or self.stopping or self.ending.is_ending():
             return  # already ending: its line is on the way
         line = self.describe(self.trained)
         # Should the main thread not reach its end in time (a cleanup that hangs): ended here.
@@ -284,6 +284,10 @@ class CtrlC:
         if exit_code is not None:
             self.exit_code = exit_code
         self._end(message or self.message)
+
+    def is_ending(self) -> bool:
+        """Whether a thread is ending the process (its last line printed or on the way)."""
+        return self._exiting.locked()
 
     def force_exit(self) -> None:
         """The process's end, from any thread, unless another is ending it already."""

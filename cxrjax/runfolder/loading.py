@@ -147,11 +147,13 @@ def restore_variables(directory: str, template: dict, step: int | None = None, *
     manager = checkpoint.open_manager(directory, keep=1_000_000, read_only=True)
     args = ocp.args.PyTreeRestore(item=target, partial_restore=True,
                                   restore_args=ocp.checkpoint_utils.construct_restore_args(target))
+    items = {"state": args}
+    if fileio.exists(fileio.join(directory, str(step), "meta")):  # the record, checksums in it
+        items["meta"] = ocp.args.JsonRestore()
     try:
-        out = manager.restore(step, args=ocp.args.Composite(
-            state=args, meta=ocp.args.JsonRestore()))
+        out = manager.restore(step, args=ocp.args.Composite(**items))
         restored = out["state"]
-        checkpoint.verify_checksums(out["meta"] or {}, restored, f"checkpoint {step}")
+        checkpoint.verify_checksums(out.get("meta") or {}, restored, f"checkpoint {step}")
     except Exception as e:  # noqa: BLE001
         first = (str(e).splitlines() or [""])[0][:300]
         raise checkpoint.CheckpointError(f"{unreadable}: {type(e).__name__} {first}") from None
