@@ -230,6 +230,7 @@ def _run(log) -> None:
             OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    _SIGTERM.finished()  # every file is written: a notice from now on changes nothing
     if jax.process_index() == 0:
         print(evaluator.summary_line(results["fused"], _WORKDIR.value), flush=True)
 

@@ -52,6 +52,7 @@ from collections.abc import Callable, Sequence
 from multiprocessing import resource_tracker
 from multiprocessing import util as multiprocessing_util
 from types import FrameType
+from typing import Any
 
 # sysexits.h EX_TEMPFAIL: "a temporary failure; the user is invited to retry". Distinct from a
 # crash (1), a bad flag (2) and a death by the signal itself (143 = 128 + SIGTERM).
@@ -184,13 +185,16 @@ class Sigterm:
 
     Install it in the main thread, first of all (before then the signal kills the process).
     While a ``PreemptionWatcher`` is open its handler replaces this one; once a loop has stopped
-    on an exception (Preempted, an error) the program is ending, and a SIGTERM is only noted.
+    on an exception (Preempted, an error) the program is ending, and a SIGTERM is only noted;
+    after ``finished()`` it is ignored. A handler runs wherever the main thread is, a garbage
+    collector's callback too, where Python would print the exception and go on: there it is
+    raised again at the next chance (``_retry_swallowed``).
     """
 
     def __init__(self, describe: Callable[[bool], str], ending: CtrlC):
         self.describe, self.ending = describe, ending
-        self.trained = self.stopping = False
-        self.received = 0
+        self.trained = self.stopping = self.swallowed = False
+        self.line: str | None = None  # the first notice's line, once it came
 
     def install(self) -> Sigterm:
         if threading.current_thread() is not threading.main_thread():
@@ -199,23 +203,50 @@ class Sigterm:
             return self  # started with SIGTERM ignored (nohup-like): it stays so
         signal.signal(signal.SIGTERM, self._on_sigterm)
         _SIGTERM.append(self)
+        if not _SIGTERM[:-1]:
+            previous = sys.unraisablehook
+            sys.unraisablehook = lambda info: _retry_swallowed(info, previous)
         return self
 
     def training_ended(self, completed: bool) -> None:
         self.trained = self.trained or completed
         self.stopping = self.stopping or not completed
 
+    def finished(self) -> None:
+        """The program's work is done: a SIGTERM from now on changes nothing (ignored, also
+        while the interpreter shuts down, where Python would restore the default, fatal one)."""
+        if self in _SIGTERM:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
-        self.received += 1
-        if self.received > 1 or self.stopping or self.ending.is_ending():
-            return  # already ending: its line is on the way
-        line = self.describe(self.trained)
-        # Should the main thread not reach its end in time (a cleanup that hangs): ended here.
-        self.ending.message, self.ending.exit_code = line, PREEMPTED_EXIT_CODE
-        timer = threading.Timer(self.ending.grace_s, self.ending.force_exit)
-        timer.daemon = True
-        timer.start()
-        raise Terminated(line)
+        if self.line is None:
+            if self.stopping or self.ending.is_ending():
+                return  # already ending: its own line is on the way
+            self.line = self.describe(self.trained)
+            # Should the main thread not reach its end in time (a cleanup that hangs): here.
+            self.ending.message, self.ending.exit_code = self.line, PREEMPTED_EXIT_CODE
+            timer = threading.Timer(self.ending.grace_s, self.ending.force_exit)
+            timer.daemon = True
+            timer.start()
+        elif not self.swallowed:
+            return  # a second notice: the first one's line is on its way
+        self.swallowed = False
+        raise Terminated(self.line)
+
+
+def _retry_swallowed(info: Any, previous: Callable[[Any], None]) -> None:
+    """``sys.unraisablehook``: a ``Terminated`` that Python could not raise (the handler ran in
+    a callback) is not printed but signalled again, to be raised where the main thread is next."""
+    if isinstance(info.exc_value, Terminated) and _SIGTERM:
+        _SIGTERM[-1].swallowed = True
+        # A moment later, from another thread: the handler then runs where the main thread is
+        # by then (out of this hook and, most likely, of the callback; else it comes back here).
+        retry = threading.Timer(0.05, signal.pthread_kill,
+                                args=(threading.main_thread().ident, signal.SIGTERM))
+        retry.daemon = True
+        retry.start()
+        return
+    previous(info)
 
 
 class CtrlC:
