@@ -15,7 +15,9 @@ best checkpoint of the last stage on the test split. The last line printed is th
 
 Resuming: the same command again continues from the newest readable checkpoint (after a kill
 too). A SIGTERM while training (a spot VM's or Slurm's notice) finishes the step in flight,
-saves it and exits with code 75 and one line naming the step; a Ctrl-C does the same with exit
+saves it and exits with code 75 and one line naming the step; at any other moment (start-up,
+the test phase) it stops with one line saying what was done and exit code 75 too, and the same
+command completes the run; a Ctrl-C does the same with exit
 code 130 (a second Ctrl-C stops at once, without saving). WORKDIR may be gs://BUCKET/...
 (checked writable before any work). Only the learning rate, logging, checkpoint, evaluation,
 worker and path fields may change on resume (cxrjax.runfolder.ownership.RESUMABLE_FIELDS), and a
@@ -70,8 +72,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, and the config file loaded now, each failure one line; the help
     exits with code 0 (absl's with 1)."""
     # First of all: the threads that the config's imports start (numpy's) must leave Ctrl-C to
-    # _CTRL_C, as must every thread and worker process started later.
+    # _CTRL_C, as must every thread and worker process started later. A SIGTERM from now on
+    # ends in one line and exit code 75 (_SIGTERM; while training, the loop's watcher's).
     _CTRL_C.install()
+    _SIGTERM.install()
     from cxrjax import config_checks
 
     try:
@@ -85,6 +89,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
         sys.exit(0 if asked and e.code == 1 else e.code)
     except KeyboardInterrupt:
         _CTRL_C.exit()
+    except preemption.Terminated as e:
+        _CTRL_C.exit(str(e), preemption.PREEMPTED_EXIT_CODE)
     except Exception as e:  # noqa: BLE001 - config_flags raises many kinds: one line each
         print(f"error: {config_checks.flag_problem(argv, e)}", file=sys.stderr)
         sys.exit(2)
@@ -142,8 +148,28 @@ def _release_worker_memory() -> None:
         workers.close_open_iterators()
 
 
-# A Ctrl-C ends the program in one line, with exit code 130 (installed by _parse_flags).
+def _sigterm_line(trained: bool) -> str:
+    """What a SIGTERM outside training stopped (``trained``: this process finished training),
+    and that the same command completes it."""
+    try:
+        mode = _MODE.value
+    except flags.UnparsedFlagAccessError:
+        mode = "train"
+    if trained:
+        return ("preempted (SIGTERM) in the test phase: training is complete and saved, the "
+                "test files already written are whole; run the same command again to complete "
+                "the test and the report")
+    if mode == "eval":
+        return ("preempted (SIGTERM) while testing: the files already written are whole; run "
+                "the same command again to complete them")
+    return ("preempted (SIGTERM) before training started: no step was in flight, nothing to "
+            f"save; {preemption.RESUME}")
+
+
+# A Ctrl-C ends the program in one line, with exit code 130; a SIGTERM outside training in one
+# line, with exit code 75 (both installed by _parse_flags).
 _CTRL_C = preemption.CtrlC(before_line=_end_progress_bars, cleanup=[_release_worker_memory])
+_SIGTERM = preemption.Sigterm(_sigterm_line, ending=_CTRL_C)
 
 
 def main(argv):
@@ -157,6 +183,8 @@ def main(argv):
         _CTRL_C.exit(str(e))
     except KeyboardInterrupt:
         _CTRL_C.exit()
+    except preemption.Terminated as e:  # outside training: a rerun does what was not done
+        _CTRL_C.exit(str(e), preemption.PREEMPTED_EXIT_CODE)
 
 
 def _run(log) -> None:
@@ -202,6 +230,7 @@ def _run(log) -> None:
             OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    _SIGTERM.finished()  # every file is written: a notice from now on changes nothing
     if jax.process_index() == 0:
         print(evaluator.summary_line(results["fused"], _WORKDIR.value), flush=True)
 

@@ -286,7 +286,7 @@ def _train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict:
     initial = lambda: initialise(runs.random_variables(model, config), config,  # noqa: E731
                                  mesh)
     # A SIGTERM or Ctrl-C while training: save that step and stop (Preempted, Interrupted). One
-    # during the final test is not caught: there is nothing to save then, and a rerun tests again.
+    # during the final test is the entry point's: nothing to save then, and a rerun tests again.
     with PreemptionWatcher() as watcher:
         try:
             for index, stage in enumerate(config.train.stages):
@@ -297,4 +297,6 @@ def _train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict:
                     d, shapes(), b, mesh=mesh)
         finally:
             writer.close()  # a preempted run's log and TensorBoard files reach a bucket too
+    log.info("training complete: testing step %d of stage %s on the test split", best,
+             config.train.stages[-1].name)
     return evaluator.test_and_report(initial(), workdir, config).results

@@ -1,11 +1,16 @@
 """Data benchmarks: the prepare builder against a bare PIL loop, and grain images/s per worker.
 
     python scripts/benchmark.py data-prepare  [--manual_dir D] [--workers 1,2] [--resolution 256]
+        [--formats nih,chexpert,mimic_cxr,padchest] [--synthetic_n 200] [--synthetic_size 1024]
     python scripts/benchmark.py data-pipeline [--manual_dir D] [--workers 0,1,2] [--batch 64]
     python scripts/bench_data.py data-prepare|data-pipeline ...    (the same, standalone)
 
 The default input is the 207 real NIH images of ``../shared/data/nih_sample`` (a Data_Entry CSV
-of their rows is written next to a link to them). Each function returns one dict per figure;
+of their rows is written next to a link to them). ``data-prepare`` also times the other
+releases' formats, CheXpert's and MIMIC-CXR-JPG's JPEGs and PadChest's 16-bit PNGs: synthetic
+sets in those layouts (``cxrjax.data.synthetic``, drawn once under ``--data_root`` and reused),
+prepared through the real builders, each against a bare decode loop of the same files.
+Each function returns one dict per figure;
 ``scripts/benchmark.py`` prints them as JSON lines (the standalone ``main`` prints them too).
 """
 
@@ -27,6 +32,7 @@ from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(os.path.dirname(ROOT), "shared", "data", "nih_sample")
+SYNTHETIC_FORMATS = ("chexpert", "mimic_cxr", "padchest")  # JPEG, JPEG, 16-bit PNG
 
 
 def _options(args) -> argparse.Namespace:
@@ -42,6 +48,13 @@ def _options(args) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=5,
                    help="link each sample image this many times (amortises start-up; gives "
                         "the pipeline a train split larger than one batch)")
+    p.add_argument("--formats", default="nih," + ",".join(SYNTHETIC_FORMATS),
+                   help="data-prepare: nih (the sample's PNGs) and synthetic sets in these "
+                        f"releases' layouts: {', '.join(SYNTHETIC_FORMATS)}")
+    p.add_argument("--synthetic_n", type=int, default=200, help="images per synthetic format")
+    p.add_argument("--synthetic_size", type=int, default=1024, help="their side in pixels")
+    p.add_argument("--data_root", default=os.path.join(ROOT, ".bench"),
+                   help="where the synthetic sets are drawn once and reused")
     return p.parse_args(getattr(args, "extra", []) or [])
 
 
@@ -80,10 +93,13 @@ def _with_table(manual_dir: str, tmp: str, repeat: int = 1) -> str:
 
 
 def _bare_loop(paths: list[str], resolution: int) -> float:
-    """Images/s of the simplest single-core PIL decode + grayscale + resize loop."""
+    """Images/s of the simplest single-core PIL decode + grayscale + resize loop (a 16-bit
+    image: its top 8 bits)."""
     t = time.perf_counter()
     for p in paths:
         with Image.open(p) as img:
+            if img.mode.startswith("I;16"):
+                img = Image.fromarray((np.asarray(img) >> 8).astype(np.uint8))
             img.convert("L").resize((resolution, resolution), Image.Resampling.BILINEAR)
     return len(paths) / (time.perf_counter() - t)
 
@@ -103,36 +119,80 @@ def _bare_parallel(paths: list[str], resolution: int, workers: int) -> float:
 
 
 def run_data_prepare(args) -> list[dict]:
-    """Per-core builder throughput vs the bare loop (same run), and raw vs PNG records."""
-    from cxrjax.data import builder, nih_layout
+    """Per-core builder throughput vs the bare loop (same run) for each of ``--formats``, and
+    raw vs PNG records."""
+    from cxrjax.data import nih_layout
 
     opt = _options(args)
     workers = [int(w) for w in (opt.workers or f"1,{_cores()}").split(",")]
+    formats = [f for f in opt.formats.split(",") if f]
+    unknown = sorted(set(formats) - {"nih", *SYNTHETIC_FORMATS})
+    if unknown:
+        raise SystemExit(f"error: --formats: unknown {', '.join(unknown)}")
     records = []
     with tempfile.TemporaryDirectory() as tmp:
-        manual = _with_table(opt.manual_dir, tmp, opt.repeat)
-        paths = sorted(nih_layout.scan(manual)[0], key=lambda r: r.image_id)
-        paths = [r.path for r in paths]
-        _bare_loop(paths[:5], opt.resolution)  # warm the page cache
-        bare = _bare_loop(paths, opt.resolution)
-        records.append({"bench": "data-prepare", "what": "bare PIL decode+resize loop",
-                        "images": len(paths), "resolution": opt.resolution,
-                        "images_per_s_per_core": round(bare, 1)})
-        for w in workers:
-            bare_w = bare if w <= 1 else _bare_parallel(paths, opt.resolution, w)
-            t = time.perf_counter()
-            builder.build(manual, os.path.join(tmp, f"out{w}"), resolution=opt.resolution,
-                          workers=w)
-            ips = len(paths) / (time.perf_counter() - t)
-            n = max(min(w, _cores()), 1)
-            records.append({"bench": "data-prepare", "what": "chest_xray14 builder",
-                            "workers": w, "cores": _cores(), "images": len(paths),
-                            "resolution": opt.resolution, "images_per_s": round(ips, 1),
-                            "images_per_s_per_core": round(ips / n, 1),
-                            "bare_loops_in_parallel_images_per_s": round(bare_w, 1),
-                            "vs_bare_loop": round(ips / bare_w, 3),
-                            "load_average_1min": round(os.getloadavg()[0], 2)})
-        records.append(_storage(paths[:50], opt.resolution, nih_layout))
+        for fmt in formats:
+            if fmt == "nih":
+                manual = _with_table(opt.manual_dir, tmp, opt.repeat)
+                rows = sorted(nih_layout.scan(manual)[0], key=lambda r: r.image_id)
+            else:
+                manual, rows = _synthetic_release(fmt, opt)
+            paths = [r.path for r in rows]
+            records += _builder_vs_bare(fmt, manual, paths, workers, opt.resolution, tmp)
+            if fmt == "nih":
+                records.append(_storage(paths[:50], opt.resolution, nih_layout))
+    return records
+
+
+def _synthetic_release(fmt: str, opt: argparse.Namespace) -> tuple[str, list]:
+    """A synthetic set in release ``fmt``'s layout (drawn once under ``--data_root``) and the
+    rows its builder decodes (the default views)."""
+    from cxrjax.data import chexpert_layout, mimic_layout, padchest_layout, synthetic
+
+    manual = os.path.join(opt.data_root, "prepare_formats",
+                          f"{fmt}_n{opt.synthetic_n}_s{opt.synthetic_size}")
+    synthetic.generate_format(manual, fmt, opt.synthetic_n, opt.synthetic_size, seed=0)
+    layout = {"chexpert": chexpert_layout, "mimic_cxr": mimic_layout,
+              "padchest": padchest_layout}[fmt]
+    return manual, layout.scan(manual).rows
+
+
+_BUILDERS = {"nih": "chest_xray14", "chexpert": "chexpert", "mimic_cxr": "mimic_cxr",
+             "padchest": "padchest"}
+
+
+def _builder_vs_bare(fmt: str, manual: str, paths: list[str], workers: list[int],
+                     resolution: int, tmp: str) -> list[dict]:
+    """The bare loop's line, then one line per worker count: the release's builder preparing
+    the same files, and its ratio to as many bare loops run at the same moment."""
+    from cxrjax.data import builder, release_builder
+
+    with Image.open(paths[0]) as first:
+        kind = {"PNG": "PNG", "JPEG": "JPEG"}.get(first.format, first.format) + (
+            " 16-bit" if first.mode.startswith("I;16") else "")
+    _bare_loop(paths[:5], resolution)  # warm the page cache
+    bare = _bare_loop(paths, resolution)
+    records = [{"bench": "data-prepare", "format": fmt, "files": kind,
+                "what": "bare PIL decode+resize loop", "images": len(paths),
+                "resolution": resolution, "images_per_s_per_core": round(bare, 1)}]
+    for w in workers:
+        bare_w = bare if w <= 1 else _bare_parallel(paths, resolution, w)
+        out = os.path.join(tmp, f"{fmt}_out{w}")
+        t = time.perf_counter()
+        if fmt == "nih":
+            builder.build(manual, out, resolution=resolution, workers=w)
+        else:
+            release_builder.build(fmt, manual, out, resolution=resolution, workers=w)
+        ips = len(paths) / (time.perf_counter() - t)
+        n = max(min(w, _cores()), 1)
+        records.append({"bench": "data-prepare", "format": fmt, "files": kind,
+                        "what": f"{_BUILDERS[fmt]} builder", "workers": w, "cores": _cores(),
+                        "images": len(paths), "resolution": resolution,
+                        "images_per_s": round(ips, 1),
+                        "images_per_s_per_core": round(ips / n, 1),
+                        "bare_loops_in_parallel_images_per_s": round(bare_w, 1),
+                        "vs_bare_loop": round(ips / bare_w, 3),
+                        "load_average_1min": round(os.getloadavg()[0], 2)})
     return records
 
 

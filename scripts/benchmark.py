@@ -11,6 +11,7 @@
     python scripts/benchmark.py backbone ...            # forward / forward+backward per arch
     python scripts/benchmark.py data-prepare ...        # builder vs a bare PIL decode loop
     python scripts/benchmark.py data-pipeline ...       # grain images/s per worker count
+    python scripts/benchmark.py checkpoint --configs r18  # array checksums vs the save call
 
 The PyTorch reference mirrors each config's model (``torch_args``: baseline or F-MSML, with
 ``--reduce`` for the DenseNet rows' 1x1 reduction). Every mode takes ``--set KEY=VALUE``
@@ -268,7 +269,8 @@ MODES = {"train": run_train, "end-to-end": run_end_to_end, "metrics": run_metric
          "export": _delegated("bench_export", "run_export"),
          "backbone": _delegated("bench_backbone", "run_backbone"),
          "data-prepare": _delegated("bench_data", "run_data_prepare"),
-         "data-pipeline": _delegated("bench_data", "run_data_pipeline")}
+         "data-pipeline": _delegated("bench_data", "run_data_pipeline"),
+         "checkpoint": _delegated("bench_checkpoint", "run_checkpoint")}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -139,14 +139,16 @@ class Campaign:
         if "Traceback (most recent call last)" in text:  # not one line: counted, kept in logs
             self.tracebacks[kind or "clean"] += 1
         expected = {None: {0}, "kill9": {0, -signal.SIGKILL}, "second_command": {0},
-                    "sigterm": {0, PREEMPTED, -signal.SIGTERM}, "full_disk": {0, 2}}[kind]
+                    "sigterm": {0, PREEMPTED}, "full_disk": {0, 2}}[kind]
         ok = rc in expected
         if kind == "full_disk" and rc == 2:  # a checkpoint's one line, or a test-phase file's
             errors = [ln for ln in text.splitlines() if ln.startswith("error:")]
             ok = len(errors) == 1 and ("cannot write checkpoint" in errors[0]
                                        or "File too large: '" in errors[0])
-        if kind == "sigterm" and rc == -signal.SIGTERM:  # no handler outside training
-            ok = self.phase(text) != "training"
+        if kind == "sigterm" and rc == PREEMPTED:  # at any moment: one line, the last
+            lines = [ln for ln in re.split(r"[\r\n]", text) if ln.strip()]
+            ok = bool(lines) and lines[-1].startswith("preempted") and \
+                sum(ln.startswith("preempted") for ln in lines) == 1
             rc = f"{rc} in {self.phase(text)}"
         if kind is not None and rc != 0:
             self.injected[kind] += 1
@@ -158,9 +160,7 @@ class Campaign:
 
     def phase(self, text: str) -> str:
         """Where an attempt's log ends: "startup", "training" or "test" (training done)."""
-        epochs = self.runner.epochs
-        done = re.search(r"resumed at step (\d+) of \1\b", text) or \
-            f"epoch {epochs}/{epochs}: val" in text
+        done = "training complete: testing" in text  # cxrjax.train's line after the last stage
         return "test" if done else "training" if re.search(r"epoch \d+/", text) else "startup"
 
     def _signal_at_random(self, proc: subprocess.Popen, kind: str) -> int:

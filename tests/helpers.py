@@ -86,3 +86,16 @@ def truncate_files(directory: str) -> None:
             path = os.path.join(root, name)
             with open(path, "r+b") as f:
                 f.truncate(os.path.getsize(path) // 2)
+
+
+def flip_a_bit(directory: str) -> str:
+    """Flips one bit in the middle of the largest file under ``directory`` (a checkpoint's array
+    data: bit rot that leaves every file's size as it was); returns the file's path."""
+    files = [os.path.join(root, name) for root, _, names in os.walk(directory) for name in names]
+    largest = max(files, key=os.path.getsize)
+    with open(largest, "r+b") as f:
+        f.seek(os.path.getsize(largest) // 2)
+        byte = f.read(1)[0]
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte ^ 4]))
+    return largest

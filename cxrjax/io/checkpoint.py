@@ -28,9 +28,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from cxrjax.io import fileio
+from cxrjax.io import checksums, fileio
 
 VAL_METRIC = "val_mean_auc"
+CHECKSUMS = "array_checksums"  # the meta record's key: each state field's checksums.py sum
 
 
 class CheckpointError(RuntimeError):
@@ -80,8 +81,10 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: Any,
     """Saves asynchronously; the write becomes visible only once complete (orbax renames).
 
     A full disk (or a file-size limit) met by this save or by the previous one, still in
-    flight, is a CheckpointError of one line (``disk_full_message``)."""
+    flight, is a CheckpointError of one line (``disk_full_message``). ``meta`` is stored with
+    the state's array checksums added, which ``restore`` checks."""
     metrics = None if val_mean_auc is None else {VAL_METRIC: float(val_mean_auc)}
+    meta = {**meta, CHECKSUMS: checksums.state_checksums(state)}
     previous = _in_flight.get(id(manager))
     _in_flight[id(manager)] = step
     try:
@@ -225,6 +228,7 @@ def restore(manager: ocp.CheckpointManager, state_template: Any, step: int | Non
                 out = manager.restore(s, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore({**fields, **dropped}),
                     data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+                verify_checksums(dict(out["meta"]), out["state"], f"checkpoint {s}")
                 restored = {k: out["state"][k] for k in fields}
                 state = (dataclasses.replace(state_template, **restored)
                          if dataclasses.is_dataclass(state_template) else restored)
@@ -243,8 +247,35 @@ def restore(manager: ocp.CheckpointManager, state_template: Any, step: int | Non
             raise CheckpointError(f"checkpoint {s} in {manager.directory} is another model's or "
                                   f"optimizer's ({other}); it was left as it is: train this "
                                   "config in another workdir")
-        return s, state, _unjsonable(out["data"]), dict(out["meta"])
+        meta = {k: v for k, v in dict(out["meta"]).items() if k != CHECKSUMS}
+        return s, state, _unjsonable(out["data"]), meta
     return None
+
+
+class ChecksumMismatch(ValueError):
+    """A checkpoint's arrays differ from what was saved (a flipped bit, a rewritten file)."""
+
+
+def verify_checksums(meta: Mapping, state: Any, what: str) -> None:
+    """Raises ChecksumMismatch where ``state``'s fields (all or some of the saved ones) differ
+    from the checksums recorded in ``meta`` at save; a checkpoint saved before checksums were
+    recorded passes (said once per process)."""
+    saved = meta.get(CHECKSUMS)
+    if saved is None:
+        global _said_unchecked
+        if not _said_unchecked:
+            _said_unchecked = True
+            logging.getLogger("cxrjax").info(
+                "%s was saved without array checksums (an older cxrjax): restored unchecked",
+                what)
+        return
+    bad = checksums.mismatched(saved, checksums.state_checksums(state))
+    if bad:
+        raise ChecksumMismatch(f"its {', '.join(bad)} arrays differ from the checksum saved with "
+                               "them (a changed array file: a flipped bit, a partial rewrite?)")
+
+
+_said_unchecked = False
 
 
 def tree_mismatch(saved: Mapping, template: Mapping) -> str | None:

@@ -25,6 +25,12 @@ in progress runs to completion. Orbax makes a step visible only once it is compl
 on a local disk, a commit_success file in a bucket), so even a SIGKILL during the save leaves
 the previous checkpoint as the newest readable one.
 
+Outside a training loop (start-up, the test phase), the entry point's ``Sigterm`` answers a
+SIGTERM: ``Terminated`` is raised in the main thread with one line saying what was done, and the
+program ends with that line and ``PREEMPTED_EXIT_CODE`` (a rerun completes the work: the test
+phase's outputs are written atomically). An open watcher replaces that handler while training;
+a multi-host run's is JAX's from ``jax.distributed.initialize`` on, which only notes the notice.
+
 Ctrl-C (SIGINT, ``CtrlC``, installed by an entry point) is a notice of this one process: in a
 single-process training loop it is acted on like a SIGTERM, with ``Interrupted`` and exit code
 130; elsewhere (preparing data, testing, a multi-host run) it stops the program without saving.
@@ -46,6 +52,7 @@ from collections.abc import Callable, Sequence
 from multiprocessing import resource_tracker
 from multiprocessing import util as multiprocessing_util
 from types import FrameType
+from typing import Any
 
 # sysexits.h EX_TEMPFAIL: "a temporary failure; the user is invited to retry". Distinct from a
 # crash (1), a bad flag (2) and a death by the signal itself (143 = 128 + SIGTERM).
@@ -64,6 +71,12 @@ class Preempted(Exception):
         self.step, self.checkpoint_dir = int(step), str(checkpoint_dir)
         super().__init__(f"preempted (SIGTERM): saved a checkpoint of step {self.step} in "
                          f"{self.checkpoint_dir}; run the same command again to resume")
+
+
+class Terminated(BaseException):
+    """A SIGTERM outside a training loop (``Sigterm``), raised in the main thread wherever it
+    is; a BaseException so that no ``except Exception`` takes it for an error. Its message is
+    the one line to show."""
 
 
 class Interrupted(Exception):
@@ -156,13 +169,90 @@ class PreemptionWatcher:
     def __enter__(self) -> PreemptionWatcher:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         self.close()
+        if _SIGTERM:  # the loop ended: trained (no exception), else the program is stopping
+            _SIGTERM[-1].training_ended(completed=exc_type is None)
+
+
+_SIGTERM: list[Sigterm] = []  # the program's handler outside training, once installed
+
+
+class Sigterm:
+    """SIGTERM for a whole program outside a training loop: ``Terminated`` with the line that
+    ``describe(trained)`` gives (``trained``: a training loop completed in this process), raised
+    in the main thread; the entry point ends with it and ``PREEMPTED_EXIT_CODE``.
+
+    Install it in the main thread, first of all (before then the signal kills the process).
+    While a ``PreemptionWatcher`` is open its handler replaces this one; once a loop has stopped
+    on an exception (Preempted, an error) the program is ending, and a SIGTERM is only noted;
+    after ``finished()`` it is ignored. A handler runs wherever the main thread is, a garbage
+    collector's callback too, where Python would print the exception and go on: there it is
+    raised again at the next chance (``_retry_swallowed``).
+    """
+
+    def __init__(self, describe: Callable[[bool], str], ending: CtrlC):
+        self.describe, self.ending = describe, ending
+        self.trained = self.stopping = self.swallowed = False
+        self.line: str | None = None  # the first notice's line, once it came
+
+    def install(self) -> Sigterm:
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("Sigterm must be installed in the main thread")
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+            return self  # started with SIGTERM ignored (nohup-like): it stays so
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        _SIGTERM.append(self)
+        if not _SIGTERM[:-1]:
+            previous = sys.unraisablehook
+            sys.unraisablehook = lambda info: _retry_swallowed(info, previous)
+        return self
+
+    def training_ended(self, completed: bool) -> None:
+        self.trained = self.trained or completed
+        self.stopping = self.stopping or not completed
+
+    def finished(self) -> None:
+        """The program's work is done: a SIGTERM from now on changes nothing (ignored, also
+        while the interpreter shuts down, where Python would restore the default, fatal one)."""
+        if self in _SIGTERM:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        if self.line is None:
+            if self.stopping or self.ending.is_ending():
+                return  # already ending: its own line is on the way
+            self.line = self.describe(self.trained)
+            # Should the main thread not reach its end in time (a cleanup that hangs): here.
+            self.ending.message, self.ending.exit_code = self.line, PREEMPTED_EXIT_CODE
+            timer = threading.Timer(self.ending.grace_s, self.ending.force_exit)
+            timer.daemon = True
+            timer.start()
+        elif not self.swallowed:
+            return  # a second notice: the first one's line is on its way
+        self.swallowed = False
+        raise Terminated(self.line)
+
+
+def _retry_swallowed(info: Any, previous: Callable[[Any], None]) -> None:
+    """``sys.unraisablehook``: a ``Terminated`` that Python could not raise (the handler ran in
+    a callback) is not printed but signalled again, to be raised where the main thread is next."""
+    if isinstance(info.exc_value, Terminated) and _SIGTERM:
+        _SIGTERM[-1].swallowed = True
+        # A moment later, from another thread: the handler then runs where the main thread is
+        # by then (out of this hook and, most likely, of the callback; else it comes back here).
+        retry = threading.Timer(0.05, signal.pthread_kill,
+                                args=(threading.main_thread().ident, signal.SIGTERM))
+        retry.daemon = True
+        retry.start()
+        return
+    previous(info)
 
 
 class CtrlC:
     """Ctrl-C for a whole program: one line and ``INTERRUPTED_EXIT_CODE``, never a traceback.
 
+    ``exit_code`` is ``INTERRUPTED_EXIT_CODE`` unless a SIGTERM (``Sigterm``) set it.
     ``install()`` (in the main thread, before any worker process or thread starts) blocks
     SIGINT in this thread, so in every thread and child process started later, and listens
     for it on a thread of its own. The first Ctrl-C goes to the open ``PreemptionWatcher``
@@ -181,6 +271,7 @@ class CtrlC:
         self.before_line, self.cleanup = before_line, tuple(cleanup)
         self.grace_s, self.cleanup_s = grace_s, cleanup_s
         self.count = 0
+        self.exit_code = INTERRUPTED_EXIT_CODE
         self.message = f"interrupted: no training step was in flight, nothing to save; {RESUME}"
         self._exiting = threading.Lock()  # taken by whoever prints the last line
 
@@ -216,11 +307,18 @@ class CtrlC:
                 timer.daemon = True  # never what keeps the process alive
                 timer.start()
 
-    def exit(self, message: str | None = None) -> None:
-        """Ends the process: ``message`` (default: ``self.message``), then as ``force_exit``."""
+    def exit(self, message: str | None = None, exit_code: int | None = None) -> None:
+        """Ends the process: ``message`` (default: ``self.message``), then as ``force_exit``,
+        with ``exit_code`` (default: ``self.exit_code``)."""
         if not self._exiting.acquire(blocking=False):
             threading.Event().wait()  # another thread is ending the process
+        if exit_code is not None:
+            self.exit_code = exit_code
         self._end(message or self.message)
+
+    def is_ending(self) -> bool:
+        """Whether a thread is ending the process (its last line printed or on the way)."""
+        return self._exiting.locked()
 
     def force_exit(self) -> None:
         """The process's end, from any thread, unless another is ending it already."""
@@ -228,7 +326,8 @@ class CtrlC:
             self._end(self.message)
 
     def _end(self, line: str) -> None:
-        """``before_line``, the line, ``cleanup``, the worker processes stopped, exit code 130.
+        """``before_line``, the line, ``cleanup``, the worker processes stopped, exit with
+        ``exit_code`` (130 for a Ctrl-C).
 
         No other exit handler runs (they could wait minutes for grain's workers): what a run
         keeps is written before it raises Interrupted.
@@ -249,7 +348,7 @@ class CtrlC:
         # traceback of that race. (The resource tracker writes to its own stderr.)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
         _run_all((multiprocessing_util._exit_function,))
-        os._exit(INTERRUPTED_EXIT_CODE)
+        os._exit(self.exit_code)
 
 
 def _run_all(fns: Sequence[Callable[[], None]]) -> None:

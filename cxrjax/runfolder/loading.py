@@ -117,7 +117,8 @@ def restore_variables(directory: str, template: dict, step: int | None = None, *
 
     Works whatever device topology saved it (8 GPUs -> 1 CPU): the target carries the
     shardings, and only these two collections are read (not the optimizer state). A tree that
-    does not fit ``template`` (another model's checkpoint) is a CheckpointError.
+    does not fit ``template`` (another model's checkpoint) is a CheckpointError, and so are
+    arrays that differ from the checksums saved with them.
     """
     ocp = checkpoint.ocp
     step = best_step(directory) if step is None else step
@@ -146,8 +147,13 @@ def restore_variables(directory: str, template: dict, step: int | None = None, *
     manager = checkpoint.open_manager(directory, keep=1_000_000, read_only=True)
     args = ocp.args.PyTreeRestore(item=target, partial_restore=True,
                                   restore_args=ocp.checkpoint_utils.construct_restore_args(target))
+    items = {"state": args}
+    if fileio.exists(fileio.join(directory, str(step), "meta")):  # the record, checksums in it
+        items["meta"] = ocp.args.JsonRestore()
     try:
-        restored = manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+        out = manager.restore(step, args=ocp.args.Composite(**items))
+        restored = out["state"]
+        checkpoint.verify_checksums(out.get("meta") or {}, restored, f"checkpoint {step}")
     except Exception as e:  # noqa: BLE001
         first = (str(e).splitlines() or [""])[0][:300]
         raise checkpoint.CheckpointError(f"{unreadable}: {type(e).__name__} {first}") from None

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import truncate_files
+from helpers import flip_a_bit, truncate_files
 
 from cxrjax import train_step
-from cxrjax.io import checkpoint
+from cxrjax.io import checkpoint, checksums
 
 
 def _state(seed: int = 0, step: int = 0) -> train_step.TrainState:
@@ -113,6 +113,77 @@ def test_restore_of_a_named_unreadable_step_is_a_one_line_error(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match=r"checkpoint 3 in .* is unreadable"):
         checkpoint.restore(manager, _state(), step=3)
     assert os.path.isdir(directory / "3")  # a named step is reported, not moved
+
+
+def _big_state(seed: int, step: int) -> train_step.TrainState:
+    """A state whose kernel (64 KiB) dominates the array files, so a flip lands in its data."""
+    state = _state(seed, step)
+    kernel = jnp.asarray(np.random.default_rng(seed).normal(size=(64, 256)), jnp.float32)
+    params = {"dense": {**state.params["dense"], "kernel": kernel}}
+    return state.replace(params=params, opt_state=optax.adam(1e-3).init(params))
+
+
+def test_a_flipped_bit_in_the_newest_steps_arrays_sets_it_aside_and_the_previous_restores(
+        tmp_path, caplog):
+    directory = tmp_path / "ckpt"
+    manager = checkpoint.open_manager(str(directory), keep=3)
+    older = _big_state(seed=1, step=1)
+    checkpoint.save(manager, 1, older, {}, {"n": 1})
+    checkpoint.save(manager, 2, _big_state(seed=2, step=2), {}, {"n": 2})
+    manager.wait_until_finished()
+    flip_a_bit(str(directory / "2" / "state"))
+
+    with caplog.at_level(logging.WARNING, logger="cxrjax"):
+        step, state, _, meta = checkpoint.restore(manager, _big_state(0, 0))
+    assert (step, meta) == (1, {"n": 1})
+    _assert_same(state, older)
+    assert "checkpoint 2 in" in caplog.text and "differ from the checksum" in caplog.text
+    assert sorted(os.listdir(directory)) == ["1", "2.unreadable"]
+
+
+def test_restore_of_a_named_step_with_a_flipped_bit_is_a_one_line_error(tmp_path):
+    directory = tmp_path / "ckpt"
+    manager = checkpoint.open_manager(str(directory), keep=3)
+    checkpoint.save(manager, 2, _big_state(seed=2, step=2), {}, {})
+    manager.wait_until_finished()
+    flip_a_bit(str(directory / "2" / "state"))
+    unreadable = r"checkpoint 2 in .* is unreadable: ChecksumMismatch: its \w+ arrays differ"
+    with pytest.raises(checkpoint.CheckpointError, match=unreadable):
+        checkpoint.restore(manager, _big_state(0, 0), step=2)
+    assert os.path.isdir(directory / "2")  # a named step is reported, not moved
+
+
+def test_a_checkpoint_records_its_arrays_checksums_and_restores_them_unchanged(tmp_path):
+    manager = checkpoint.open_manager(str(tmp_path / "ckpt"), keep=2)
+    saved = _state(seed=3, step=5)
+    checkpoint.save(manager, 5, saved, {}, {"stage": "global"})
+    manager.wait_until_finished()
+    record = manager.restore(5, args=checkpoint.ocp.args.Composite(
+        meta=checkpoint.ocp.args.JsonRestore()))["meta"]
+    assert record[checkpoint.CHECKSUMS] == checksums.state_checksums(saved)
+    assert set(record[checkpoint.CHECKSUMS]) == {"step", "params", "batch_stats", "opt_state"}
+    step, state, _, meta = checkpoint.restore(manager, _state())
+    assert step == 5 and meta == {"stage": "global"}
+    _assert_same(state, saved)
+
+
+def test_a_checkpoint_saved_without_checksums_restores_and_says_so_once(tmp_path, caplog,
+                                                                        monkeypatch):
+    manager = checkpoint.open_manager(str(tmp_path / "ckpt"), keep=3)
+    for step in (1, 2):  # as an older cxrjax wrote them: no checksums in the record
+        manager.save(step, force=True, args=checkpoint.ocp.args.Composite(
+            state=checkpoint.ocp.args.StandardSave(_state(seed=step, step=step)),
+            data=checkpoint.ocp.args.JsonSave({"state": {}}),
+            meta=checkpoint.ocp.args.JsonSave({"stage": "global"})))
+    manager.wait_until_finished()
+    monkeypatch.setattr(checkpoint, "_said_unchecked", False)
+
+    with caplog.at_level(logging.INFO, logger="cxrjax"):
+        for step in (2, 1):
+            restored = checkpoint.restore(manager, _state(), step=step)
+            assert restored[0] == step and restored[3] == {"stage": "global"}
+            _assert_same(restored[1], _state(seed=step, step=step))
+    assert caplog.text.count("saved without array checksums") == 1
 
 
 def test_restore_of_an_empty_directory_is_none(tmp_path):

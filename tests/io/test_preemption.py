@@ -104,3 +104,48 @@ def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both(tmp_path):
     assert len(steps) == 1
     saved, x = _saved_step(tmp_path / "ckpt")
     assert saved == steps.pop() and np.all(x == saved)
+
+
+_SIGTERM_PROGRAM = """
+import signal, sys, time
+from cxrjax.io import preemption
+ending = preemption.CtrlC()
+sigterm = preemption.Sigterm(lambda trained: f"preempted (SIGTERM), trained={trained}",
+                             ending).install()
+
+
+class Callback:  # as a garbage collector's callback: Python prints what it raises, goes on
+    def __del__(self):
+        signal.raise_signal(signal.SIGTERM)
+
+
+try:
+    with preemption.PreemptionWatcher():  # a loop that completes: the program has trained
+        pass
+    if sys.argv[1] == "finished":
+        sigterm.finished()
+        signal.raise_signal(signal.SIGTERM)
+    else:
+        Callback()
+    time.sleep(1)  # a retried notice interrupts it
+    print("went on", flush=True)
+except preemption.Terminated as e:
+    ending.exit(str(e), preemption.PREEMPTED_EXIT_CODE)
+"""
+
+
+def _sigterm_program(case: str) -> subprocess.CompletedProcess:
+    root = os.path.dirname(os.path.dirname(WORKER))
+    return subprocess.run([sys.executable, "-c", _SIGTERM_PROGRAM, case], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": root})
+
+
+def test_a_sigterm_outside_training_met_in_a_callback_still_ends_in_its_one_line_and_75():
+    done = _sigterm_program("in a callback")
+    assert done.returncode == preemption.PREEMPTED_EXIT_CODE, done.stderr
+    assert done.stderr == "preempted (SIGTERM), trained=True\n" and done.stdout == ""
+
+
+def test_a_sigterm_once_the_work_is_finished_changes_nothing():
+    done = _sigterm_program("finished")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "went on\n", "")

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import random_variables, tiny_config, truncate_files
+from helpers import flip_a_bit, random_variables, tiny_config, truncate_files
 
 from cxrjax import models, train_step
 from cxrjax.evaluation import inference
@@ -127,6 +127,17 @@ def test_restore_variables_of_a_truncated_step_is_a_checkpoint_error(tmp_path):
     truncate_files(os.path.join(directory, "1", "state"))
     template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _variables(0))
     with pytest.raises(checkpoint.CheckpointError, match="checkpoint 1 in .* is unreadable"):
+        runs.restore_variables(directory, template, 1, mesh=inference.create_mesh())
+
+
+def test_restore_variables_of_a_step_with_a_flipped_bit_is_a_checkpoint_error(tmp_path):
+    directory = str(tmp_path / "ckpt")
+    _save_variables(directory, 1, _variables(0, width=4096))  # the kernel fills the array files
+    flip_a_bit(os.path.join(directory, "1", "state"))
+    template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                            _variables(0, width=4096))
+    with pytest.raises(checkpoint.CheckpointError,
+                       match="checkpoint 1 in .* is unreadable.*ChecksumMismatch"):
         runs.restore_variables(directory, template, 1, mesh=inference.create_mesh())
 
 

@@ -145,7 +145,7 @@ def test_backbone_mode_times_jax_beside_torchvision_forward_and_backward(env):
 
 def test_data_modes_time_the_builder_and_grain_on_the_real_sample_images(env):
     prepare = _bench(env, "data-prepare", "--workers", "1", "--resolution", "32",
-                     "--repeat", "1")
+                     "--repeat", "1", "--formats", "nih")
     what = {x["what"] for x in prepare}
     assert {"bare PIL decode+resize loop", "chest_xray14 builder"} <= what
     assert all(x.get("images", 207) == 207 for x in prepare)
@@ -154,3 +154,26 @@ def test_data_modes_time_the_builder_and_grain_on_the_real_sample_images(env):
     assert [x["what"] for x in pipeline] == ["TFDS ArrayRecord random read",
                                              "grain train batches"]
     assert all(x["images_per_s"] > 0 for x in pipeline)
+
+
+def test_data_prepare_times_each_releases_builder_beside_a_bare_loop_of_the_same_files(
+        env, tmp_path):
+    lines = _bench(env, "data-prepare", "--workers", "1", "--resolution", "32", "--formats",
+                   "chexpert,mimic_cxr,padchest", "--synthetic_n", "8", "--synthetic_size", "64",
+                   "--data_root", str(tmp_path))
+    by = {(x["format"], x["what"]): x for x in lines}
+    assert len(by) == len(lines) == 6
+    for fmt, files in (("chexpert", "JPEG"), ("mimic_cxr", "JPEG"), ("padchest", "PNG 16-bit")):
+        bare, built = by[fmt, "bare PIL decode+resize loop"], by[fmt, f"{fmt} builder"]
+        assert bare["files"] == built["files"] == files
+        assert bare["images"] == built["images"] == 8
+        assert built["workers"] == 1 and built["vs_bare_loop"] > 0
+        assert built["vs_bare_loop"] == round(
+            built["images_per_s"] / built["bare_loops_in_parallel_images_per_s"], 3)
+
+
+def test_checkpoint_mode_times_the_array_checksums_beside_the_save_call(env):
+    (line,) = _bench(env, "checkpoint", *TINY, "--steps", "2")
+    assert line["bench"] == "checkpoint_checksum" and line["saves"] == 2
+    assert line["state_bytes"] > 0 and line["arrays"] > 10
+    assert 0 < line["checksum_s"] and 0 < line["save_call_s"] <= line["save_until_written_s"]
