@@ -16,10 +16,11 @@ best checkpoint of the last stage on the test split. The last line printed is th
 Resuming: the same command again continues from the newest readable checkpoint (after a kill
 too). A SIGTERM while training (a spot VM's or Slurm's notice) finishes the step in flight,
 saves it and exits with code 75 and one line naming the step; at any other moment (start-up,
-the test phase) it stops with one line saying what was done and exit code 75 too, and the same
-command completes the run; a Ctrl-C does the same with exit
-code 130 (a second Ctrl-C stops at once, without saving). WORKDIR may be gs://BUCKET/...
-(checked writable before any work). Only the learning rate, logging, checkpoint, evaluation,
+the test phase) a single-process run stops with one line saying what was done and exit code 75
+too, and the same command completes the run (multi-host: jax.distributed's own handler takes
+SIGTERM outside training, which only notes it); a Ctrl-C does the same with exit code 130 (a
+second Ctrl-C stops at once, without saving). WORKDIR may be gs://BUCKET/... (checked writable
+before any work). Only the learning rate, logging, checkpoint, evaluation,
 worker and path fields may change on resume (cxrjax.runfolder.ownership.RESUMABLE_FIELDS), and a
 stage's epochs; a workdir that holds a run of another config is refused, untouched. --restart moves
 that run aside (WORKDIR.old-<time>) and starts over; nothing is ever deleted.

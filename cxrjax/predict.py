@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import logging
 import os
 import sys
@@ -200,6 +201,19 @@ def row_classes(rows: Sequence[dict]) -> tuple[str, ...]:
     return tuple(rows[0].get("classes") or CLASSES)
 
 
+def _model_classes(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """The classes the model scores, read cheaply before any image is (the export's manifest
+    or the run's config); None where that cannot be read (scoring then says why in one line)."""
+    try:
+        if args.model:
+            manifest = json.loads(fileio.read_text(fileio.join(args.model,
+                                                               export_files.MANIFEST)))
+            return tuple(manifest["classes"])
+        return tuple(run_classes(runs.load_config(args.workdir)))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def write_csv(path: str, rows: Sequence[dict]) -> None:
     """``Image Index`` (file name), path, ``warning`` (the run's limitations and the image's
     warnings, ``; ``-joined; empty when none), top finding, ``prob_<Class>`` (fused); with the
@@ -304,8 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.batch_size < 1:
             raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
         out_dir = fileio.expand(args.out or fileio.join(args.workdir or args.model, "predict"))
-        given = operating_points.OperatingPoints.load(args.thresholds) if args.thresholds \
-            else None  # a bad file: one line, before any image is scored
+        given = operating_points.OperatingPoints.load(args.thresholds, _model_classes(args)) \
+            if args.thresholds else None  # a bad file: one line, before any image is scored
         if args.model:
             rows, bad, model = predict_files_exported(args.model, files, args.batch_size) \
                 if files else ([], [], None)
@@ -315,6 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 else ([], [])
             thresholds = fileio.join(args.workdir, operating_points.RUN_FILE)
         if given is not None:
+            if rows and given.classes != row_classes(rows):  # classes unknown until scored
+                given = operating_points.OperatingPoints.load(args.thresholds, row_classes(rows))
             points, thresholds = given, args.thresholds
         else:
             points = (operating_points.OperatingPoints.load(thresholds, row_classes(rows))

@@ -57,12 +57,24 @@ def check(source: str, weights: Sequence[float]) -> str | None:
         return f"data.source={source!r}: {bad} cannot be mixed; expected names of {MIXABLE}"
     if len(set(names)) != len(names):
         return f"data.source={source!r} names a source twice"
+    families = [release_family(n) for n in names]
+    same = sorted({f for f in families if families.count(f) > 1})
+    if same:
+        return (f"data.source={source!r} mixes two sets in {same[0]}'s layout (a synthetic set "
+                "takes its release's image names, so they would collide); mix sources of "
+                "different releases")
     if len(weights) and len(weights) != len(names):
         return (f"data.source_weights={list(weights)} has {len(weights)} weights for the "
                 f"{len(names)} sources of {source!r}")
     if not all(isinstance(w, int | float) and math.isfinite(w) and w > 0 for w in weights):
         return f"data.source_weights={list(weights)}: every weight must be a positive number"
     return None
+
+
+def release_family(source: str) -> str:
+    """The release whose layout and image names a source has: ``synthetic`` is NIH's,
+    ``synthetic_chexpert`` CheXpert's."""
+    return "nih" if source == "synthetic" else source.removeprefix("synthetic_")
 
 
 def weights_of(data_cfg: Any) -> tuple[float, ...]:

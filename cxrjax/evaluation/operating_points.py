@@ -170,8 +170,10 @@ class OperatingPoints:
         fileio.write_text(path, json.dumps(body, indent=2, allow_nan=False) + "\n")
 
     @classmethod
-    def load(cls, path: str | os.PathLike, classes: Sequence[str] = CLASSES) -> OperatingPoints:
-        """Reads ``thresholds.json``; it must hold exactly ``classes``, in that order."""
+    def load(cls, path: str | os.PathLike, classes: Sequence[str] | None = CLASSES
+             ) -> OperatingPoints:
+        """Reads ``thresholds.json``; it must hold exactly ``classes``, in that order (None:
+        whichever classes it holds)."""
         path = os.fspath(path)
         try:
             body = json.loads(fileio.read_text(path))
@@ -182,7 +184,8 @@ class OperatingPoints:
         if not isinstance(body, dict) or not {"rule", "classes", "thresholds"} <= body.keys():
             raise ThresholdsError(f"{path}: not a thresholds file (needs rule, classes and "
                                   "thresholds)")
-        saved, wanted = list(body["classes"]), list(classes)
+        saved = list(body["classes"])
+        wanted = saved if classes is None else list(classes)
         if saved != wanted:
             extra = [c for c in saved if c not in wanted]
             missing = [c for c in wanted if c not in saved]

@@ -5,7 +5,8 @@ validation split, and what that changes on its test split.
                               [--calibrator none|temperature|platt] [--data FIELD=VALUE ...]
 
 *Before* is what the run deploys: thresholds chosen by its rule (``eval.threshold_rule``) on its
-own validation split, and its calibrator (``eval.calibration``) fitted there. *After*: the same
+own validation split, and its calibrator (``eval.calibration``) fitted there (refitted here: the
+same as its ``eval/thresholds.json`` where this version wrote that file). *After*: the same
 rule, and the ``--calibrator`` kind (default: the run's), fitted on the target's validation
 split. Both are measured on the same target test images: per class and mean sensitivity and
 specificity at the thresholds (on the fused probabilities, as ``predict`` calls them) and ECE
@@ -148,10 +149,13 @@ def score_splits(workdir: str, dataset: str, overrides: Sequence[str] = ()
     for where, ev in (("the run's own data", run.evaluator), (dataset, target)):
         if not ev.datasets.num_examples("val"):
             raise ValueError(f"{where}: the validation split is empty; nothing to fit on")
-    scored = tuple(external.predict_masked(ev, run.variables, split)
-                   for ev, split in ((run.evaluator, "val"), (run.evaluator, "test"),
-                                     (target, "val"), (target, "test")))
-    return run, scored
+    own = tuple(external.predict_masked(run.evaluator, run.variables, split)
+                for split in ("val", "test"))
+    # The target's labels in the model's class order (an NIH target read as its 14).
+    other = tuple(external.in_run_classes(external.predict_masked(target, run.variables, split),
+                                          cfg.data.classes, run.config.data.classes)
+                  for split in ("val", "test"))
+    return run, own + other
 
 
 def run_recalibration(workdir: str, dataset: str, *, overrides: Sequence[str] = (),
@@ -256,7 +260,7 @@ def run_cli(args: Any) -> int:
         raise ValueError("--calibrator applies to --recalibrate only")
     if not args.dataset or args.predictions or len(args.workdir or ()) != 1:
         raise ValueError("--recalibrate val needs one --workdir and --dataset NAME")
-    for flag in ("thresholds", "labels", "split"):
+    for flag in ("thresholds", "labels", "split", "subgroups"):
         if getattr(args, flag):
             raise ValueError(f"--{flag} does not apply to --recalibrate (it fits on the "
                              "target's validation split and reports its test split)")

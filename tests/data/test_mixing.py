@@ -99,6 +99,8 @@ def test_validation_and_test_are_the_first_sources_and_train_is_both(tiny_data, 
 @pytest.mark.parametrize("source, weights, message", [
     ("nih+chestmnist", (), r"\['chestmnist'\] cannot be mixed"),
     ("nih+nih", (), "names a source twice"),
+    ("nih+synthetic", (), "mixes two sets in nih's layout"),
+    ("chexpert+synthetic_chexpert", (), "mixes two sets in chexpert's layout"),
     ("nih+openi", (), r"\['openi'\] cannot be mixed"),
     ("nih+chexpert", (1, 2, 3), "has 3 weights for the 2 sources"),
     ("nih+chexpert", (1, 0), "every weight must be a positive number"),

@@ -4,12 +4,15 @@ is scored, and writes its predictions, report and calls under its own class name
 import csv
 import glob
 import json
+import os
 
+import numpy as np
 import pytest
 from helpers import tiny_config
 
 from cxrjax import predict, recipe, train
 from cxrjax.config_checks import ConfigError, check_config
+from cxrjax.data.labels import CLASSES
 from cxrjax.evaluation import report_plots
 from cxrjax.io import run_layout
 
@@ -30,7 +33,7 @@ def five_class_config(tiny_chexpert):
 
 
 def test_a_five_class_run_trains_scores_and_writes_its_own_class_columns(
-        tiny_chexpert, tmp_path, capsys):
+        tiny_chexpert, tiny_data, tmp_path, capsys):
     workdir = str(tmp_path / "run")
     train.train_and_evaluate(five_class_config(tiny_chexpert), workdir)
     with open(run_layout.eval_path(workdir, run_layout.TEST_PREDICTIONS)) as f:
@@ -58,6 +61,33 @@ def test_a_five_class_run_trains_scores_and_writes_its_own_class_columns(
     assert [k for k in row if k.startswith("prob_")] == [f"prob_{c}" for c in FIVE]
     assert row["top_finding"] in FIVE
     assert "Cardi" in capsys.readouterr().out
+    # predict --thresholds: a file for the run's five classes is read for them (a site's
+    # recalibrated file); one for NIH's 14 is one line before any image is scored.
+    from cxrjax.evaluation.operating_points import OperatingPoints
+
+    mine, nih = tmp_path / "five.json", tmp_path / "nih.json"
+    OperatingPoints(FIVE, np.full(5, 0.0), "youden").save(mine)
+    OperatingPoints(CLASSES, np.full(len(CLASSES), 0.5), "youden").save(nih)
+    assert predict.main(["--workdir", workdir, "--thresholds", str(mine), "--out", str(out),
+                         image]) == 0
+    with open(out / "predictions.csv") as f:
+        row = next(csv.DictReader(f))
+    assert [row[f"call_{c}"] for c in FIVE] == ["positive"] * 5  # every p >= 0
+    capsys.readouterr()
+    assert predict.main(["--workdir", workdir, "--thresholds", str(nih), image]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "than the 5 scored here" in err, err
+    # --recalibrate on an NIH target: its 14 labels read in the model's five's order.
+    from cxrjax import evaluate
+
+    assert evaluate.main(["--workdir", workdir, "--dataset", "nih", "--data",
+                          f"manual_dir={tiny_data / 'nih'}", "--data",
+                          f"data_dir={tiny_data / 'tfds'}", "--recalibrate", "val",
+                          "--n_boot", "0"]) == 0, capsys.readouterr().err
+    written = [n for n in os.listdir(os.path.join(workdir, "eval"))
+               if n.startswith("recalibration_nih") and n.endswith("_thresholds.json")]
+    assert len(written) == 1, written
+    assert OperatingPoints.load(os.path.join(workdir, "eval", written[0]), FIVE).classes == FIVE
 
 
 @pytest.mark.parametrize("source, classes, message", [

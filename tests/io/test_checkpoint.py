@@ -223,6 +223,18 @@ def test_a_checkpoint_of_the_old_state_with_rng_restores_and_the_run_goes_on(tmp
     assert int(checkpoint.restore(manager, _state())[1].step) == 5
 
 
+def test_a_checkpoint_with_a_nested_field_since_removed_passes_its_checksums(tmp_path):
+    # Its checksums were saved over the whole state, the removed field's too: the restore
+    # compares the template's fields and reads the removed one only to drop it.
+    manager = checkpoint.open_manager(str(tmp_path / "ckpt"), keep=3)
+    kept = {"w": np.arange(6, dtype=np.float32)}
+    gone = {"mu": (np.ones(3, np.float32), {"nu": np.zeros(2, np.float32)})}
+    checkpoint.save(manager, 1, {**kept, "old": gone}, {}, {})
+    checkpoint.wait(manager)
+    step, state, _, _ = checkpoint.restore(manager, {"w": np.zeros(6, np.float32)})
+    assert step == 1 and np.array_equal(np.asarray(state["w"]), kept["w"])
+
+
 _TWO_PROCESS_RESTORE = """
 import sys
 import jax
