@@ -61,7 +61,7 @@ def check(source: str, weights: Sequence[float]) -> str | None:
     same = sorted({f for f in families if families.count(f) > 1})
     if same:
         return (f"data.source={source!r} mixes two sets in {same[0]}'s layout (a synthetic set "
-                "takes its release's image names, so they would collide); mix sources of "
+                "takes its release's naming, so their image names can collide); mix sources of "
                 "different releases")
     if len(weights) and len(weights) != len(names):
         return (f"data.source_weights={list(weights)} has {len(weights)} weights for the "
