@@ -222,6 +222,12 @@ def _bucket_run(folder: str, files: int) -> dict[str, str]:
     return {rel: fileio.checksum(f"{folder}/{rel}") for rel in fileio.walk_files(folder)}
 
 
+def _move_begun(bucket: str) -> bool:
+    """Whether a file has reached a run.old-* folder (a bucket lists a folder only once it
+    holds one): one listing, so the poll does not starve the emulator serving the move."""
+    return any(name.startswith("run.old-") for name in fileio.listdir(bucket))
+
+
 def _moved(bucket: str) -> dict[str, set[str]]:
     """Every checksum found under the bucket's run.old-* folders, by file path."""
     out: dict[str, set[str]] = {}
@@ -235,18 +241,19 @@ def _moved(bucket: str) -> dict[str, set[str]]:
 def test_restart_in_a_bucket_moves_the_run_aside_whole_even_after_a_kill_in_the_move(
         gcs_bucket, caplog):
     folder = f"{gcs_bucket}/run"
-    original = _bucket_run(folder, files=120)
+    original = _bucket_run(folder, files=30)  # enough to kill in the move; each adds emulator calls
     child = subprocess.Popen([sys.executable, "-c", _MOVE_ASIDE, folder],
                              env={**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"},
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
-    while not _moved(gcs_bucket) and time.monotonic() < deadline:  # the copy has begun
+    while not _move_begun(gcs_bucket) and time.monotonic() < deadline:
         assert child.poll() is None, child.stdout.read()[-3000:]
         time.sleep(0.01)
     child.kill()
     child.communicate(timeout=60)
     left = {rel: fileio.checksum(f"{folder}/{rel}") for rel in fileio.walk_files(folder)}
     moved = _moved(gcs_bucket)
+    assert moved and any(rel in left for rel in original), "the kill did not land in the move"
     for rel, crc in original.items():  # nothing lost: each file still there, or moved whole
         assert left.get(rel) == crc or crc in moved.get(rel, set()), rel
 
