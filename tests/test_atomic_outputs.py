@@ -33,15 +33,16 @@ def _start(workdir, data_root) -> subprocess.Popen:
         [sys.executable, "-m", "cxrjax.main", "--config", os.path.join(ROOT, "configs/r18.py"),
          "--workdir", str(workdir), *overrides],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "JAX_PLATFORMS": "cpu", "CXRJAX_COMPILE_CACHE": "off",
-             "PYTHONPATH": ROOT})
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT})
 
 
 def _files(workdir) -> dict[str, tuple[int, int]]:
     """The run's output files (what the test phase writes, its temporaries included): path ->
     (modification time, size)."""
     out = {}
-    for parent, _, names in os.walk(workdir):
+    for parent, folders, names in os.walk(workdir):
+        if parent == str(workdir):  # not into what training writes (thousands of stats a poll)
+            folders[:] = [f for f in folders if f"{f}/" not in NOT_OUTPUTS]
         for name in names:
             path = os.path.join(parent, name)
             rel = os.path.relpath(path, workdir).replace(os.sep, "/")

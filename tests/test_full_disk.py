@@ -107,8 +107,9 @@ def _main(workdir, data_root, epochs: int, limit: int | None = None
          "--workdir", str(workdir), *overrides],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
         preexec_fn=_file_size_limit(limit) if limit else None,
-        env={**os.environ, "JAX_PLATFORMS": "cpu", "CXRJAX_COMPILE_CACHE": "off",
-             "PYTHONPATH": ROOT})
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT,
+             # under the size limit, no compilation-cache writes (they too would meet it)
+             **({"CXRJAX_COMPILE_CACHE": "off"} if limit else {})})
 
 
 def test_a_run_that_fills_the_disk_stops_in_one_line_and_resumes_with_space(tiny_data,

@@ -17,8 +17,7 @@ from helpers import run_config
 from cxrjax.io import preemption
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "CXRJAX_COMPILE_CACHE": "off",
-       "PYTHONUNBUFFERED": "1"}
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
 SAVED = re.compile(r"interrupted: saved step (\d+) in (\S+); run the same command again to "
                    r"resume")
 

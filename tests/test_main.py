@@ -9,8 +9,7 @@ from helpers import run_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "r18.py")
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "CXRJAX_COMPILE_CACHE": "off",
-       "PYTHONUNBUFFERED": "1"}
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
 
 
 def _main(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -78,7 +78,8 @@ def enable(directory: str | None = DEFAULT_DIR, *,
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)  # any size
     if "jax_persistent_cache_enable_xla_caches" in jax.config.values:
         jax.config.update("jax_persistent_cache_enable_xla_caches", _XLA_CACHES)
-    log.info("compilation cache: %s", path)
+    # debug, not info: a command refused in one line should not be preceded by this one
+    log.debug("compilation cache: %s", path)
     return path
 
 
