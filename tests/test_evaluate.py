@@ -73,7 +73,8 @@ def test_cli_on_chexnet_test_list_prints_sklearn_aucs_to_6_decimals(
     assert (labels >= list_labels).all() and (labels != list_labels).sum() == 37
     out_json = tmp_path / "out" / "metrics.json"
 
-    assert evaluate.main(["--predictions", path, "--json", str(out_json)]) == 0
+    # 200 resamples: the CI's sanity is checked here, not the default count's (1,000) cost
+    assert evaluate.main(["--predictions", path, "--json", str(out_json), "--n_boot", "200"]) == 0
     printed = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()}
     result = json.loads(out_json.read_text())
     for c, name in enumerate(CLASSES):
