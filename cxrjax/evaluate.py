@@ -45,7 +45,7 @@ from cxrjax.evaluation.prediction_files import (
     load_predictions,
     write_json,
 )
-from cxrjax.io import checkpoint, compilation_cache, fileio, logs
+from cxrjax.io import checkpoint, cli, compilation_cache, fileio, logs
 
 
 def evaluate_predictions(predictions: str | os.PathLike,
@@ -183,8 +183,7 @@ def _describe(summary: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI; each mode is one argument of the required ``mode`` group."""
-    parser = argparse.ArgumentParser(
-        prog="python -m cxrjax.evaluate", description=__doc__.split("\n\n")[0])
+    parser = cli.parser("python -m cxrjax.evaluate", __doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--predictions", metavar="FILE",
                       help="CSV(.gz): 'Image Index' + one '<Class>' or 'prob_<Class>' column each")
@@ -212,8 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the CLI; returns the exit code (2 on bad input, with a one-line message)."""
-    args = build_parser().parse_args(argv)
+    """Runs the CLI on ``argv`` (default: the command line) in this process."""
+    return run_cli(build_parser().parse_args(argv))
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Runs the parsed command; returns the exit code (2 on bad input, with a one-line
+    message)."""
     logs.setup(logging.WARNING, libraries=logging.ERROR)  # our format; warnings only
     compilation_cache.enable()  # a run's scoring function loads from disk after its training
     try:
@@ -269,4 +273,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(build_parser, run_cli)

@@ -36,7 +36,7 @@ from jax import export as jax_export
 from cxrjax import export_reference, models
 from cxrjax.evaluation import inference, limitations, model_card, operating_points
 from cxrjax.evaluation.section import run_classes
-from cxrjax.io import checkpoint, compilation_cache, fileio, logs, run_layout
+from cxrjax.io import checkpoint, cli, compilation_cache, fileio, logs, run_layout
 from cxrjax.models.common import IMAGENET_MEAN, IMAGENET_STD
 from cxrjax.runfolder import loading as runs
 from cxrjax.serving import files
@@ -302,10 +302,9 @@ def _write_folder(tmp: str, workdir: str, run: tuple, leaves: list,
     return manifest
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the CLI: 0 when the folder is written, 2 on bad input (one line)."""
-    parser = argparse.ArgumentParser(prog="python -m cxrjax.export",
-                                     description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's flags: the run, the folder to write, the platforms and reference images."""
+    parser = cli.parser("python -m cxrjax.export", __doc__.split("\n\n")[0])
     parser.add_argument("--workdir", required=True, help="a trained run (cxrjax.main)")
     parser.add_argument("--out", required=True, help="the folder to write (new or empty)")
     parser.add_argument("--platforms", default=",".join(PLATFORMS),
@@ -313,7 +312,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reference", nargs="+", metavar="IMAGE", default=None,
                         help="PNG/JPEG reference images (default: three made-up pictures: "
                              "8-bit gray, RGB and 16-bit gray)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the CLI on ``argv`` (default: the command line) in this process."""
+    return run_cli(build_parser().parse_args(argv))
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Runs the parsed command: 0 when the folder is written, 2 on bad input (one line)."""
     logs.setup(logging.WARNING, libraries=logging.ERROR)
     compilation_cache.enable()
     try:
@@ -342,4 +350,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(build_parser, run_cli)

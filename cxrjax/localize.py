@@ -27,14 +27,13 @@ from collections.abc import Sequence
 from cxrjax.evaluation import boxes as loc
 from cxrjax.evaluation import evaluator, heatmaps
 from cxrjax.evaluation import localization as localizer
-from cxrjax.io import checkpoint, compilation_cache, fileio, logs, run_layout
+from cxrjax.io import checkpoint, cli, compilation_cache, fileio, logs, run_layout
 from cxrjax.runfolder import lock as run_lock
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's flags."""
-    parser = argparse.ArgumentParser(prog="python -m cxrjax.localize",
-                                     description=__doc__.split("\n\n")[0])
+    parser = cli.parser("python -m cxrjax.localize", __doc__.split("\n\n")[0])
     parser.add_argument("--workdir", required=True, help="a trained run (cxrjax.main)")
     parser.add_argument("--boxes", metavar="CSV", default=None,
                         help="BBox_List_2017-format boxes (default: the run's data folder's "
@@ -60,8 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the CLI; returns the exit code (2 on bad input, with a one-line message)."""
-    args = build_parser().parse_args(argv)
+    """Runs the CLI on ``argv`` (default: the command line) in this process."""
+    return run_cli(build_parser().parse_args(argv))
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Runs the parsed command; returns the exit code (2 on bad input, with a one-line
+    message)."""
     logs.setup(logging.WARNING, libraries=logging.ERROR)  # our format; warnings only
     compilation_cache.enable()
     try:
@@ -101,4 +105,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(build_parser, run_cli)

@@ -48,7 +48,7 @@ from cxrjax.evaluation import heatmaps, inference, limitations, operating_points
 from cxrjax.evaluation.overlay import cam_problem, overlay, scaled
 from cxrjax.evaluation.prediction_files import IMAGE_COLUMN, SCORE_PREFIX
 from cxrjax.evaluation.section import run_classes
-from cxrjax.io import compilation_cache, fileio, logs, storage_checks
+from cxrjax.io import cli, compilation_cache, fileio, logs, storage_checks
 from cxrjax.runfolder import loading as runs
 from cxrjax.serving import files as export_files
 
@@ -263,8 +263,8 @@ def format_rows(rows: Sequence[dict]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cxrjax.predict",
-                                     description=__doc__.split("\n\n")[0])
+    """The CLI's flags: the model (a run or an export), the images and where results go."""
+    parser = cli.parser("python -m cxrjax.predict", __doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--workdir", help="a trained run (cxrjax.main)")
     source.add_argument("--model", metavar="DIR", help="an exported model (cxrjax.export)")
@@ -307,8 +307,13 @@ def _print_results(args: argparse.Namespace, rows: list[dict], limits, points,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the CLI: 0 if every image was scored, 1 if any failed, 2 on bad arguments."""
-    args = build_parser().parse_args(argv)
+    """Runs the CLI on ``argv`` (default: the command line) in this process."""
+    return run_cli(build_parser().parse_args(argv))
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Runs the parsed command: 0 if every image was scored, 1 if any failed, 2 on bad
+    arguments."""
     logs.setup(logging.WARNING, libraries=logging.ERROR)  # our format; warnings only
     compilation_cache.enable()  # warm starts: the scoring and heatmap functions from disk
     files, errors, notes = expand_inputs(args.images)
@@ -358,4 +363,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(build_parser, run_cli)

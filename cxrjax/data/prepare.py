@@ -30,14 +30,14 @@ from collections.abc import Sequence
 
 from cxrjax.data import builder, mimic_layout, release_builder
 from cxrjax.data import release_rows as rr
-from cxrjax.io import fileio, logs, mirror, storage_checks
+from cxrjax.io import cli, fileio, logs, mirror, storage_checks
 
 PROG = "python -m cxrjax.data.prepare"
 
 
-def make_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     """The command line: what it makes, from what, and every option's default."""
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = cli.parser(PROG, __doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="nih", choices=["nih", *release_builder.BUILDERS],
                         help="which release (default: %(default)s)")
     parser.add_argument("--manual_dir", required=True,
@@ -76,8 +76,18 @@ def _build(args, data_dir: str):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The CLI: builds (or reuses) the dataset; 1 and the reason on bad input."""
-    args = make_parser().parse_args(argv)
+    """Runs the CLI on ``argv`` (default: the command line) in this process."""
+    return run_cli(build_parser().parse_args(argv))
+
+
+def _run_logged(args: argparse.Namespace) -> int:
+    """``run_cli`` with our "preparing ..." line in the format of the other programs."""
+    logs.setup()
+    return run_cli(args)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Builds (or reuses) the dataset; 1 and the reason on bad input."""
     try:
         data_dir = args.data_dir
         if fileio.is_remote(data_dir):  # built here, then copied up (see the docstring)
@@ -107,5 +117,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    logs.setup()  # our "preparing ..." line in the format of the other programs
-    sys.exit(main())
+    cli.run(build_parser, _run_logged)

@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -44,6 +45,7 @@ from cxrjax.data import labels as labels_lib
 from cxrjax.data import nih_layout, synthetic_formats
 from cxrjax.data import splits as splits_lib
 from cxrjax.data.synthetic_chests import render
+from cxrjax.io import cli
 
 log = logging.getLogger("cxrjax")
 
@@ -182,8 +184,9 @@ def generate_format(out_dir: str, fmt: str, n: int, size: int = 256, seed: int =
     return out_dir
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's flags: where, how many, how large, which seed, layout and site."""
+    parser = cli.parser("python -m cxrjax.data.synthetic", __doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--n", type=int, default=3000)
     parser.add_argument("--size", type=int, default=256)
@@ -192,7 +195,16 @@ def main(argv=None) -> int:
     parser.add_argument("--format", default="nih", choices=["nih", *synthetic_formats.FORMATS])
     parser.add_argument("--site", default="same", choices=list(synthetic_formats.SITES),
                         help="'other': another hospital's exposure, noise, marker, prevalence")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the CLI on ``argv`` (default: the command line) in this process."""
+    return run_cli(build_parser().parse_args(argv))
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Writes the set; 1 and the reason on bad input."""
     try:
         generate_format(args.out, args.format, args.n, args.size, args.seed,
                                           args.workers, args.site)
@@ -205,4 +217,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(build_parser, run_cli)

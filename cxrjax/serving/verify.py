@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 from jax import export as jax_export
 
+from cxrjax.io import cli
 from cxrjax.serving import decode, files
 from cxrjax.serving.model import ExportedModel, ServingError, load, sha256
 
@@ -71,14 +72,23 @@ def check_outputs(model: ExportedModel, tolerance: float) -> tuple[list[str], in
     return failures, compared
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the CLI: 0 if every check passes, 1 if any fails, 2 if DIR is unusable."""
-    parser = argparse.ArgumentParser(prog="python -m cxrjax.serving.verify",
-                                     description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's flags: the export folder and the tolerance."""
+    parser = cli.parser("python -m cxrjax.serving.verify", __doc__.split("\n\n")[0])
     parser.add_argument("directory", metavar="DIR", help="an export folder (cxrjax.export)")
     parser.add_argument("--tolerance", type=float, default=files.TOLERANCE,
                         help="largest allowed |difference| of a probability (default 1e-5)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the CLI on ``argv`` (default: the command line) in this process."""
+    return run_cli(build_parser().parse_args(argv))
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Runs the parsed command: 0 if every check passes, 1 if any fails, 2 if DIR is
+    unusable."""
     try:
         model = load(args.directory, warn=False)
         failures = check_hashes(model)
@@ -104,4 +114,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(build_parser, run_cli)

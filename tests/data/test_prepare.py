@@ -140,7 +140,7 @@ def test_a_successful_prepare_leaves_only_the_dataset_not_an_old_list_or_downloa
 
 
 def test_cli_help_names_the_program_and_the_resolution_default():
-    text = prepare.make_parser().format_help()
+    text = prepare.build_parser().format_help()
     assert text.startswith("usage: python -m cxrjax.data.prepare ")
     assert f"(default: {builder.DEFAULT_RESOLUTION})" in " ".join(text.split())
 
