@@ -101,7 +101,8 @@ def _main(workdir, data_root, epochs: int, limit: int | None = None
         "--config.train.eval_batch_size=16", "--config.train.checkpoint_every_steps=4",
         "--config.train.log_every_steps=5", "--config.train.lr=0.001",
         f"--config.train.stages[0].epochs={epochs}", "--config.eval.n_boot=10",
-        "--config.eval.localization=False"]
+        "--config.eval.localization=False", "--config.eval.subgroups=False",
+        "--config.eval.metadata_baseline=False"]
     return subprocess.run(
         [sys.executable, "-m", "cxrjax.main", "--config", os.path.join(ROOT, "configs/r18.py"),
          "--workdir", str(workdir), *overrides],
