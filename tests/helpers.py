@@ -79,6 +79,20 @@ def run_config(name: str, data_root, epochs: int = 1):
     return c
 
 
+# The evaluation sections beyond AUC that a test can leave off when they are not its point
+# (tests/evaluation/ covers each): a run's test phase is then mostly scoring and the report.
+SECTIONS_OFF_FLAGS = ["--config.eval.localization=False", "--config.eval.subgroups=False",
+                      "--config.eval.metadata_baseline=False"]
+
+
+def sections_off(config):
+    """``config`` with the sections of ``SECTIONS_OFF_FLAGS`` turned off (and returned)."""
+    config.eval.localization = False
+    config.eval.subgroups = False
+    config.eval.metadata_baseline = False
+    return config
+
+
 def truncate_files(directory: str) -> None:
     """Cuts every file under ``directory`` to half its size (a crash mid-write, bit rot)."""
     for root, _, files in os.walk(directory):

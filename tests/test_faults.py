@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import run_config, truncate_files
+from helpers import run_config, sections_off, truncate_files
 
 from cxrjax import train
 from cxrjax.io import checkpoint
@@ -15,7 +15,7 @@ from cxrjax.runfolder import loading as runs
 
 def test_corrupt_latest_checkpoint_is_reported_and_the_previous_one_resumes(
         tiny_data, tmp_path, caplog):
-    config = run_config("r18", tiny_data)
+    config = sections_off(run_config("r18", tiny_data))
     config.train.checkpoint_every_steps = 4
     train.train_and_evaluate(config, str(tmp_path))
     stage_dir = runs.stage_dir(str(tmp_path), 0, config.train.stages[0])
@@ -31,7 +31,7 @@ def test_corrupt_latest_checkpoint_is_reported_and_the_previous_one_resumes(
 
 def test_nan_batch_stops_with_the_step_and_a_fixed_rerun_resumes(tiny_data, tmp_path,
                                                                  monkeypatch):
-    config = run_config("r18_msml", tiny_data)
+    config = sections_off(run_config("r18_msml", tiny_data))
     config.train.checkpoint_every_steps = 3
     prefetch = train.prefetch_to_mesh
 

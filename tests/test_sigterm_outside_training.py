@@ -11,6 +11,8 @@ import sys
 import threading
 import time
 
+from helpers import SECTIONS_OFF_FLAGS
+
 from cxrjax.io import preemption
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,8 +28,7 @@ def _command(workdir) -> list[str]:
             "--config.data.synthetic_size=48", "--config.data.prepare_workers=1",
             "--config.data.resolution=40", "--config.data.crop=32", "--config.data.workers=0",
             "--config.train.batch_size=8", "--config.train.eval_batch_size=16",
-            "--config.train.stages[0].epochs=1", "--config.eval.n_boot=10",
-            "--config.eval.localization=False"]
+            "--config.train.stages[0].epochs=1", "--config.eval.n_boot=10", *SECTIONS_OFF_FLAGS]
 
 
 def _run_until(workdir, marker: str | None, timeout: float = 600) -> tuple[int, list[str]]:

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 import pytest
-from helpers import random_variables, run_config, tiny_config
+from helpers import random_variables, run_config, sections_off, tiny_config
 
 from cxrjax import models, train, train_step
 from cxrjax.evaluation import inference
@@ -115,7 +115,7 @@ def test_a_resume_after_a_change_of_logging_and_evaluation_fields_initialises_no
         tiny_data, tmp_path, monkeypatch, caplog):
     """A resume reads neither a random init nor the pretrained weights file (a frozen-trunk
     stage's state from shapes: test_train.py)."""
-    config = run_config("r18", tiny_data)
+    config = sections_off(run_config("r18", tiny_data))
     weights = tmp_path / "weights"
     weights.mkdir()
     classifier = models.create_classifier("resnet_tiny")
