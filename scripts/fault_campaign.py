@@ -2,6 +2,7 @@
 its outputs then compared byte for byte with an uninterrupted run of the same config.
 
     python scripts/fault_campaign.py --faults 50 --seed 0 [--workdir-root DIR] [--epochs 1]
+        [--data-root DIR] [--run-set KEY=VALUE ...] [--latest-moment-s S]
 
 Faults, each at a seeded moment: ``kill9`` (SIGKILL to the run's process group), ``sigterm`` (a
 preemption notice), ``corrupt_checkpoint`` (a file of the latest checkpoint cut or its bytes
@@ -52,14 +53,15 @@ class Campaign:
     """The rounds, the faults and their counts."""
 
     def __init__(self, root: str, seed: int, epochs: int,
-                 corruptions: tuple[str, ...] = CORRUPTIONS):
+                 corruptions: tuple[str, ...] = CORRUPTIONS, data_root: str | None = None,
+                 overrides: tuple[str, ...] = ()):
         self.root, self.rng, self.corruptions = root, random.Random(seed), corruptions
         self.logs = os.path.join(root, "logs")
         os.makedirs(self.logs, exist_ok=True)
-        data = prepare_data(os.path.join(root, "data"))
+        data = prepare_data(data_root or os.path.join(root, "data"))
         cache = os.environ.get("CXRJAX_COMPILE_CACHE", "off")  # a test session's shared one
         cache = cache if cache != "off" else os.path.join(root, "compile_cache")
-        self.runner = Runner(data, epochs, cache, self.logs)
+        self.runner = Runner(data, epochs, cache, self.logs, overrides)
         self.injected: collections.Counter = collections.Counter()
         self.missed: collections.Counter = collections.Counter()
         self.outcomes: collections.Counter = collections.Counter()  # "kind:exit code"
@@ -72,6 +74,7 @@ class Campaign:
         self.deck: list[str] = []
         self.horizon = 0.0  # an attempt's expected length: the reference's, then a rerun's
         self.deadline = float("inf")  # no new fault after this time.monotonic()
+        self.latest_moment = float("inf")  # a signal's moment: at most this far into an attempt
 
     # -- the reference -------------------------------------------------------------------
     def outputs(self, workdir: str) -> dict[str, bytes]:
@@ -166,7 +169,8 @@ class Campaign:
     def _signal_at_random(self, proc: subprocess.Popen, kind: str) -> int:
         """SIGKILL to the group, or SIGTERM to the run, at a seeded moment of the attempt."""
         try:
-            proc.wait(timeout=self.rng.uniform(0.5, 0.95 * self.horizon))
+            latest = max(min(0.95 * self.horizon, self.latest_moment), 0.5)
+            proc.wait(timeout=self.rng.uniform(0.5, latest))
             return finish(proc)
         except subprocess.TimeoutExpired:
             if kind == "kill9":
@@ -278,6 +282,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corruptions", default=",".join(CORRUPTIONS),
                         help="how a checkpoint file is corrupted: truncate, flip, or both "
                              "(comma-separated)")
+    parser.add_argument("--data-root", default=None,
+                        help="folder of the tiny data set (nih/, tfds/): reused when prepared, "
+                             "else made there (default: WORKDIR_ROOT/data)")
+    parser.add_argument("--run-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a field of the tiny run's config (repeatable), e.g. "
+                             "eval.subgroups=False for a shorter run; the reference run and "
+                             "every attempt get it")
+    parser.add_argument("--latest-moment-s", type=float, default=None,
+                        help="a kill or preemption comes at most this many seconds into its "
+                             "attempt (default: 95%% of the attempt's expected length, which "
+                             "the reference run's cold compilation can overstate)")
     parser.add_argument("--dump-arrays", nargs=2, metavar=("WORKDIR", "OUT"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -286,13 +301,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.faults < 1 or args.epochs < 1:
         parser.error("--faults and --epochs must be at least 1")
+    bad = [item for item in args.run_set if "=" not in item.strip("=")]
+    if bad:
+        parser.error(f"--run-set {bad[0]!r}: expected KEY=VALUE")
     if not set(args.corruptions.split(",")) <= set(CORRUPTIONS):
         parser.error(f"--corruptions: {args.corruptions!r} is not among {CORRUPTIONS}")
     started = time.monotonic()
     root = args.workdir_root or tempfile.mkdtemp(prefix="fault_campaign_")
     os.makedirs(root, exist_ok=True)
     try:
-        campaign = Campaign(root, args.seed, args.epochs, tuple(args.corruptions.split(",")))
+        campaign = Campaign(root, args.seed, args.epochs, tuple(args.corruptions.split(",")),
+                            args.data_root, tuple(args.run_set))
+        if args.latest_moment_s is not None:
+            campaign.latest_moment = args.latest_moment_s
         if args.budget_s is not None:
             campaign.deadline = started + args.budget_s
         campaign.run_reference()

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ATTEMPT_TIMEOUT_S = 600
@@ -34,8 +35,9 @@ def prepare_data(root: str) -> str:
     return root
 
 
-def command(workdir: str, data: str, epochs: int) -> list[str]:
-    """``cxrjax.main`` on a tiny R18 run (the fault tests' overrides), localization off."""
+def command(workdir: str, data: str, epochs: int, extra: Sequence[str] = ()) -> list[str]:
+    """``cxrjax.main`` on a tiny R18 run (the fault tests' overrides), localization off, then
+    the ``extra`` config overrides (``KEY=VALUE``)."""
     overrides = [
         "--config.model.trunk_a=resnet_tiny", "--config.model.init=scratch",
         "--config.data.source=nih", f"--config.data.manual_dir={data}/nih",
@@ -44,7 +46,7 @@ def command(workdir: str, data: str, epochs: int) -> list[str]:
         "--config.train.eval_batch_size=16", "--config.train.checkpoint_every_steps=4",
         "--config.train.log_every_steps=5", "--config.train.lr=0.001",
         f"--config.train.stages[0].epochs={epochs}", "--config.eval.n_boot=10",
-        "--config.eval.localization=False"]
+        "--config.eval.localization=False", *(f"--config.{item}" for item in extra)]
     return [sys.executable, "-m", "cxrjax.main", "--config",
             os.path.join(ROOT, "configs/r18.py"), "--workdir", workdir, *overrides]
 
@@ -61,8 +63,10 @@ def _file_size_limit(limit: int):
 class Runner:
     """Starts the run's command in its own process group, its stderr kept in a log file."""
 
-    def __init__(self, data: str, epochs: int, cache: str, logs: str):
+    def __init__(self, data: str, epochs: int, cache: str, logs: str,
+                 overrides: Sequence[str] = ()):
         self.data, self.epochs, self.logs, self.count = data, epochs, logs, 0
+        self.overrides = tuple(overrides)
         self.env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu",
                     "CXRJAX_COMPILE_CACHE": cache}
         self.env.pop("XLA_FLAGS", None)  # one CPU device, as the reference
@@ -71,7 +75,7 @@ class Runner:
         self.count += 1
         log = os.path.join(self.logs, f"attempt_{self.count:04d}.log")
         proc = subprocess.Popen(
-            command(workdir, self.data, self.epochs), cwd=ROOT, env=self.env,
+            command(workdir, self.data, self.epochs, self.overrides), cwd=ROOT, env=self.env,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
             preexec_fn=_file_size_limit(limit) if limit else None)
         # Through a pipe, written here: a log file of the child's would count against its
