@@ -77,9 +77,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
     # ends in one line and exit code 75 (_SIGTERM; while training, the loop's watcher's).
     _CTRL_C.install()
     _SIGTERM.install()
-    from cxrjax import config_checks
-
     try:
+        from cxrjax import config_checks  # in the try: a signal during the import is one line
+
         rest = flags.FLAGS(argv)
         if _CONFIG.value is not None:
             _CONFIG.value.keys()  # a config file that failed to load raises on first use: here
@@ -93,6 +93,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
     except preemption.Terminated as e:
         _CTRL_C.exit(str(e), preemption.PREEMPTED_EXIT_CODE)
     except Exception as e:  # noqa: BLE001 - config_flags raises many kinds: one line each
+        from cxrjax import config_checks
+
         print(f"error: {config_checks.flag_problem(argv, e)}", file=sys.stderr)
         sys.exit(2)
 

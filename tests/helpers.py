@@ -24,6 +24,16 @@ if _SCRIPTS not in sys.path:
 from fuzz_runs import random_variables  # noqa: E402, F401
 
 _BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+_ROOT = os.path.dirname(_SCRIPTS)
+_WITHOUT_TORCH = os.path.join(_ROOT, "tests", "without_torch")
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of a CLI run as a subprocess: CPU, the package importable, and torch
+    absent as where users run it (tests/without_torch); ``extra`` added (the session's
+    compilation cache comes with ``os.environ``, tests/conftest.py)."""
+    path = os.pathsep.join([_WITHOUT_TORCH, _ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": path, **extra}
 
 
 @contextlib.contextmanager

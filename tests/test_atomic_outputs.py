@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+from helpers import cli_env
+
 from cxrjax.runfolder import lock as run_lock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +35,7 @@ def _start(workdir, data_root) -> subprocess.Popen:
         [sys.executable, "-m", "cxrjax.main", "--config", os.path.join(ROOT, "configs/r18.py"),
          "--workdir", str(workdir), *overrides],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT})
+        env=cli_env())
 
 
 def _files(workdir) -> dict[str, tuple[int, int]]:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import numpy as np
+from helpers import SECTIONS_OFF_FLAGS, cli_env
 
 from cxrjax.io import checkpoint
 
@@ -60,7 +61,7 @@ def _save(directory: str, step: int, limit: int | None = None) -> subprocess.Com
     return subprocess.run([sys.executable, "-c", _SAVE, directory, str(step)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300,
                           preexec_fn=_file_size_limit(limit) if limit else None,
-                          env={**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"})
+                          env=cli_env())
 
 
 def test_a_checkpoint_past_a_file_size_limit_is_one_line_and_the_previous_one_stays(tmp_path):
@@ -101,16 +102,14 @@ def _main(workdir, data_root, epochs: int, limit: int | None = None
         "--config.train.eval_batch_size=16", "--config.train.checkpoint_every_steps=4",
         "--config.train.log_every_steps=5", "--config.train.lr=0.001",
         f"--config.train.stages[0].epochs={epochs}", "--config.eval.n_boot=10",
-        "--config.eval.localization=False", "--config.eval.subgroups=False",
-        "--config.eval.metadata_baseline=False"]
+        *SECTIONS_OFF_FLAGS]
     return subprocess.run(
         [sys.executable, "-m", "cxrjax.main", "--config", os.path.join(ROOT, "configs/r18.py"),
          "--workdir", str(workdir), *overrides],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
         preexec_fn=_file_size_limit(limit) if limit else None,
-        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT,
-             # under the size limit, no compilation-cache writes (they too would meet it)
-             **({"CXRJAX_COMPILE_CACHE": "off"} if limit else {})})
+        # under the size limit, no compilation-cache writes (they too would meet it)
+        env=cli_env(**({"CXRJAX_COMPILE_CACHE": "off"} if limit else {})))
 
 
 def test_a_run_that_fills_the_disk_stops_in_one_line_and_resumes_with_space(tiny_data,

@@ -17,7 +17,9 @@ from helpers import run_config
 from cxrjax.io import preemption
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+# As a user's terminal runs it: compiling its own step (no cache), with what is installed.
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "CXRJAX_COMPILE_CACHE": "off",
+       "PYTHONUNBUFFERED": "1"}
 SAVED = re.compile(r"interrupted: saved step (\d+) in (\S+); run the same command again to "
                    r"resume")
 

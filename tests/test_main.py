@@ -5,11 +5,11 @@ import re
 import subprocess
 import sys
 
-from helpers import run_config
+from helpers import cli_env, run_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "r18.py")
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+ENV = cli_env(PYTHONUNBUFFERED="1")
 
 
 def _main(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

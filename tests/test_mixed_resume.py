@@ -8,7 +8,7 @@ import sys
 
 import jax
 import numpy as np
-from helpers import SECTIONS_OFF_FLAGS
+from helpers import SECTIONS_OFF_FLAGS, cli_env
 from test_train_run import _final_params, _kill_when
 
 from cxrjax import train
@@ -29,7 +29,7 @@ def _mixed_main(workdir, tiny_data, tiny_chexpert):
         "--config.train.batch_size=8", "--config.train.eval_batch_size=16",
         "--config.train.checkpoint_every_steps=4", "--config.train.lr=0.001",
         "--config.train.stages[0].epochs=1", "--config.eval.n_boot=10", *SECTIONS_OFF_FLAGS]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu"}
+    env = cli_env(PYTHONUNBUFFERED="1")
     return subprocess.Popen(
         [sys.executable, "-m", "cxrjax.main", "--config", os.path.join(ROOT, "configs", "r18.py"),
          "--workdir", str(workdir), *overrides],

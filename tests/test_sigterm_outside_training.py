@@ -11,12 +11,12 @@ import sys
 import threading
 import time
 
-from helpers import SECTIONS_OFF_FLAGS
+from helpers import SECTIONS_OFF_FLAGS, cli_env
 
 from cxrjax.io import preemption
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}  # the session's cache
+ENV = cli_env(PYTHONUNBUFFERED="1")  # the session's cache
 
 
 def _command(workdir) -> list[str]:
@@ -78,3 +78,30 @@ def test_sigterm_in_start_up_and_in_the_test_phase_is_one_line_exit_75_and_a_rer
     assert "resumed at step 13 of 13" in "\n".join(lines)
     for name in ("report.md", "eval/test_predictions.csv", "eval/test_metrics.json"):
         assert (workdir / name).is_file(), name
+
+
+_SIGTERM_IN_AN_IMPORT = """
+import importlib.abc, sys
+from absl import app
+from cxrjax import main
+from cxrjax.io import preemption
+
+class SigtermHere(importlib.abc.MetaPathFinder):  # as the handler raises it, mid-import
+    def find_spec(self, name, path, target=None):
+        if name == "cxrjax.config_checks":
+            raise preemption.Terminated("preempted (SIGTERM) before training started: no step "
+                                        "was in flight, nothing to save")
+        return None
+
+sys.meta_path.insert(0, SigtermHere())
+sys.argv = ["cxrjax.main", "--workdir", sys.argv[1]]
+app.run(main.main, flags_parser=main._parse_flags)
+"""
+
+
+def test_a_sigterm_while_the_flags_module_is_imported_is_one_line_exit_75(tmp_path):
+    done = subprocess.run([sys.executable, "-c", _SIGTERM_IN_AN_IMPORT, str(tmp_path / "run")],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == preemption.PREEMPTED_EXIT_CODE, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines() == [
+        "preempted (SIGTERM) before training started: no step was in flight, nothing to save"]

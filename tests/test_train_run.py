@@ -10,7 +10,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from helpers import SECTIONS_OFF_FLAGS, count_compiles, run_config
+from helpers import SECTIONS_OFF_FLAGS, cli_env, count_compiles, run_config
 
 from cxrjax import models, train
 from cxrjax.evaluation import inference
@@ -57,7 +57,7 @@ def _main(workdir, data_root, extra=(), quiet=False):
         "--config.train.eval_batch_size=16", "--config.train.checkpoint_every_steps=4",
         "--config.train.lr=0.001", "--config.train.stages[0].epochs=2", "--config.eval.n_boot=10",
         *SECTIONS_OFF_FLAGS]  # the parameters are the point here
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu"}
+    env = cli_env(PYTHONUNBUFFERED="1")
     return subprocess.Popen(
         [sys.executable, "-m", "cxrjax.main", "--config", os.path.join(ROOT, "configs",
                                                                       "r18_msml.py"),

@@ -17,7 +17,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import SECTIONS_OFF_FLAGS, cli_env, tiny_config
 
 from cxrjax import evaluate, models, predict
 from cxrjax.evaluation import inference
@@ -60,11 +60,8 @@ def _main(workdir: str, bucket: str, cache: str, env: dict | None = None) -> sub
         "--config.train.eval_batch_size=16", "--config.train.checkpoint_every_steps=4",
         "--config.train.log_every_steps=1", "--config.train.lr=0.001",
         "--config.train.stages[0].epochs=1", "--config.eval.n_boot=10",
-        # the bucket's files and parameters are the point: not the sections beyond AUC
-        "--config.eval.localization=False", "--config.eval.subgroups=False",
-        "--config.eval.metadata_baseline=False"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu",
-           mirror.CACHE_ENV: cache, **(env or {})}
+        *SECTIONS_OFF_FLAGS]  # the bucket's files and parameters are the point
+    env = cli_env(PYTHONUNBUFFERED="1", **{mirror.CACHE_ENV: cache}, **(env or {}))
     return subprocess.Popen(
         [sys.executable, "-m", "cxrjax.main", "--config",
          os.path.join(ROOT, "configs", "r18_msml.py"), "--workdir", workdir, *overrides],

@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from helpers import tiny_config
+from helpers import cli_env, tiny_config
 
 from cxrjax.evaluation import evaluator
 from cxrjax.io import fileio
@@ -123,7 +123,7 @@ def test_main_refuses_a_second_command_in_one_line_exit_2_untouched(tmp_path, li
         [sys.executable, "-m", "cxrjax.main", "--config", os.path.join(ROOT, "configs/demo.py"),
          "--workdir", str(folder)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT})
+        env=cli_env())
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and IN_USE.match(lines[0].removeprefix("error: ")), proc.stderr
@@ -243,7 +243,7 @@ def test_restart_in_a_bucket_moves_the_run_aside_whole_even_after_a_kill_in_the_
     folder = f"{gcs_bucket}/run"
     original = _bucket_run(folder, files=30)  # enough to kill in the move; each adds emulator calls
     child = subprocess.Popen([sys.executable, "-c", _MOVE_ASIDE, folder],
-                             env={**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"},
+                             env=cli_env(),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while not _move_begun(gcs_bucket) and time.monotonic() < deadline:

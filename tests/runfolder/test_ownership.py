@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 import pytest
-from helpers import random_variables, run_config, sections_off, tiny_config
+from helpers import cli_env, random_variables, run_config, sections_off, tiny_config
 
 from cxrjax import models, train, train_step
 from cxrjax.evaluation import inference
@@ -84,7 +84,7 @@ def test_main_refuses_another_config_with_one_line_on_stderr_and_exit_2(tmp_path
     done = subprocess.run(
         [sys.executable, "-m", "cxrjax.main", "--config", os.path.join(ROOT, "configs", "d121.py"),
          "--workdir", str(run)], cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        env=cli_env())
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
     assert done.stderr.startswith("error: refusing to use ") and "model.trunk_a" in done.stderr
