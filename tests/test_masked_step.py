@@ -4,8 +4,8 @@ two graphs differently). NIH batches carry no mask, so their step is the unmaske
 traced before (tests/data/test_sources.py checks they carry none).
 
 Each model is initialised once and each step built once (the state is fresh for every step:
-the step donates it), compiled without XLA's costly optimisation passes: the same values, in
-about half the compile time, which is nearly all of this module's."""
+the step donates it), compiled without XLA's costly optimisation passes: the same computation
+to float rounding, in about half the compile time, which is nearly all of this module's."""
 
 import functools
 

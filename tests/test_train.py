@@ -2,7 +2,8 @@
 
 Compiling the steps is nearly all of this module's time: each model is initialised once, each
 stage's jitted step is compiled once and served to every test that steps it, and XLA compiles
-them without its costly optimisation passes (the steps compute the same values, compiled faster).
+them without its costly optimisation passes (the same computation to float rounding, in about
+half the CPU time).
 """
 
 import jax
