@@ -1,15 +1,30 @@
-"""Tests of the training step and stages (no data pipeline: batches made here)."""
+"""Tests of the training step and stages (no data pipeline: batches made here).
+
+Compiling the steps is nearly all of this module's time: each model is initialised once, each
+stage's jitted step is compiled once and served to every test that steps it, and XLA compiles
+them without its costly optimisation passes (the same computation to float rounding, in about
+half the CPU time).
+"""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import PAPER_CONFIGS, count_compiles, random_variables, tiny_config
+from helpers import PAPER_CONFIGS, count_compiles, tiny_config
 
 from cxrjax import models, train, train_step
 from cxrjax.config_checks import ConfigError
 from cxrjax.evaluation import inference
 from cxrjax.runfolder import loading as runs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _quick_compiles():
+    """XLA without its expensive optimisation passes while this module runs, then as before."""
+    saved = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", saved)
 
 
 def fixed_batch(batch: int = 8, crop: int = 32, seed: int = 0) -> dict:
@@ -24,14 +39,41 @@ def snapshot(tree):
     return jax.tree.map(lambda x: np.array(x, copy=True), tree)
 
 
+_MODELS: dict = {}  # a model config (JSON) -> (model, initial variables)
+
+
+def initialised(name: str) -> tuple:
+    """The tiny config of ``name``, its model and its initial variables: once per distinct model
+    (the three R18 + R18-F-MSML strategies share one), never donated (create_stage copies)."""
+    config = tiny_config(name)
+    key = (config.model.to_json(), config.seed, config.data.crop)
+    if key not in _MODELS:
+        _MODELS[key] = runs.init_model(config, jnp.float32)
+    return (config, *_MODELS[key])
+
+
+_STEPS: dict = {}  # (config name, stage index) -> the jitted step first built for it
+
+
+def stage(name: str, index: int) -> tuple:
+    """A fresh initial state of stage ``index`` of ``name`` and that stage's step, compiled by
+    whichever test stepped it first (the state is new each call: the step donates it)."""
+    config, model, variables = initialised(name)
+    state, step = train_step.create_stage(config, index, model, variables, 100,
+                                          inference.create_mesh())
+    return state, _STEPS.setdefault((name, index), step)
+
+
 @pytest.mark.parametrize("name", PAPER_CONFIGS)
 def test_every_paper_config_learns_a_fixed_batch(name):
     """Repeated steps on one batch lower the loss of every stage (a learning check)."""
-    config = tiny_config(name)
-    mesh = inference.create_mesh()
-    model, variables = runs.init_model(config, jnp.float32)
+    config, model, variables = initialised(name)
     for index in range(len(config.train.stages)):
-        state, step = train_step.create_stage(config, index, model, variables, 100, mesh)
+        # A step of its own: the count below sees its one compilation (a persistent-cache load
+        # where another config compiled the same program).
+        state, step = train_step.create_stage(config, index, model, variables, 100,
+                                              inference.create_mesh())
+        _STEPS.setdefault((name, index), step)
         batch = fixed_batch()
         first = None
         with count_compiles() as compiles:
@@ -48,11 +90,10 @@ def test_a_stage_built_from_shapes_is_the_concrete_states_tree_to_restore_into()
     optimizer state) from shapes alone has the tree, shapes, dtypes and shardings of the real
     state, and nothing is computed."""
     config = tiny_config("r18_msml_local_fixed")
-    mesh = inference.create_mesh()
+    concrete, _ = stage("r18_msml_local_fixed", 1)
     model = models.build_model(config.model)
-    concrete, _ = train_step.create_stage(config, 1, model, random_variables(model, 32), 100, mesh)
     shapes, _ = train_step.create_stage(config, 1, model, runs.abstract_variables(model, config),
-                                   100, mesh)
+                                        100, inference.create_mesh())
     assert jax.tree.structure(shapes) == jax.tree.structure(concrete)
     for s, c in zip(jax.tree.leaves(shapes), jax.tree.leaves(concrete), strict=True):
         assert isinstance(s, jax.ShapeDtypeStruct)
@@ -60,10 +101,7 @@ def test_a_stage_built_from_shapes_is_the_concrete_states_tree_to_restore_into()
 
 
 def test_local_fixed_stage_two_keeps_trunks_and_their_batch_stats_bit_identical():
-    config = tiny_config("r18_msml_local_fixed")
-    mesh = inference.create_mesh()
-    model, variables = runs.init_model(config, jnp.float32)
-    state, step = train_step.create_stage(config, 1, model, variables, 100, mesh)
+    state, step = stage("r18_msml_local_fixed", 1)
     before = snapshot(state)
     for seed in range(3):
         state, _ = step(state, fixed_batch(seed=seed))
@@ -78,10 +116,7 @@ def test_local_fixed_stage_two_keeps_trunks_and_their_batch_stats_bit_identical(
 
 
 def test_global_stage_updates_trunk_batch_stats():
-    config = tiny_config("r18_msml")
-    mesh = inference.create_mesh()
-    model, variables = runs.init_model(config, jnp.float32)
-    state, step = train_step.create_stage(config, 0, model, variables, 100, mesh)
+    state, step = stage("r18_msml", 0)
     before = snapshot(state.batch_stats)
     state, _ = step(state, fixed_batch())
     changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), before, snapshot(
@@ -90,10 +125,7 @@ def test_global_stage_updates_trunk_batch_stats():
 
 
 def test_non_finite_batch_leaves_state_unchanged_and_names_step_and_head():
-    config = tiny_config("r18_msml")
-    mesh = inference.create_mesh()
-    model, variables = runs.init_model(config, jnp.float32)
-    state, step = train_step.create_stage(config, 0, model, variables, 100, mesh)
+    state, step = stage("r18_msml", 0)
     state, _ = step(state, fixed_batch())
     before = snapshot(state)
     bad = fixed_batch()
@@ -115,8 +147,7 @@ def test_non_finite_batch_leaves_state_unchanged_and_names_step_and_head():
 
 
 def test_a_stage_pattern_that_matches_no_parameter_is_refused():
-    config = tiny_config("r18_msml_local_fixed")
+    config, model, variables = initialised("r18_msml_local_fixed")
     config.train.stages[1].trainable = "^nothing_matches$"
-    model, variables = runs.init_model(config, jnp.float32)
     with pytest.raises(ConfigError, match=r"stages\[1\].trainable='\^nothing_matches\$'"):
         train_step.create_stage(config, 1, model, variables, 10, inference.create_mesh())

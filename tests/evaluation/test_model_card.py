@@ -21,10 +21,13 @@ def _scores(split, n=80, seed=0):
 
 def test_a_tested_run_gets_its_card_with_the_report_from_its_own_numbers(tmp_path):
     config = tiny_config("r18")
+    # A small set (the predictions' metadata columns are read from it), made in this process.
     config.data.update(source="synthetic", split_scheme="paper", split_seed=3, resolution=40,
-                       crop=32)
+                       crop=32, synthetic_n=120, synthetic_size=48, prepare_workers=1)
     config.eval.calibration = "temperature"
     config.eval.localization = False  # no boxes: a synthetic set would be made to find them
+    # Nor metadata: those sections would make and prepare the synthetic set to read it from.
+    config.eval.subgroups = config.eval.metadata_baseline = False
     runs.record_config(str(tmp_path), config)
     (tmp_path / "command.json").write_text(json.dumps({"config_file": "configs/r18.py"}))
     test, val = _scores("test"), _scores("val", seed=1)
@@ -53,6 +56,7 @@ def test_a_tested_run_gets_its_card_with_the_report_from_its_own_numbers(tmp_pat
     assert "→ 40×40, Pillow antialiased bilinear" in card and "centre 32×32 crop" in card
     assert "trained on synthetic images (drawn shapes" in card  # cxrjax.evaluation.limitations
     assert "Views and ages: no real views or ages" in card
+    assert "Synthetic set: 120 images of 48 px, seed 0." in card
     assert len(card.splitlines()) < 60  # about one screen
 
 

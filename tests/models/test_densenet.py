@@ -21,7 +21,7 @@ def _max_diff(a, b) -> float:
 
 @pytest.fixture(scope="module")
 def tiny_inputs():
-    x = jnp.asarray(np.random.RandomState(0).randn(4, 64, 64, 3), jnp.float32)
+    x = jnp.asarray(np.random.RandomState(0).randn(4, 32, 32, 3), jnp.float32)
     return x, DenseNetTrunk(**TINY).init(KEY, x, False)
 
 
@@ -70,7 +70,9 @@ def test_scanned_blocks_give_the_unrolled_outputs_statistics_and_gradients(tiny_
 
 
 def test_scanned_densenet121_matches_torchvision_in_eval_and_train_mode(tv_model, ported):
-    """Real architecture: DenseNet121's blocks as scans of 8 layers (6 = 6, 12 = 8 + 4, ...)."""
+    """Real architecture: DenseNet121's blocks as scans of 8 layers (6 = 6, 12 = 8 + 4, ...), at
+    64 px: at 32 its last block's train-mode BatchNorm sees 2 values a channel, too few for a
+    float32 comparison."""
     tv = tv_model("densenet121")
     x = np.random.RandomState(3).randn(2, 3, 64, 64).astype(np.float32)
     variables = ported("densenet121")

@@ -147,7 +147,10 @@ def test_saved_variables_load_in_a_process_without_torch(tmp_path, ported):
         np.save({str(tmp_path / 'out.npy')!r}, jax.jit(create_classifier("resnet18").apply)(v, x))
         assert "torch" not in sys.modules or sys.modules["torch"] is None
     """)
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+    # Compiled as here (tests/models/conftest.py's setting), for bit-identical outputs.
+    quick = jax.config.values["jax_disable_most_optimizations"]
+    env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1" if quick else "0"}
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300, env=env)
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), np.asarray(expected))
 
 
