@@ -24,12 +24,20 @@ SAVED = re.compile(r"interrupted: saved step (\d+) in (\S+); run the same comman
                    r"resume")
 
 
+# Ctrl-C as a terminal leaves it: a shell without job control (a script's `pytest ... &`) starts
+# its background commands with SIGINT ignored, which the run keeps (as a shell's background job
+# should); the command is exec'd with SIGINT at its default, whoever started the tests.
+_AS_A_TERMINAL = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                  "os.execv(sys.argv[1], sys.argv[1:])")
+
+
 class _Run:
     """``python -m cxrjax.main ARGS`` in its own process group, its stderr collected."""
 
     def __init__(self, *args: str):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cxrjax.main", *args], cwd=ROOT, env=ENV,
+            [sys.executable, "-c", _AS_A_TERMINAL, sys.executable, "-m", "cxrjax.main", *args],
+            cwd=ROOT, env=ENV,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
         self.err: list[str] = []
         self._reader = threading.Thread(target=lambda: self.err.extend(self.proc.stderr),
