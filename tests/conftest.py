@@ -11,6 +11,12 @@ import pytest
 
 # Must happen before JAX starts its backends (conftest is imported before any test module).
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+# XLA without its costly optimisation passes, in this process and every one the tests start:
+# the same computations (equal to float rounding, not bit for bit, to optimised code), compiled
+# in about half the CPU time, which is most of what the tiny models cost here. Every comparison
+# the tests make is between programs compiled alike. JAX_DISABLE_MOST_OPTIMIZATIONS=0 runs the
+# suite with the optimised code users get.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 # Entry points turn JAX's persistent compilation cache on by default (in ~/.cache). The tests'
 # processes (this one, pytest-xdist's workers and the CLIs run as subprocesses, which inherit the
 # variable) share a fresh folder of this session instead: never the user's cache nor an earlier
