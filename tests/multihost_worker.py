@@ -5,7 +5,6 @@
 Without the last three it is a plain single-process run. Devices come from XLA_FLAGS.
 """
 
-import importlib.abc
 import json
 import os
 import pathlib
@@ -17,18 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-class _NoTorch(importlib.abc.MetaPathFinder):
-    """torch is never a run-time dependency; where the tests installed it, tensorboardX would
-    import it (~1.3 s a process): each worker runs as it would where torch is absent."""
-
-    def find_spec(self, name: str, path, target=None):
-        if name.partition(".")[0] == "torch":
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-
-
 def main(argv: list[str]) -> None:
-    sys.meta_path.insert(0, _NoTorch())
     data_root, workdir, epochs = pathlib.Path(argv[0]), argv[1], int(argv[2])
     from cxrjax.io import compilation_cache
 

@@ -13,6 +13,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from helpers import cli_env
 
 from cxrjax.evaluation import inference
 from cxrjax.io import preemption
@@ -28,8 +29,9 @@ def _free_port() -> int:
 
 
 def _start(data_root, workdir, epochs: int, processes: int, devices_per_process: int):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}"}
+    # torch absent, as where users run (tests/without_torch): tensorboardX then does not load it
+    env = cli_env(PYTHONUNBUFFERED="1",
+                  XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
     extra = lambda i: [] if processes == 1 else [str(i), str(processes), str(port)]  # noqa: E731
     port = _free_port()
     return [subprocess.Popen([sys.executable, WORKER, str(data_root), str(workdir), str(epochs),
