@@ -37,6 +37,23 @@ for path in (ROOT, os.path.join(ROOT, "tests")):  # configs.<name> by name; test
 pytest_plugins = ("gcs_emulator",)
 
 
+# The modules that take longest, first: pytest-xdist (--dist loadscope) hands whole modules to
+# the workers in collection order, so the last ones to start are short and neither worker waits
+# long for the other at the end. The rest keep their order.
+_LONGEST_FIRST = ("test_multihost.py", "test_train.py", "test_train_run.py",
+                  "scripts/test_benchmark.py", "test_train_run_gcs.py", "test_evaluate.py",
+                  "scripts/test_fault_campaign.py", "test_main.py", "test_full_disk.py",
+                  "test_atomic_outputs.py", "test_faults.py", "test_interrupt.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        path = item.nodeid.split("::")[0].removeprefix("tests/")
+        return _LONGEST_FIRST.index(path) if path in _LONGEST_FIRST else len(_LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each module's tests stay in their order
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _session_compilation_cache():
     """The session's compilation cache (above) for what tests compile in this process too."""

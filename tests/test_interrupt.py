@@ -12,14 +12,12 @@ import sys
 import threading
 import time
 
-from helpers import run_config
+from helpers import cli_env, run_config
 
 from cxrjax.io import preemption
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# As a user's terminal runs it: compiling its own step (no cache), with what is installed.
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "CXRJAX_COMPILE_CACHE": "off",
-       "PYTHONUNBUFFERED": "1"}
+ENV = cli_env(PYTHONUNBUFFERED="1")  # the session's compilation cache, torch absent
 SAVED = re.compile(r"interrupted: saved step (\d+) in (\S+); run the same command again to "
                    r"resume")
 
