@@ -12,7 +12,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from helpers import tiny_config
 
 from cxrjax import losses, models, train
@@ -24,15 +23,6 @@ def _batch(seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     return {"image": rng.integers(0, 256, (8, 32, 32, 1), dtype=np.uint8),
             "labels": (rng.random((8, 14)) < 0.3).astype(np.uint8)}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _quick_compiles():
-    """XLA without its expensive optimisation passes while this module runs, then as before."""
-    saved = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", saved)
 
 
 @functools.cache

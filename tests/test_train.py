@@ -1,9 +1,8 @@
 """Tests of the training step and stages (no data pipeline: batches made here).
 
 Compiling the steps is nearly all of this module's time: each model is initialised once, each
-stage's jitted step is compiled once and served to every test that steps it, and XLA compiles
-them without its costly optimisation passes (the same computation to float rounding, in about
-half the CPU time).
+stage's jitted step is compiled once and served to every test that steps it (XLA's costly
+optimisation passes are off for the whole suite: tests/conftest.py).
 """
 
 import jax
@@ -16,15 +15,6 @@ from cxrjax import models, train, train_step
 from cxrjax.config_checks import ConfigError
 from cxrjax.evaluation import inference
 from cxrjax.runfolder import loading as runs
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _quick_compiles():
-    """XLA without its expensive optimisation passes while this module runs, then as before."""
-    saved = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", saved)
 
 
 def fixed_batch(batch: int = 8, crop: int = 32, seed: int = 0) -> dict:

@@ -16,8 +16,6 @@ from cxrjax import evaluate
 from cxrjax.data.labels import CLASSES
 from cxrjax.evaluation import external, google2019, masked_metrics
 
-pytestmark = pytest.mark.usefixtures("quick_compiles")  # tests/evaluation/conftest.py
-
 GOOGLE = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "nih" / \
     "google2019_nih-chest-xray-labels.csv.gz"
 

@@ -10,8 +10,6 @@ from sklearn.metrics import roc_auc_score
 from cxrjax.data.labels import CLASSES, load_label_table
 from cxrjax.evaluation import metrics
 
-pytestmark = pytest.mark.usefixtures("quick_compiles")  # tests/evaluation/conftest.py
-
 
 def _tied_data(n: int, num_classes: int = 14, seed: int = 0, decimals: int = 1):
     """Labels with varied prevalence and scores correlated with them, rounded -> heavy ties."""

@@ -16,8 +16,6 @@ from cxrjax.data.labels import CLASSES
 from cxrjax.evaluation import report_plots
 from cxrjax.io import run_layout
 
-pytestmark = pytest.mark.usefixtures("quick_compiles")  # tests/evaluation/conftest.py
-
 # The CheXpert competition's five, in the label space's names.
 FIVE = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion")
 

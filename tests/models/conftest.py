@@ -53,17 +53,3 @@ def ported(tv_model):
         return cache[arch]
 
     return make
-
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _quick_compiles():
-    """XLA without its expensive optimisation passes while a model test module runs: the same
-    computation to float rounding, compiled in about half the CPU time (compiling is nearly all
-    these tests' time). A subprocess whose outputs are compared bit for bit must match it."""
-    import jax
-
-    saved = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", saved)
