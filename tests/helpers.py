@@ -91,15 +91,14 @@ def run_config(name: str, data_root, epochs: int = 1):
 
 # The evaluation sections beyond AUC that a test can leave off when they are not its point
 # (tests/evaluation/ covers each): a run's test phase is then mostly scoring and the report.
-SECTIONS_OFF_FLAGS = ["--config.eval.localization=False", "--config.eval.subgroups=False",
-                      "--config.eval.metadata_baseline=False"]
+SECTIONS_OFF = ("localization", "subgroups", "metadata_baseline")  # their eval.* switches
+SECTIONS_OFF_FLAGS = [f"--config.eval.{name}=False" for name in SECTIONS_OFF]
 
 
 def sections_off(config):
-    """``config`` with the sections of ``SECTIONS_OFF_FLAGS`` turned off (and returned)."""
-    config.eval.localization = False
-    config.eval.subgroups = False
-    config.eval.metadata_baseline = False
+    """``config`` with the sections of ``SECTIONS_OFF`` turned off (and returned)."""
+    for name in SECTIONS_OFF:
+        config.eval[name] = False
     return config
 
 

@@ -28,7 +28,7 @@ def main(argv: list[str]) -> None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator_address=f"localhost:{port}",
                                    num_processes=num_processes, process_id=process_id)
-    from helpers import run_config
+    from helpers import run_config, sections_off
 
     from cxrjax import train
     from cxrjax.io import preemption
@@ -37,11 +37,7 @@ def main(argv: list[str]) -> None:
     config.train.log_every_steps = 1
     config.train.eval_batch_size = 8
     config.train.checkpoint_every_steps = 1000
-    # The tests read the test split's scores only: the sections beyond them (Grad-CAM boxes,
-    # subgroups, the metadata baseline) are off.
-    config.eval.localization = False
-    config.eval.subgroups = False
-    config.eval.metadata_baseline = False
+    sections_off(config)  # the tests read the test split's scores only
     try:
         results = train.train_and_evaluate(config, workdir)
     except preemption.Preempted as e:  # as cxrjax.main does
