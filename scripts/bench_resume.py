@@ -115,7 +115,8 @@ def run_resume(args) -> list[dict]:
                       "train.checkpoint_every_steps": 1, "data.workers": 0,
                       "compile_cache_dir": f"{scratch}/jax_cache"}
             fields.update(item.split("=", 1) for item in args.set)
-            env = {**os.environ, "PYTHONPATH": root, "CXRJAX_COMPILE_CACHE": ""}
+            path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+            env = {**os.environ, "PYTHONPATH": path, "CXRJAX_COMPILE_CACHE": ""}
             workdir = os.path.join(scratch, "run")
             command = _command(name, root, workdir, fields)
             first_s, _ = _run_until(command, env, lambda _, w=workdir: _checkpointed(w),

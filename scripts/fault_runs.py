@@ -67,8 +67,9 @@ class Runner:
                  overrides: Sequence[str] = ()):
         self.data, self.epochs, self.logs, self.count = data, epochs, logs, 0
         self.overrides = tuple(overrides)
-        self.env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu",
-                    "CXRJAX_COMPILE_CACHE": cache}
+        path = os.environ.get("PYTHONPATH")  # the caller's, after the package's root
+        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, path])),
+                    "JAX_PLATFORMS": "cpu", "CXRJAX_COMPILE_CACHE": cache}
         self.env.pop("XLA_FLAGS", None)  # one CPU device, as the reference
 
     def start(self, workdir: str, limit: int | None = None) -> tuple[subprocess.Popen, str]:

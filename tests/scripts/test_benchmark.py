@@ -8,6 +8,7 @@ import json
 import os
 
 import pytest
+from helpers import cli_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # A tiny R18 row: the ResNet family's test-sized trunk, 32-px crops.
@@ -32,8 +33,11 @@ def benchmark_module():
 
 
 @pytest.fixture
-def bench(benchmark_module, capsys):
-    """Runs ``benchmark.py ARGV`` (its ``main``); the JSON lines it printed."""
+def bench(benchmark_module, capsys, monkeypatch):
+    """Runs ``benchmark.py ARGV`` (its ``main``); the JSON lines it printed. The processes a
+    mode starts run without torch, as where users run (``helpers.cli_env``)."""
+    monkeypatch.setenv("PYTHONPATH", cli_env()["PYTHONPATH"])
+
     def run(*argv: str) -> list[dict]:
         capsys.readouterr()  # what the test printed before is not the mode's
         benchmark_module.main(list(argv))

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import cli_env
 
 from cxrjax.io import checkpoint
 
@@ -30,7 +31,7 @@ def test_a_small_campaign_handles_every_fault_and_ends_byte_equal(tmp_path, tiny
         [sys.executable, SCRIPT, "--faults", "5", "--seed", "14", "--workdir-root",
          str(tmp_path), *shorter],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
-        env={**os.environ, "PYTHONPATH": ROOT})
+        env=cli_env())  # the runs without torch, as where users run them
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 1

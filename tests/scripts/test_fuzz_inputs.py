@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+from helpers import cli_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
@@ -23,7 +24,7 @@ def test_a_small_corpus_is_named_line_by_line_with_nothing_lost(tmp_path):
          "--good", "1", "--table_kinds", TABLE_KINDS, "--out", str(tmp_path), "--seed", "3",
          "--file_timeout", "60", "--run_timeout", "400"],
         capture_output=True, text=True, timeout=600, check=False,
-        env={**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"})
+        env=cli_env())  # the runs without torch, as where users run them
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1, proc.stdout + proc.stderr[-3000:]
     report = json.loads(lines[0])
