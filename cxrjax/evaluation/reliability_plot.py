@@ -9,6 +9,7 @@ import matplotlib as mpl
 import numpy as np
 from matplotlib.figure import Figure
 
+from cxrjax.evaluation.figure_layout import place_grid
 from cxrjax.io import fileio
 
 
@@ -22,7 +23,8 @@ def draw(heads: Mapping[str, tuple[dict, dict, float, np.ndarray]], positives: n
     cols = 4
     rows = -(-len(panels) // cols)
     fig = Figure(figsize=(3.2 * cols, 3.2 * rows))  # no pyplot: no global backend state
-    axes = fig.subplots(rows, cols, squeeze=False)
+    # Shared axes: tick labels on the outer panels only (every panel spans 0-1 both ways).
+    axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True)
     colors = mpl.rcParams["axes.prop_cycle"].by_key()["color"]
     for h, (head, (pooled_curve, curve, pooled, per_class)) in enumerate(heads.items()):
         for p, ax in enumerate(axes.flat[:len(panels)]):
@@ -49,11 +51,12 @@ def draw(heads: Mapping[str, tuple[dict, dict, float, np.ndarray]], positives: n
             ax.legend(fontsize=6, loc="upper left", frameon=False)
         if p % cols == 0:
             ax.set_ylabel("fraction positive", fontsize=8)
-        if p >= len(panels) - cols:
+        if p >= len(panels) - cols:  # the lowest panel of its column: its x axis labelled
+            ax.xaxis.set_tick_params(labelbottom=True)
             ax.set_xlabel("mean predicted probability", fontsize=8)
     fig.suptitle(f"{title}: {n_bins} equal-width bins, marker area ~ images in the bin; "
                  "the dashed diagonal is perfect calibration", fontsize=11)
-    fig.tight_layout()
+    place_grid(fig, left=0.6, right=0.15, bottom=0.5, top=0.8, wspace=0.2, hspace=0.4)
     with fileio.open(path, "wb") as f:  # local or gs://; Figure renders with Agg
         fig.savefig(f, format="png", dpi=110)
     return path

@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from cxrjax.data.labels import CLASSES  # noqa: E402
+from cxrjax.evaluation.figure_layout import place_grid  # noqa: E402
 from cxrjax.evaluation.prediction_files import (
     HEAD_TITLES,  # noqa: E402
     format_value,  # noqa: E402
@@ -73,7 +74,7 @@ def plot_roc_curves(path: str, scores: np.ndarray, labels: np.ndarray,
     for ax in axes[::4]:
         ax.set_ylabel("true positive rate")
     fig.suptitle(title or "ROC curves, test split")
-    fig.tight_layout()
+    place_grid(fig, left=0.7, right=0.1, bottom=0.55, top=0.85, wspace=0.25, hspace=0.4)
     _savefig(fig, path)
     plt.close(fig)
 
