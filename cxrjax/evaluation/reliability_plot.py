@@ -25,6 +25,9 @@ def draw(heads: Mapping[str, tuple[dict, dict, float, np.ndarray]], positives: n
     fig = Figure(figsize=(3.2 * cols, 3.2 * rows))  # no pyplot: no global backend state
     # Shared axes: tick labels on the outer panels only (every panel spans 0-1 both ways).
     axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True)
+    axes[0, 0].set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))  # shared: every panel's limits
+    for ax in axes.flat:
+        ax.set_autoscale_on(False)  # fixed limits: no panel rescales its siblings per line
     colors = mpl.rcParams["axes.prop_cycle"].by_key()["color"]
     for h, (head, (pooled_curve, curve, pooled, per_class)) in enumerate(heads.items()):
         for p, ax in enumerate(axes.flat[:len(panels)]):
@@ -44,7 +47,7 @@ def draw(heads: Mapping[str, tuple[dict, dict, float, np.ndarray]], positives: n
             continue
         ax.plot([0, 1], [0, 1], "--", color="0.6", lw=0.8)
         count = positives.sum() if p == 0 else positives[p - 1]
-        ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), title=f"{panels[p]} ({count:g} pos.)")
+        ax.set_title(f"{panels[p]} ({count:g} pos.)")
         ax.title.set_fontsize(9)
         ax.tick_params(labelsize=7)
         if ax.get_legend_handles_labels()[0]:

@@ -42,6 +42,9 @@ def plot_roc_curves(path: str, scores: np.ndarray, labels: np.ndarray,
     rows = -(-(len(class_names) + 2) // 4)
     fig, axes = plt.subplots(rows, 4, figsize=(14, 3.5 * rows), sharex=True, sharey=True)
     axes = axes.ravel()
+    axes[0].set(xlim=(-0.05, 1.05), ylim=(-0.05, 1.05))  # shared: every panel's limits
+    for ax in axes:
+        ax.set_autoscale_on(False)  # fixed limits: no panel rescales its siblings per line
     together, key = axes[-2], axes[-1]
     for ax in axes[len(class_names):-2]:
         ax.axis("off")
