@@ -25,6 +25,13 @@ def test_prevalence_weights_sum_to_the_papers_0_724():
     assert weights.sum() == pytest.approx(0.724, abs=1e-3)
 
 
+def test_shipped_table_is_read_once_per_process_and_cannot_be_changed():
+    table = labels.load_label_table()
+    assert labels.load_label_table() is table  # every W-AUC reads it: parsed once, ~0.5 s
+    with pytest.raises(ValueError, match="read-only"):
+        table.labels[0, 0] = 1
+
+
 def test_parse_finding_labels_multi_hot_in_nih_order():
     y = labels.parse_finding_labels("Effusion|Mass")
     assert y.tolist() == [0, 0, 1, 0, 1] + [0] * 9
