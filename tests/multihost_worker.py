@@ -12,8 +12,21 @@ import sys
 
 import jax
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+for _path in (os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+              os.path.dirname(os.path.abspath(__file__))):  # the package; tests' helpers
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+
+def worker_config(data_root: pathlib.Path, epochs: int):
+    """The run every process trains: also the test's single-process run (in its own process)."""
+    from helpers import run_config, sections_off
+
+    config = run_config("r18_msml", data_root, epochs=epochs)
+    config.train.log_every_steps = 1
+    config.train.eval_batch_size = 8
+    config.train.checkpoint_every_steps = 1000
+    return sections_off(config)  # the tests read the test split's scores only
 
 
 def main(argv: list[str]) -> None:
@@ -28,18 +41,11 @@ def main(argv: list[str]) -> None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator_address=f"localhost:{port}",
                                    num_processes=num_processes, process_id=process_id)
-    from helpers import run_config, sections_off
-
     from cxrjax import train
     from cxrjax.io import preemption
 
-    config = run_config("r18_msml", data_root, epochs=epochs)
-    config.train.log_every_steps = 1
-    config.train.eval_batch_size = 8
-    config.train.checkpoint_every_steps = 1000
-    sections_off(config)  # the tests read the test split's scores only
     try:
-        results = train.train_and_evaluate(config, workdir)
+        results = train.train_and_evaluate(worker_config(data_root, epochs), workdir)
     except preemption.Preempted as e:  # as cxrjax.main does
         print(e, flush=True)
         sys.exit(preemption.PREEMPTED_EXIT_CODE)
