@@ -62,6 +62,18 @@ def _session_compilation_cache():
     compilation_cache.enable(None)  # the environment variable names the folder
 
 
+@pytest.fixture
+def optimised_xla():
+    """XLA's optimisation passes on for one test (the suite turns them off, above): for the few
+    whose time is running a program (bootstraps over 22,433 images), not compiling it."""
+    import jax
+
+    suite = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", False)
+    yield
+    jax.config.update("jax_disable_most_optimizations", suite)
+
+
 @pytest.fixture(autouse=True)
 def _restore_cxrjax_logging():
     """The CLIs' main() sets up the process's logging (level, handlers): undo it after each

@@ -62,7 +62,7 @@ def small(chexnet_test_list):
 
 
 def test_cli_on_chexnet_test_list_prints_sklearn_aucs_to_6_decimals(
-        chexnet_predictions, chexnet_test_list, tmp_path, capsys):
+        chexnet_predictions, chexnet_test_list, tmp_path, capsys, optimised_xla):
     path, scores = chexnet_predictions
     ids, list_labels = chexnet_test_list
     assert len(ids) == 22_433

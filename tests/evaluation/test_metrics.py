@@ -147,7 +147,7 @@ def test_per_class_ci_is_stratified_and_holds_each_point_estimate():
     assert not np.isnan(out["per_class_ci95"]["Hernia"]).any()
 
 
-def test_bootstrap_ci_contains_point_estimate_and_is_reproducible_with_seed():
+def test_bootstrap_ci_contains_point_estimate_and_is_reproducible_with_seed(optimised_xla):
     scores, labels = _tied_data(2000, seed=14)
     a = metrics.summary(scores, labels, n_boot=200, seed=1)
     b = metrics.summary(scores, labels, n_boot=200, seed=1)
