@@ -29,6 +29,11 @@ def snapshot(tree):
     return jax.tree.map(lambda x: np.array(x, copy=True), tree)
 
 
+# Steps per epoch of the stages built here: tiny_data's at batch 8 (tests/conftest.py), so a
+# tiny row's step is the very program its end-to-end runs compile, served by the session's
+# compilation cache to whichever needs it second.
+STEPS_PER_EPOCH = 13
+
 _MODELS: dict = {}  # a model config (JSON) -> (model, initial variables)
 
 
@@ -49,7 +54,7 @@ def stage(name: str, index: int) -> tuple:
     """A fresh initial state of stage ``index`` of ``name`` and that stage's step, compiled by
     whichever test stepped it first (the state is new each call: the step donates it)."""
     config, model, variables = initialised(name)
-    state, step = train_step.create_stage(config, index, model, variables, 100,
+    state, step = train_step.create_stage(config, index, model, variables, STEPS_PER_EPOCH,
                                           inference.create_mesh())
     return state, _STEPS.setdefault((name, index), step)
 
@@ -61,7 +66,7 @@ def test_every_paper_config_learns_a_fixed_batch(name):
     for index in range(len(config.train.stages)):
         # A step of its own: the count below sees its one compilation (a persistent-cache load
         # where another config compiled the same program).
-        state, step = train_step.create_stage(config, index, model, variables, 100,
+        state, step = train_step.create_stage(config, index, model, variables, STEPS_PER_EPOCH,
                                               inference.create_mesh())
         _STEPS.setdefault((name, index), step)
         batch = fixed_batch()
@@ -83,7 +88,7 @@ def test_a_stage_built_from_shapes_is_the_concrete_states_tree_to_restore_into()
     concrete, _ = stage("r18_msml_local_fixed", 1)
     model = models.build_model(config.model)
     shapes, _ = train_step.create_stage(config, 1, model, runs.abstract_variables(model, config),
-                                        100, inference.create_mesh())
+                                        STEPS_PER_EPOCH, inference.create_mesh())
     assert jax.tree.structure(shapes) == jax.tree.structure(concrete)
     for s, c in zip(jax.tree.leaves(shapes), jax.tree.leaves(concrete), strict=True):
         assert isinstance(s, jax.ShapeDtypeStruct)
