@@ -20,9 +20,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
 from cxrjax.data import labels as labels_lib
 from cxrjax.data.crop import centre_crop, centre_crop_offset
@@ -280,6 +277,9 @@ def plot_grid(path: str, localized: Localized, datasets: Any, method: str | None
               count: int = 8) -> str:
     """A PNG: per chosen (image, class), the stored image with the normalised heatmap over
     the crop, the ground-truth box(es) in green and the predicted boxes in red."""
+    from matplotlib import colormaps  # matplotlib: only when drawn
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
     method = method or localized.result["primary"]
     chosen = grid_pairs(localized, count)
     cols = min(4, max(len(chosen), 1))

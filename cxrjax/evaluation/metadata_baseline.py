@@ -14,9 +14,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from cxrjax.data import patient_metadata as metadata
 from cxrjax.evaluation import metrics
@@ -51,6 +48,10 @@ def fit_predict(train: metadata.Metadata, train_labels: np.ndarray,
     x_test, test_names = features(test)
     if names != test_names:
         raise ValueError(f"train and test metadata differ in fields: {names} vs {test_names}")
+    from sklearn.linear_model import LogisticRegression  # scikit-learn: only when fitted
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     train_labels = np.asarray(train_labels).astype(bool)
     out = np.empty((len(x_test), train_labels.shape[1]))
     for c in range(train_labels.shape[1]):

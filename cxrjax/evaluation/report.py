@@ -22,7 +22,6 @@ from cxrjax.evaluation import headline
 from cxrjax.evaluation import recipe_comparison as paper_recipe
 from cxrjax.evaluation.metrics import FEW_POSITIVES
 from cxrjax.evaluation.prediction_files import HEAD_TITLES, format_value
-from cxrjax.evaluation.report_plots import plot_roc_curves, plot_training_curves
 from cxrjax.evaluation.section import run_classes
 from cxrjax.io import fileio, run_layout
 from cxrjax.io.metric_writers import read_metrics
@@ -272,6 +271,8 @@ def write_report(workdir: str, config: Any, results: dict[str, dict],
         raise ValueError(f"write_report needs the 'fused' head in results and probs; got "
                          f"results {sorted(results)} and probs {sorted(probs)}")
     labels = np.asarray(labels)
+    from cxrjax.evaluation.report_plots import plot_roc_curves, plot_training_curves  # lazy
+
     if np.shape(probs["fused"]) != labels.shape:
         raise ValueError(f"fused probabilities {np.shape(probs['fused'])} and labels "
                          f"{labels.shape} must have the same (N, C) shape")
