@@ -37,10 +37,11 @@ for path in (ROOT, os.path.join(ROOT, "tests")):  # configs.<name> by name; test
 pytest_plugins = ("gcs_emulator",)
 
 
-# The modules that take longest, first: pytest-xdist (--dist loadscope) hands whole modules to
-# the workers in collection order, so the last ones to start are short and neither worker waits
-# long for the other at the end. The rest keep their order. Every module of 8 test-seconds or
-# more, longest first (measured on the 2-core machine, 2026-12-06).
+# The modules that take longest, first: pytest-xdist (--dist loadscope --no-loadscope-reorder,
+# pyproject.toml) hands whole modules to the workers in collection order (by default it would
+# reorder them by their number of tests), so the last ones to start are short and neither
+# worker waits long for the other at the end. The rest keep their order. Every module of 8
+# test-seconds or more, longest first (measured on the 2-core machine, 2026-12-06).
 _LONGEST_FIRST = (
     "test_train.py", "test_multihost.py", "test_train_run.py", "scripts/test_benchmark.py",
     "test_evaluate.py", "test_train_run_gcs.py", "scripts/test_fault_campaign.py",
