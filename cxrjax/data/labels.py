@@ -192,22 +192,17 @@ def parse_data_entry(lines: Iterable[str], source: str = "Data_Entry") -> LabelT
 
 @functools.lru_cache(maxsize=4)
 def load_label_table(path: str | os.PathLike | None = None) -> LabelTable:
-    """The NIH label table; with no path, the copy shipped in the package (112,120 rows), read
-    once per process (about 0.5 s; every W-AUC needs its class shares), its arrays read-only."""
+    """The NIH label table; with no path, the copy shipped in the package (112,120 rows), whose
+    arrays are read-only: the cache shares it with every caller."""
     if path is None:
-        return _packaged_label_table()
+        with resources.as_file(_RESOURCES / "Data_Entry_2017_v2020.csv.gz") as p:
+            with open_text(p) as f:
+                table = parse_data_entry(f, "Data_Entry_2017_v2020.csv.gz")
+        for array in (table.labels, table.patient_ids, table.follow_up, table.age):
+            array.setflags(write=False)
+        return table
     with open_text(path, "label table") as f:
         return parse_data_entry(f, os.fspath(path))
-
-
-@functools.cache
-def _packaged_label_table() -> LabelTable:
-    with resources.as_file(_RESOURCES / "Data_Entry_2017_v2020.csv.gz") as p:
-        with open_text(p) as f:
-            table = parse_data_entry(f, "Data_Entry_2017_v2020.csv.gz")
-    for array in (table.labels, table.patient_ids, table.follow_up, table.age):
-        array.setflags(write=False)  # shared by every caller: none may change it
-    return table
 
 
 # ------------------------------------------------------------------ boxes ---

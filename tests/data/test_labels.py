@@ -25,9 +25,9 @@ def test_prevalence_weights_sum_to_the_papers_0_724():
     assert weights.sum() == pytest.approx(0.724, abs=1e-3)
 
 
-def test_shipped_table_is_read_once_per_process_and_cannot_be_changed():
+def test_shipped_table_is_shared_and_no_caller_can_change_it():
     table = labels.load_label_table()
-    assert labels.load_label_table() is table  # every W-AUC reads it: parsed once, ~0.5 s
+    assert labels.load_label_table() is table  # cached: every W-AUC reads its class shares
     with pytest.raises(ValueError, match="read-only"):
         table.labels[0, 0] = 1
 
