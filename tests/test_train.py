@@ -95,6 +95,19 @@ def test_a_stage_built_from_shapes_is_the_concrete_states_tree_to_restore_into()
         assert (s.shape, s.dtype, s.sharding) == (c.shape, c.dtype, c.sharding)
 
 
+def test_a_stage_state_is_one_compiled_program_and_a_step_leaves_the_variables_usable():
+    """The initial state is made by one program, not an eager op per leaf (37 compiles for a
+    tiny ResNet18), in buffers of its own: the step donates it, the variables stay readable."""
+    config, model, variables = initialised("r18")
+    with count_compiles() as compiles:
+        state, step = train_step.create_stage(config, 0, model, variables, STEPS_PER_EPOCH,
+                                              inference.create_mesh())
+    assert sum(compiles.values()) == 1, compiles
+    before = snapshot(variables)
+    _STEPS.setdefault(("r18", 0), step)(state, fixed_batch())
+    jax.tree.map(np.testing.assert_array_equal, before, snapshot(variables))
+
+
 def test_local_fixed_stage_two_keeps_trunks_and_their_batch_stats_bit_identical():
     state, step = stage("r18_msml_local_fixed", 1)
     before = snapshot(state)
