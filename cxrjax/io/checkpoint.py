@@ -55,6 +55,7 @@ def open_manager(directory: str, keep: int, read_only: bool = False
         return ocp.CheckpointManager(directory, options=options,
                                      item_names=("state", "data", "meta"))
     _quiet_failed_write_echoes()
+    _replica_parallel_only_across_hosts()
     if not fileio.is_remote(directory):  # a bucket has no folders; main checked it is writable
         try:
             os.makedirs(directory, exist_ok=True)
@@ -74,6 +75,16 @@ def open_manager(directory: str, keep: int, read_only: bool = False
                                            best_fn=_val_metric, best_mode="max")
     return ocp.CheckpointManager(directory, options=options,
                                  item_names=("state", "data", "meta"))
+
+
+def _replica_parallel_only_across_hosts() -> None:
+    """Orbax's replica-parallel saving (its default off GPU) splits each replicated array among
+    the devices holding it, which pays only when several hosts share the writes: in one process
+    it slices every array with an eager program per shape and device (34 compiles and ~2 s of
+    CPU at a tiny ResNet18's first save on 2 CPU devices). Off there; the format is unchanged."""
+    handler = ocp.type_handlers.get_type_handler(jax.Array)
+    if hasattr(handler, "_use_replica_parallel") and jax.process_count() == 1:
+        handler._use_replica_parallel = False
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: Any,

@@ -261,3 +261,19 @@ def test_two_processes_set_an_unreadable_step_aside_once_and_restore_the_same_on
         assert p.returncode == 0, out[-3000:]
         assert "restored 10 1009.0" in out, out[-3000:]
     assert sorted(os.listdir(directory)) == ["10", "20.unreadable"]
+
+
+def test_a_replicated_state_saves_in_one_process_without_a_program_per_array(tmp_path):
+    """One process holding a replicated state on 2 devices writes it without orbax's
+    replica-parallel slicing (an eager program per array shape and device), and restores it."""
+    from helpers import count_compiles
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    replicated = NamedSharding(Mesh(np.array(jax.devices()[:2]), ("data",)), PartitionSpec())
+    saved = jax.device_put(_state(seed=3, step=5), replicated)
+    manager = checkpoint.open_manager(str(tmp_path / "ckpt"), keep=2)
+    with count_compiles() as compiles:
+        checkpoint.save(manager, 5, saved, {}, {})
+        checkpoint.wait(manager)
+    assert compiles["slice"] == 0, compiles
+    _assert_same(checkpoint.restore(manager, _state(seed=4))[1], saved)
