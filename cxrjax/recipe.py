@@ -151,6 +151,10 @@ def base_config() -> mlc.ConfigDict:
     c.eval.subgroups = True
     # A logistic regression per class on the metadata alone, fitted on train, beside the model.
     c.eval.metadata_baseline = True
+    # The PNG figures: ROC and training curves, reliability diagrams, the localization grid and
+    # the subgroup forest plot. False keeps every number, table and file but those pictures
+    # (the report says so), a few seconds sooner a run: quick checks, sweeps.
+    c.eval.figures = True
     return c
 
 

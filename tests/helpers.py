@@ -89,14 +89,15 @@ def run_config(name: str, data_root, epochs: int = 1):
     return c
 
 
-# The evaluation sections beyond AUC that a test can leave off when they are not its point
-# (tests/evaluation/ covers each): a run's test phase is then mostly scoring and the report.
-SECTIONS_OFF = ("localization", "subgroups", "metadata_baseline")  # their eval.* switches
+# What a test can leave off when it is not its point (tests/evaluation/ and test_train_run's
+# report test cover each): the evaluation sections beyond AUC and the figures (eval.* switches).
+# A run's test phase is then mostly scoring and the report's tables.
+SECTIONS_OFF = ("localization", "subgroups", "metadata_baseline", "figures")
 SECTIONS_OFF_FLAGS = [f"--config.eval.{name}=False" for name in SECTIONS_OFF]
 
 
 def sections_off(config):
-    """``config`` with the sections of ``SECTIONS_OFF`` turned off (and returned)."""
+    """``config`` with the switches of ``SECTIONS_OFF`` turned off (and returned)."""
     for name in SECTIONS_OFF:
         config.eval[name] = False
     return config

@@ -20,13 +20,15 @@ from cxrjax.runfolder import loading as runs
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # test_train.py steps every paper config; end to end, three shapes of run are enough: the
 # demo's F-MSML (Global), a two-stage Local-Fixed (stage 2 from stage 1's best, frozen trunks)
-# and a one-stream, one-head row (fusion of the FCE head alone).
+# and a one-stream, one-head row (fusion of the FCE head alone), that one without figures.
 END_TO_END_CONFIGS = ["r18_msml", "r18_msml_local_fixed", "r18_bl"]
+WITHOUT_FIGURES = "r18_bl"
 
 
 @pytest.mark.parametrize("name", END_TO_END_CONFIGS)
 def test_config_trains_an_epoch_and_leaves_its_report(name, tiny_data, tmp_path):
     config = run_config(name, tiny_data)
+    config.eval.figures = name != WITHOUT_FIGURES
     with count_compiles() as compiles:
         results = train.train_and_evaluate(config, str(tmp_path))
 
@@ -39,9 +41,20 @@ def test_config_trains_an_epoch_and_leaves_its_report(name, tiny_data, tmp_path)
     assert {"per_class", "mean_auc", "w_auc", "d_auc", "n_auc", "mean_auc_ci95",
             "heads"} <= set(saved)
     assert set(saved["heads"]) == set(models.output_heads(config.model))
-    assert (tmp_path / "report.md").read_text().count("|") > 50
-    for png in ("eval/roc_curves.png", "training_curves.png"):
-        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (tmp_path / "report.md").read_text()
+    assert report.count("|") > 50
+    pictures = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png")}
+    if config.eval.figures:
+        assert {"eval/roc_curves.png", "training_curves.png", "eval/reliability.png",
+                "eval/localization.png", "eval/subgroups.png"} <= pictures
+        for png in pictures:
+            assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:  # every number and table, no picture, and no link to one
+        assert pictures == set() and "Not drawn: `eval.figures = False`." in report
+        assert "primary" in saved["localization"] and "gaps" in saved["subgroups"]
+        for text in (tmp_path / "eval").glob("*.md"):
+            assert ".png" not in text.read_text(), text
+        assert ".png" not in report
     log = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert any("val/mean_auc" in r for r in log) and any("train/loss" in r for r in log)
 

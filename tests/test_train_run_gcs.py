@@ -47,9 +47,10 @@ def cache_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("cxrjax_cache"))
 
 
-def _main(workdir: str, bucket: str, cache: str, env: dict | None = None) -> subprocess.Popen:
+def _main(workdir: str, bucket: str, cache: str, env: dict | None = None,
+          figures: bool = False) -> subprocess.Popen:
     """``python -m cxrjax.main`` on a tiny F-MSML config, one epoch of 13 steps, data in
-    ``bucket``; merged output on a pipe."""
+    ``bucket``; merged output on a pipe. ``figures``: draw the PNGs (written to the bucket)."""
     c = tiny_config("r18_msml")
     overrides = [
         f"--config.model.trunk_a={c.model.trunk_a}", f"--config.model.trunk_b={c.model.trunk_b}",
@@ -60,7 +61,8 @@ def _main(workdir: str, bucket: str, cache: str, env: dict | None = None) -> sub
         "--config.train.eval_batch_size=16", "--config.train.checkpoint_every_steps=4",
         "--config.train.log_every_steps=1", "--config.train.lr=0.001",
         "--config.train.stages[0].epochs=1", "--config.eval.n_boot=10",
-        *SECTIONS_OFF_FLAGS]  # the bucket's files and parameters are the point
+        # the bucket's files and parameters are the point
+        *(f for f in SECTIONS_OFF_FLAGS if not (figures and f.startswith("--config.eval.fig")))]
     env = cli_env(PYTHONUNBUFFERED="1", **{mirror.CACHE_ENV: cache}, **(env or {}))
     return subprocess.Popen(
         [sys.executable, "-m", "cxrjax.main", "--config",
@@ -125,7 +127,7 @@ def _final_params(workdir: str):
 def straight_run(gcs_server, data_bucket, cache_dir):
     """An uninterrupted run in a bucket: gs://BUCKET/straight."""
     workdir = f"{data_bucket}/straight"
-    code, out = _Output(_main(workdir, data_bucket, cache_dir)).finish()
+    code, out = _Output(_main(workdir, data_bucket, cache_dir, figures=True)).finish()
     assert code == 0, out[-3000:]
     return workdir
 

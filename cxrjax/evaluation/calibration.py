@@ -31,7 +31,7 @@ from cxrjax.data.labels import CLASSES
 from cxrjax.evaluation import metrics
 from cxrjax.evaluation.operating_points import known_labels
 from cxrjax.evaluation.prediction_files import HEAD_TITLES
-from cxrjax.evaluation.section import Section, caveats_logged_once, run_classes
+from cxrjax.evaluation.section import Section, caveats_logged_once, figure_link, run_classes
 from cxrjax.io import fileio, run_layout
 
 METHODS = ("temperature", "platt")
@@ -384,16 +384,19 @@ def _check_fields(e: Any, model: Any) -> None:
 def _compute(inputs: Any) -> dict:
     """Test ECE per probability head; the rescaling, fitted on validation, when asked."""
     e, val, test = inputs.config.eval, inputs.val, inputs.test
-    plot = fileio.join(inputs.eval_dir, run_layout.RELIABILITY) if inputs.write_files else None
+    drawn = inputs.write_files and e.figures
+    plot = fileio.join(inputs.eval_dir, run_layout.RELIABILITY) if drawn else None
     with caveats_logged_once("calibration, validation split: "):
-        return evaluate_calibration(
+        result = evaluate_calibration(
             val.probs if val else {}, val.labels if val else None, test.probs, test.labels,
             method=e.calibration if val else "none", n_bins=int(e.calibration_bins),
             plot_path=plot, val_mask=val.label_mask if val else None,
             test_mask=test.label_mask, classes=run_classes(inputs.config))
+    return {**result, "figure": run_layout.eval_link(run_layout.RELIABILITY) if drawn else None}
 
 
-SECTION = Section("calibration", ("calibration", "calibration_bins"), check=_check_fields,
+SECTION = Section("calibration", ("calibration", "calibration_bins", "figures"),
+                  check=_check_fields,
                   compute=_compute,
-                  report=lambda result: report_section(
-                      result, run_layout.eval_link(run_layout.RELIABILITY)))
+                  report=lambda result: report_section(result, figure_link(
+                      result, run_layout.eval_link(run_layout.RELIABILITY))))

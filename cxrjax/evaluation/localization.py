@@ -25,7 +25,7 @@ from cxrjax.data import labels as labels_lib
 from cxrjax.data.crop import centre_crop, centre_crop_offset
 from cxrjax.evaluation import boxes as loc
 from cxrjax.evaluation import heatmaps
-from cxrjax.evaluation.section import Section, nih_classes, run_classes
+from cxrjax.evaluation.section import Section, figure_link, nih_classes, run_classes
 from cxrjax.io import fileio, run_layout
 
 SPLITS = ("test", "val", "train", "all")
@@ -325,18 +325,21 @@ def plot_grid(path: str, localized: Localized, datasets: Any, method: str | None
 
 
 def write_outputs(localized: Localized, datasets: Any, out_dir: str,
-                  json_path: str | None = None, count: int = 8) -> dict[str, str]:
-    """``out_dir``/localization.json (or ``json_path``), localization.md and localization.png;
-    returns their paths."""
+                  json_path: str | None = None, count: int = 8, figure: bool = True
+                  ) -> dict[str, str]:
+    """``out_dir``/localization.json (or ``json_path``), localization.md and (``figure``)
+    localization.png; returns their paths."""
     from cxrjax.evaluation.prediction_files import write_json  # NaN -> null, parent folders made
 
     fileio.makedirs(out_dir)
     stem = fileio.join(out_dir, run_layout.LOCALIZATION)
-    paths = {"json": json_path or f"{stem}.json", "png": f"{stem}.png", "md": f"{stem}.md"}
-    plot_grid(paths["png"], localized, datasets, count=count)
+    paths = {"json": json_path or f"{stem}.json", "md": f"{stem}.md"}
+    if figure:
+        paths["png"] = f"{stem}.png"
+        plot_grid(paths["png"], localized, datasets, count=count)
     write_json(localized.result, paths["json"])
     fileio.write_text(paths["md"], report_section(
-        localized.result, f"{run_layout.LOCALIZATION}.png", heading="#"))
+        localized.result, f"{run_layout.LOCALIZATION}.png" if figure else None, heading="#"))
     return paths
 
 
@@ -377,8 +380,11 @@ def _compute(inputs: Any) -> dict:
     except loc.BoxError as e:
         logging.getLogger("cxrjax").warning("localization not scored: %s", e)
         return {"skipped": str(e)}
+    drawn = inputs.write_files and inputs.config.eval.figures
+    localized.result["figure"] = (run_layout.eval_link(f"{run_layout.LOCALIZATION}.png")
+                                  if drawn else None)
     if inputs.write_files:
-        write_outputs(localized, inputs.evaluator.datasets, inputs.eval_dir)
+        write_outputs(localized, inputs.evaluator.datasets, inputs.eval_dir, figure=drawn)
     return localized.result
 
 
@@ -393,8 +399,9 @@ def _summary(result: Mapping) -> Mapping:
             "random_baseline_overall": best["random_baseline"]["overall"]}
 
 
-SECTION = Section("localization", ("localization", "localization_heatmap", "localization_per"),
+SECTION = Section("localization", ("localization", "localization_heatmap", "localization_per",
+                                   "figures"),
                   check=_check_fields, compute=_compute, summary=_summary,
                   switch="localization",
-                  report=lambda result: report_section(
-                      result, run_layout.eval_link(f"{run_layout.LOCALIZATION}.png")))
+                  report=lambda result: report_section(result, figure_link(
+                      result, run_layout.eval_link(f"{run_layout.LOCALIZATION}.png"))))

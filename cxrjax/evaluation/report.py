@@ -232,6 +232,8 @@ def render_markdown(workdir: str, config: Any, results: Mapping[str, Mapping],
         from cxrjax.evaluation import sections as registry
 
         lines += ["", *registry.report(sections)]
+    if not c["eval"]["figures"]:
+        return "\n".join(lines + ["", "## Plots", "", "Not drawn: `eval.figures = False`.", ""])
     lines += ["", "## Plots", "",
               "- [ROC curves per class, fused prediction](eval/roc_curves.png)",
               f"- [Training curves](training_curves.png){curves_note}", "",
@@ -250,7 +252,8 @@ def write_report(workdir: str, config: Any, results: dict[str, dict],
                  sections: Mapping | None = None,
                  split_sizes: Mapping[str, int] | None = None,
                  mask: np.ndarray | None = None) -> str:
-    """Writes WORKDIR/report.md, WORKDIR/eval/roc_curves.png and WORKDIR/training_curves.png.
+    """Writes WORKDIR/report.md, and WORKDIR/eval/roc_curves.png and WORKDIR/training_curves.png
+    unless the config's ``eval.figures`` is off.
 
     Args:
       workdir: the run's directory (its metrics.jsonl gives the training curves).
@@ -259,9 +262,8 @@ def write_report(workdir: str, config: Any, results: dict[str, dict],
       probs: (N, C) test-split probabilities per head, the run's classes (``data.classes``) in
         order; needs "fused".
       labels: (N, C) 0/1 test labels.
-      sections: each evaluation section's result (``cxrjax.evaluation.sections.compute``), or None
-      to
-        leave them out.
+      sections: each evaluation section's result (``cxrjax.evaluation.sections.compute``), or
+        None to leave them out.
       split_sizes: images per split of the run's data (the recipe section counts them).
       mask: (N, C) 0/1 test label mask (0 = missing; None: every label known).
     The command that started the run (``workdir.read_command``) names the config file.
@@ -271,22 +273,23 @@ def write_report(workdir: str, config: Any, results: dict[str, dict],
         raise ValueError(f"write_report needs the 'fused' head in results and probs; got "
                          f"results {sorted(results)} and probs {sorted(probs)}")
     labels = np.asarray(labels)
-    from cxrjax.evaluation.report_plots import plot_roc_curves, plot_training_curves  # lazy
-
     if np.shape(probs["fused"]) != labels.shape:
         raise ValueError(f"fused probabilities {np.shape(probs['fused'])} and labels "
                          f"{labels.shape} must have the same (N, C) shape")
     fileio.makedirs(run_layout.path(workdir, run_layout.EVAL))
     c = _as_dict(config)
     command = read_command(workdir)
-    title, _ = _run_lines(workdir, c, command)
-    with warnings.catch_warnings():  # sklearn warns on a one-valued class; the plot says so.
-        warnings.simplefilter("ignore")
-        plot_roc_curves(run_layout.eval_path(workdir, run_layout.ROC_CURVES), probs["fused"],
-                        labels,
-                        results["fused"].get("per_class"), class_names=run_classes(c),
-                        mask=mask,
-                        title=f"ROC curves, fused prediction, test split: {title}")
+    figures = c["eval"]["figures"]
+    if figures:
+        from cxrjax.evaluation.report_plots import plot_roc_curves  # matplotlib: when drawn
+
+        title, _ = _run_lines(workdir, c, command)
+        with warnings.catch_warnings():  # sklearn warns on a one-valued class; the plot says so
+            warnings.simplefilter("ignore")
+            plot_roc_curves(run_layout.eval_path(workdir, run_layout.ROC_CURVES),
+                            probs["fused"], labels, results["fused"].get("per_class"),
+                            class_names=run_classes(c), mask=mask,
+                            title=f"ROC curves, fused prediction, test split: {title}")
     try:
         with warnings.catch_warnings(record=True) as cut:  # lines cut short by a kill
             warnings.simplefilter("always")
@@ -297,8 +300,11 @@ def write_report(workdir: str, config: Any, results: dict[str, dict],
                            "no training log (metrics.jsonl) in this workdir")
     except OSError as e:
         records, log_problem = [], f"metrics.jsonl unreadable ({e})"
-    plot_training_curves(run_layout.path(workdir, run_layout.TRAINING_CURVES), records,
-                         log_problem or "")
+    if figures:
+        from cxrjax.evaluation.report_plots import plot_training_curves
+
+        plot_training_curves(run_layout.path(workdir, run_layout.TRAINING_CURVES), records,
+                             log_problem or "")
     path = run_layout.path(workdir, run_layout.REPORT)
     with fileio.open(path, "w") as f:
         f.write(render_markdown(workdir, c, results, log_problem, sections,

@@ -39,6 +39,12 @@ def nih_classes(config: Any) -> bool:
     return run_classes(config) == tuple(CLASSES)
 
 
+def figure_link(result: Mapping | None, link: str) -> str | None:
+    """The picture a section's report shows: ``link``, or None where the section drew none (its
+    result's "figure" is None: ``eval.figures`` off). A result from before that key: ``link``."""
+    return (result or {}).get("figure", link)
+
+
 @dataclasses.dataclass(frozen=True)
 class SectionInputs:
     """What a section may read: the run's config, both splits' scores, and the model.

@@ -40,7 +40,7 @@ import numpy as np
 
 from cxrjax.data import patient_metadata as metadata
 from cxrjax.evaluation import calibration, metrics, operating_points, subgroups_report
-from cxrjax.evaluation.section import Section, caveats_logged_once, run_classes
+from cxrjax.evaluation.section import Section, caveats_logged_once, figure_link, run_classes
 from cxrjax.io import run_layout
 
 MIN_GROUP_IMAGES = 30
@@ -296,8 +296,10 @@ def _compute(inputs: Any) -> dict:
                                  n_bins=int(e.calibration_bins),
                                  mask=getattr(test, "label_mask", None),
                                  classes=run_classes(inputs.config))
+    drawn = inputs.write_files and e.figures
+    result["figure"] = run_layout.eval_link(subgroups_report.FILES[2]) if drawn else None
     if inputs.write_files:
-        subgroups_report.write_outputs(result, inputs.eval_dir)
+        subgroups_report.write_outputs(result, inputs.eval_dir, figure=drawn)
     return result
 
 
@@ -310,8 +312,8 @@ def _summary(result: Mapping) -> Mapping:
             "gaps": {a: b["gaps"] for a, b in result["attributes"].items()}}
 
 
-SECTION = Section("subgroups", ("subgroups", "n_boot", "calibration_bins"),
+SECTION = Section("subgroups", ("subgroups", "n_boot", "calibration_bins", "figures"),
                   check=_check_fields, compute=_compute, summary=_summary, switch="subgroups",
                   report=lambda result: subgroups_report.markdown(
                       result, per_class=False,
-                      picture=run_layout.eval_link(subgroups_report.FILES[2])))
+                      picture=figure_link(result, run_layout.eval_link(subgroups_report.FILES[2]))))

@@ -176,13 +176,13 @@ def plot_forest(result: Mapping, path: str) -> str:
     return path
 
 
-def write_outputs(result: Mapping, eval_dir: str) -> None:
-    """eval/subgroups.json, .md and .png."""
+def write_outputs(result: Mapping, eval_dir: str, figure: bool = True) -> None:
+    """eval/subgroups.json, .md and (``figure``) .png."""
     from cxrjax.evaluation import prediction_files as predictions
 
     json_path, md_path, png_path = (fileio.join(eval_dir, name) for name in FILES)
     fileio.makedirs(eval_dir)
     predictions.write_json(dict(result), json_path)
-    fileio.write_text(md_path, markdown(result, "#", picture=FILES[2]))
-    if result.get("attributes"):
+    fileio.write_text(md_path, markdown(result, "#", picture=FILES[2] if figure else None))
+    if figure and result.get("attributes"):
         plot_forest(result, png_path)

@@ -97,3 +97,31 @@ def test_a_section_turned_off_is_not_computed_and_says_so(tmp_path, monkeypatch)
     results = sections.compute(SectionInputs(config, str(tmp_path), _scores("test"), None))
     assert calls == [] and results == {
         "probe": {"skipped": "turned off (eval.localization = False)"}}
+
+
+def test_figures_off_leaves_out_only_the_pictures_and_the_report_says_so(tmp_path, monkeypatch):
+    """eval.figures = False: the same numbers and files but every PNG (ROC and training curves,
+    reliability diagrams), and neither report.md nor a section links a picture."""
+    monkeypatch.setattr(sections, "REGISTRY", sections.REGISTRY[:2])  # points, calibration
+    test, val = _scores("test"), _scores("val", seed=1)
+    written = {}
+    for figures in (True, False):
+        config = tiny_config("r18")
+        config.eval.figures = figures
+        workdir = tmp_path / str(figures)
+        (workdir / "eval").mkdir(parents=True)
+        results = sections.compute(SectionInputs(config, str(workdir / "eval"), test, val,
+                                                 workdir=str(workdir)))
+        evaluator.write_test_outputs(str(workdir), config, test, results)
+        written[figures] = ({p.relative_to(workdir).as_posix() for p in workdir.rglob("*")
+                             if p.is_file()},
+                            json.loads((workdir / "eval" / "test_metrics.json").read_text()),
+                            (workdir / "report.md").read_text())
+    (on, on_metrics, on_report), (off, off_metrics, off_report) = written[True], written[False]
+    assert on - off == {"eval/roc_curves.png", "eval/reliability.png", "training_curves.png"}
+    assert off <= on
+    assert on_metrics["calibration"].pop("figure") == "eval/reliability.png"
+    assert off_metrics["calibration"].pop("figure") is None
+    assert on_metrics == off_metrics
+    assert ".png" in on_report and ".png" not in off_report
+    assert "Not drawn: `eval.figures = False`." in off_report

@@ -166,6 +166,17 @@ def test_the_section_writes_json_markdown_and_forest_plot(tmp_path, monkeypatch)
     assert "underdiagnosis rate" in section
     assert set(subgroups.SECTION.summary(out)["gaps"]) == {"sex", "age", "view"}
 
+    config.eval.figures = False  # the same numbers and files, without the picture
+    (tmp_path / "off").mkdir()
+    off = subgroups.SECTION.compute(SectionInputs(
+        config, str(tmp_path / "off"), test, None, workdir=str(tmp_path), earlier=earlier))
+    assert off.pop("figure") is None and out.pop("figure") == "eval/subgroups.png"
+    assert json.dumps(off, sort_keys=True) == json.dumps(out, sort_keys=True)  # NaN: NaN
+    assert sorted(p.name for p in (tmp_path / "off").iterdir()) == ["subgroups.json",
+                                                                   "subgroups.md"]
+    assert ".png" not in (tmp_path / "off" / "subgroups.md").read_text()
+    assert ".png" not in subgroups.SECTION.report({**off, "figure": None})
+
 
 def test_run_metadata_reads_the_run_data_folders_own_table(tiny_data, tmp_path):
     config = recipe.base_config()
