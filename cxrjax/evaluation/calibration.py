@@ -396,7 +396,5 @@ def _compute(inputs: Any) -> dict:
 
 
 SECTION = Section("calibration", ("calibration", "calibration_bins", "figures"),
-                  check=_check_fields,
-                  compute=_compute,
-                  report=lambda result: report_section(result, figure_link(
-                      result, run_layout.eval_link(run_layout.RELIABILITY))))
+                  check=_check_fields, compute=_compute, report=lambda result: report_section(
+                      result, figure_link(result, run_layout.eval_link(run_layout.RELIABILITY))))

@@ -247,6 +247,20 @@ def render_markdown(workdir: str, config: Any, results: Mapping[str, Mapping],
 # ---------------------------------------------------------------------------------------------
 
 
+def _training_log(workdir: str) -> tuple[list[dict], str | None]:
+    """The run's metrics.jsonl records, and why there are none (None when there are)."""
+    try:
+        with warnings.catch_warnings(record=True) as cut:  # lines cut short by a kill
+            warnings.simplefilter("always")
+            records = read_metrics(workdir)
+    except OSError as e:
+        return [], f"metrics.jsonl unreadable ({e})"
+    if records:
+        return records, None
+    return [], (f"metrics.jsonl unreadable ({cut[0].message})" if cut else
+                "no training log (metrics.jsonl) in this workdir")
+
+
 def write_report(workdir: str, config: Any, results: dict[str, dict],
                  probs: dict[str, np.ndarray], labels: np.ndarray,
                  sections: Mapping | None = None,
@@ -290,16 +304,7 @@ def write_report(workdir: str, config: Any, results: dict[str, dict],
                             probs["fused"], labels, results["fused"].get("per_class"),
                             class_names=run_classes(c), mask=mask,
                             title=f"ROC curves, fused prediction, test split: {title}")
-    try:
-        with warnings.catch_warnings(record=True) as cut:  # lines cut short by a kill
-            warnings.simplefilter("always")
-            records = read_metrics(workdir)
-        log_problem = None
-        if not records:
-            log_problem = (f"metrics.jsonl unreadable ({cut[0].message})" if cut else
-                           "no training log (metrics.jsonl) in this workdir")
-    except OSError as e:
-        records, log_problem = [], f"metrics.jsonl unreadable ({e})"
+    records, log_problem = _training_log(workdir)
     if figures:
         from cxrjax.evaluation.report_plots import plot_training_curves
 
