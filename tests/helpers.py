@@ -28,6 +28,13 @@ _ROOT = os.path.dirname(_SCRIPTS)
 _WITHOUT_TORCH = os.path.join(_ROOT, "tests", "without_torch")
 
 
+def xla_flags(devices: int) -> str:
+    """The suite's XLA_FLAGS (tests/conftest.py) with ``devices`` CPU devices instead of 2, so
+    that a process of fewer devices compiles as the suite does."""
+    return re.sub(r"--xla_force_host_platform_device_count=\d+",
+                  f"--xla_force_host_platform_device_count={devices}", os.environ["XLA_FLAGS"])
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     """The environment of a CLI run as a subprocess: CPU, the package importable, and torch
     absent as where users run it (tests/without_torch); ``extra`` added (the session's

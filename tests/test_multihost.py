@@ -18,7 +18,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from helpers import cli_env
+from helpers import cli_env, xla_flags
 from multihost_worker import worker_config
 
 from cxrjax import models, train
@@ -38,7 +38,7 @@ def _free_port() -> int:
 def _start(data_root, workdir, epochs: int) -> list[subprocess.Popen]:
     """Two worker processes of one run, one CPU device each."""
     # torch absent, as where users run (tests/without_torch): tensorboardX then does not load it
-    env = cli_env(PYTHONUNBUFFERED="1", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = cli_env(PYTHONUNBUFFERED="1", XLA_FLAGS=xla_flags(devices=1))
     port = _free_port()
     return [subprocess.Popen([sys.executable, WORKER, str(data_root), str(workdir), str(epochs),
                               str(i), "2", str(port)], env=env, stdout=subprocess.PIPE,

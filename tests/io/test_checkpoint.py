@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import flip_a_bit, truncate_files
+from helpers import flip_a_bit, truncate_files, xla_flags
 
 from cxrjax import train_step
 from cxrjax.io import checkpoint, checksums
@@ -252,7 +252,7 @@ def test_two_processes_set_an_unreadable_step_aside_once_and_restore_the_same_on
         port = s.getsockname()[1]
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": root,
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+           "XLA_FLAGS": xla_flags(devices=1)}
     procs = [subprocess.Popen([sys.executable, "-c", _TWO_PROCESS_RESTORE, directory, str(i),
                                str(port)], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for i in range(2)]
