@@ -64,7 +64,10 @@ def test_each_entry_has_a_symbolic_batch_and_uint16_is_uint8_scaled(exported):
     assert set(outs["uint8"]) == {"fused", "ce", "fce", "msml"}
     for head, p in outs["uint8"].items():
         assert p.shape == (5, 14)
-        np.testing.assert_array_equal(p, outs["uint16"][head])
+        # Two programs (the uint8 and the uint16 entry) fed the same values (the next test checks
+        # the conversion bit for bit): equal to float rounding; bitwise only where XLA happens
+        # to compile both alike (with its fusion emitters on CPU it does; without, 1 ulp once).
+        np.testing.assert_allclose(p, outs["uint16"][head], rtol=0, atol=2e-7)
 
 
 def test_the_uint16_rule_inside_jit_equals_the_decoders_for_every_value():
