@@ -53,17 +53,18 @@ pytest_plugins = ("gcs_emulator",)
 # pyproject.toml) hands whole modules to the workers in collection order (by default it would
 # reorder them by their number of tests), so the last ones to start are short and neither
 # worker waits long for the other at the end. The rest keep their order. Every module of 8
-# test-seconds or more, longest first (measured on the 2-core machine, 2026-12-06).
+# test-seconds or more, longest first (measured on the 2-core machine, 2026-12-06, 05:12).
 _LONGEST_FIRST = (
-    "test_train.py", "test_multihost.py", "test_train_run.py", "scripts/test_benchmark.py",
-    "test_evaluate.py", "test_train_run_gcs.py", "scripts/test_fault_campaign.py",
-    "test_atomic_outputs.py", "test_main.py", "test_full_disk.py", "models/test_backbones.py",
-    "test_interrupt.py", "models/test_densenet.py", "test_faults.py", "test_predict.py",
-    "models/test_networks.py", "scripts/test_fuzz_inputs.py", "runfolder/test_ownership.py",
-    "test_sigterm_outside_training.py", "test_mixed_resume.py", "evaluation/test_metrics.py",
-    "evaluation/test_external.py", "data/test_pipeline.py", "test_masked_step.py",
-    "test_localize.py", "evaluation/test_run_classes.py", "test_losses.py",
-    "runfolder/test_lock.py", "io/test_preemption.py", "data/test_grain_workers.py")
+    "test_multihost.py", "test_train.py", "scripts/test_benchmark.py", "test_train_run_gcs.py",
+    "test_train_run.py", "test_evaluate.py", "scripts/test_fault_campaign.py",
+    "test_atomic_outputs.py", "test_main.py", "models/test_backbones.py", "test_full_disk.py",
+    "test_interrupt.py", "scripts/test_fuzz_inputs.py", "models/test_networks.py",
+    "test_predict.py", "test_faults.py", "data/test_pipeline.py", "evaluation/test_metrics.py",
+    "evaluation/test_external.py", "test_localize.py", "models/test_densenet.py",
+    "models/test_port.py", "test_mixed_resume.py", "test_sigterm_outside_training.py",
+    "runfolder/test_ownership.py", "runfolder/test_lock.py", "test_masked_step.py",
+    "test_losses.py", "io/test_preemption.py", "evaluation/test_run_classes.py",
+    "runfolder/test_loading.py")
 
 
 def pytest_collection_modifyitems(items):
