@@ -11,9 +11,9 @@ import tempfile
 import pytest
 
 # Must happen before JAX starts its backends (conftest is imported before any test module).
-# XLA:CPU's older emitters instead of its fusion emitters: the same operations, compiled in a
-# third to a half of the CPU time (a tiny R18 step 3.0 -> 0.9 s, R18 + VGG-F-MSML 5.5 -> 1.7 s),
-# which is most of what the tiny models cost. Only where this jaxlib knows the flag (XLA stops
+# XLA:CPU's older emitters instead of its fusion emitters: the same operations, compiled in less
+# than half the time (docs/performance.md: a tiny R18's train step 1.73 -> 0.72 s), which is most
+# of what the tiny models cost. Only where this jaxlib knows the flag (XLA stops
 # on an unknown one): one probe a session, inherited by xdist's workers and every process the
 # tests start through XLA_FLAGS. An XLA_FLAGS of the caller's own is left as it is.
 QUICK_CPU_COMPILE = "--xla_cpu_use_fusion_emitters=false"
