@@ -384,7 +384,7 @@ def _check_fields(e: Any, model: Any) -> None:
 def _compute(inputs: Any) -> dict:
     """Test ECE per probability head; the rescaling, fitted on validation, when asked."""
     e, val, test = inputs.config.eval, inputs.val, inputs.test
-    drawn = inputs.write_files and e.figures
+    drawn = inputs.draws_figures
     plot = fileio.join(inputs.eval_dir, run_layout.RELIABILITY) if drawn else None
     with caveats_logged_once("calibration, validation split: "):
         result = evaluate_calibration(

@@ -319,7 +319,7 @@ def _compute(inputs: Any) -> dict:
     except loc.BoxError as e:
         logging.getLogger("cxrjax").warning("localization not scored: %s", e)
         return {"skipped": str(e)}
-    drawn = inputs.write_files and inputs.config.eval.figures
+    drawn = inputs.draws_figures
     localized.result["figure"] = run_layout.eval_link(PICTURE) if drawn else None
     if inputs.write_files:
         write_outputs(localized, inputs.evaluator.datasets, inputs.eval_dir, figure=drawn)

@@ -293,9 +293,9 @@ def write_report(workdir: str, config: Any, results: dict[str, dict],
     fileio.makedirs(run_layout.path(workdir, run_layout.EVAL))
     c = _as_dict(config)
     command = read_command(workdir)
-    figures = c["eval"]["figures"]
-    if figures:
-        from cxrjax.evaluation.report_plots import plot_roc_curves  # matplotlib: when drawn
+    records, log_problem = _training_log(workdir)
+    if c["eval"]["figures"]:
+        from cxrjax.evaluation.report_plots import plot_roc_curves, plot_training_curves
 
         title, _ = _run_lines(workdir, c, command)
         with warnings.catch_warnings():  # sklearn warns on a one-valued class; the plot says so
@@ -304,10 +304,6 @@ def write_report(workdir: str, config: Any, results: dict[str, dict],
                             probs["fused"], labels, results["fused"].get("per_class"),
                             class_names=run_classes(c), mask=mask,
                             title=f"ROC curves, fused prediction, test split: {title}")
-    records, log_problem = _training_log(workdir)
-    if figures:
-        from cxrjax.evaluation.report_plots import plot_training_curves
-
         plot_training_curves(run_layout.path(workdir, run_layout.TRAINING_CURVES), records,
                              log_problem or "")
     path = run_layout.path(workdir, run_layout.REPORT)

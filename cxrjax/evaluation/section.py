@@ -65,6 +65,12 @@ class SectionInputs:
     write_files: bool = True
     earlier: Mapping[str, dict] = dataclasses.field(default_factory=dict)  # sections before it
 
+    @property
+    def draws_figures(self) -> bool:
+        """Whether this process draws the section's picture: it writes files and the config's
+        ``eval.figures`` is on."""
+        return self.write_files and bool(self.config.eval.figures)
+
 
 @dataclasses.dataclass(frozen=True)
 class Section:

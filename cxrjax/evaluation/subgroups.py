@@ -296,7 +296,7 @@ def _compute(inputs: Any) -> dict:
                                  n_bins=int(e.calibration_bins),
                                  mask=getattr(test, "label_mask", None),
                                  classes=run_classes(inputs.config))
-    drawn = inputs.write_files and e.figures
+    drawn = inputs.draws_figures
     result["figure"] = run_layout.eval_link(subgroups_report.FILES[2]) if drawn else None
     if inputs.write_files:
         subgroups_report.write_outputs(result, inputs.eval_dir, figure=drawn)
